@@ -1,0 +1,84 @@
+# The one entry point: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BUF_VERSION := 1.75.0
+BUF := .tools/node_modules/.bin/buf
+GEN_DIR := client_py/dataaccess_client/v1
+PROTO := proto/dataaccess/v1/data_access.proto
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help install run test test-fast lint fmt proto proto-check proto-lint proto-breaking redis-server clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml client_py/pyproject.toml
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ./client_py -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the service, the client and the dev tools
+
+run: $(STAMP) ## start the server on the embedded default (SQLite under ./data, L1 cache)
+	$(PY) -m service
+
+redis-server: ## install redis-server from Debian's packages when it is missing
+	@command -v redis-server >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
+	@redis-server --version
+
+test: $(STAMP) redis-server ## install what the tests need and run the whole suite
+	$(PY) -m pytest
+
+test-fast: $(STAMP) redis-server ## the suite without the slow fault-injection tests
+	$(PY) -m pytest -m 'not slow'
+
+lint: $(STAMP) ## ruff and mypy --strict on service/ and the hand-written client
+	$(VENV)/bin/ruff check service client_py/dataaccess_client tests
+	$(VENV)/bin/ruff format --check service client_py/dataaccess_client tests
+	$(VENV)/bin/mypy service client_py/dataaccess_client
+
+fmt: $(STAMP) ## format and sort imports
+	$(VENV)/bin/ruff check --fix service client_py/dataaccess_client tests
+	$(VENV)/bin/ruff format service client_py/dataaccess_client tests
+
+# The proto is compiled under the virtual path dataaccess_client/v1, so the
+# generated modules import each other from the client package as they stand.
+define generate
+	mkdir -p $(1)/dataaccess_client/v1
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc \
+	  -Idataaccess_client/v1=proto/dataaccess/v1 \
+	  --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) \
+	  dataaccess_client/v1/data_access.proto
+endef
+
+proto: $(STAMP) ## regenerate the stubs in client_py from proto/
+	$(call generate,client_py)
+
+proto-check: $(STAMP) ## fail when regenerating the stubs changes a committed file
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	$(call generate,$$tmp) >/dev/null && \
+	for f in $$tmp/dataaccess_client/v1/*; do \
+	  diff -u $(GEN_DIR)/$$(basename $$f) $$f || { echo "proto-check: $$(basename $$f) is out of date: run make proto"; exit 1; }; \
+	done; echo "proto-check: generated code is up to date"
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+proto-lint: $(BUF) ## buf lint (STANDARD rules)
+	$(BUF) lint proto
+
+proto-breaking: $(BUF) ## buf breaking against the proto on the main branch
+	@if git cat-file -e main:$(PROTO) 2>/dev/null; then \
+	  $(BUF) breaking proto --against '.git#branch=main,subdir=proto'; \
+	else echo "proto-breaking: no proto on main yet"; fi
+
+clean: ## remove the venv, tools and caches
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

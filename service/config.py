@@ -1,0 +1,348 @@
+"""One frozen, validated Config, built once at start-up from the environment and YAML.
+
+The environment comes first (12-factor, prefix ``DATAACCESS_``), then the YAML
+file named by ``DATAACCESS_CONFIG``; with neither, the embedded default serves
+``live`` and ``archive`` under ``./data``. Anything wrong raises ConfigError
+with one line that names the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+class ConfigError(Exception):
+    """The configuration is wrong; the message is one line naming the key."""
+
+
+@dataclass(frozen=True)
+class SqliteSettings:
+    """PRAGMAs and limits every connection opens with."""
+
+    synchronous: str = "NORMAL"
+    busy_timeout_ms: int = 5000
+    cache_size_kib: int = 16384
+    mmap_size_bytes: int = 268_435_456
+
+    def __post_init__(self) -> None:
+        if self.synchronous not in SYNCHRONOUS_MODES:
+            raise ConfigError(f"sqlite.synchronous: expected one of {', '.join(SYNCHRONOUS_MODES)}")
+        _require_non_negative("sqlite.busy_timeout_ms", self.busy_timeout_ms)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on requests, results and waits."""
+
+    max_rows: int = 10_000
+    max_result_bytes: int = 8 * 1024 * 1024
+    max_message_bytes: int = 16 * 1024 * 1024
+    stream_chunk_rows: int = 1000
+    stream_chunk_bytes: int = 1024 * 1024
+    max_sql_length: int = 100_000
+    max_params: int = 999
+    max_batch_rows: int = 100_000
+    readers_per_database: int = 4
+    acquire_timeout_seconds: float = 5.0
+    default_deadline_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_rows", "max_result_bytes", "max_message_bytes", "stream_chunk_rows"):
+            _require_positive(f"limits.{name}", getattr(self, name))
+        _require_positive("limits.readers_per_database", self.readers_per_database)
+        _require_positive("limits.acquire_timeout_seconds", self.acquire_timeout_seconds)
+        _require_positive("limits.default_deadline_seconds", self.default_deadline_seconds)
+        if self.max_result_bytes >= self.max_message_bytes:
+            raise ConfigError("limits.max_result_bytes: must be below limits.max_message_bytes")
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """One SQLite database the service serves."""
+
+    name: str
+    path: Path
+    migrations: Path | None = None
+    allowed_tables: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class RouteBound:
+    """One step of a range route: keys below ``below`` go to ``member``."""
+
+    member: str
+    below: str | int | float | None = None
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """How a group's ``route_key`` picks one member."""
+
+    kind: str
+    column: str | None = None
+    bounds: tuple[RouteBound, ...] = ()
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """A named set of databases queried together."""
+
+    name: str
+    members: tuple[str, ...]
+    route: RouteConfig | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the server needs, validated."""
+
+    listen: str = "127.0.0.1:50051"
+    data_dir: Path = Path("data")
+    redis_url: str | None = None
+    l1_max_entries: int = 10_000
+    log_level: str = "INFO"
+    shutdown_grace_seconds: float = 20.0
+    databases: tuple[DatabaseConfig, ...] = ()
+    groups: tuple[GroupConfig, ...] = ()
+    sqlite: SqliteSettings = field(default_factory=SqliteSettings)
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        _require_non_negative("l1_max_entries", self.l1_max_entries)
+        if not 0 < self.shutdown_grace_seconds < 30:
+            raise ConfigError("shutdown_grace_seconds: must be above 0 and below Kubernetes' 30 s")
+        if not self.databases:
+            raise ConfigError("databases: at least one database is needed")
+        _check_names(self.databases, self.groups)
+        for database in self.databases:
+            if not database.path.parent.is_dir():
+                raise ConfigError(
+                    f"databases.{database.name}.path: folder {database.path.parent} does not exist"
+                )
+            if database.migrations is not None and not database.migrations.is_dir():
+                raise ConfigError(
+                    f"databases.{database.name}.migrations: folder {database.migrations} "
+                    "does not exist"
+                )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Config:
+        """Build the Config from ``environ`` and the YAML file it may name."""
+        config_path = environ.get("DATAACCESS_CONFIG")
+        document = _load_yaml(Path(config_path)) if config_path else None
+        return _build(document, environ, Path(config_path).parent if config_path else Path.cwd())
+
+    def database(self, name: str) -> DatabaseConfig | None:
+        """The database called ``name``, if any."""
+        return next((db for db in self.databases if db.name == name), None)
+
+
+TOP_KEYS = {
+    "listen",
+    "data_dir",
+    "redis_url",
+    "l1_max_entries",
+    "log_level",
+    "shutdown_grace_seconds",
+    "databases",
+    "groups",
+    "sqlite",
+    "limits",
+}
+DATABASE_KEYS = {"name", "path", "migrations", "allowed_tables"}
+GROUP_KEYS = {"name", "members", "route"}
+ROUTE_KEYS = {"kind", "column", "bounds"}
+BOUND_KEYS = {"member", "below"}
+
+
+def _build(document: dict[str, Any] | None, environ: Mapping[str, str], config_dir: Path) -> Config:
+    doc = document or {}
+    _reject_unknown("config", doc, TOP_KEYS)
+    data_dir = Path(environ.get("DATAACCESS_DATA_DIR") or doc.get("data_dir") or "data")
+    data_dir = data_dir if data_dir.is_absolute() else Path.cwd() / data_dir
+    if document is None or "databases" not in doc:
+        databases = _embedded_databases(data_dir, environ)
+    else:
+        databases = tuple(
+            _database(i, raw, data_dir, config_dir) for i, raw in enumerate(doc["databases"] or [])
+        )
+    return Config(
+        listen=environ.get("DATAACCESS_LISTEN") or str(doc.get("listen", Config.listen)),
+        data_dir=data_dir,
+        redis_url=environ.get("DATAACCESS_REDIS_URL") or doc.get("redis_url") or None,
+        l1_max_entries=_int(
+            "l1_max_entries", environ.get("DATAACCESS_L1_MAX_ENTRIES", doc.get("l1_max_entries"))
+        ),
+        log_level=str(environ.get("DATAACCESS_LOG_LEVEL") or doc.get("log_level", "INFO")).upper(),
+        shutdown_grace_seconds=float(
+            environ.get("DATAACCESS_SHUTDOWN_GRACE_SECONDS")
+            or doc.get("shutdown_grace_seconds", Config.shutdown_grace_seconds)
+        ),
+        databases=databases,
+        groups=tuple(_group(i, raw) for i, raw in enumerate(doc.get("groups") or [])),
+        sqlite=_section("sqlite", SqliteSettings, doc.get("sqlite")),
+        limits=_section("limits", Limits, doc.get("limits")),
+    )
+
+
+def _embedded_databases(data_dir: Path, environ: Mapping[str, str]) -> tuple[DatabaseConfig, ...]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    migrations_root = Path(environ.get("DATAACCESS_MIGRATIONS_DIR") or REPO_MIGRATIONS)
+    return tuple(
+        DatabaseConfig(
+            name=name,
+            path=data_dir / f"{name}.db",
+            migrations=migrations_root / name if (migrations_root / name).is_dir() else None,
+        )
+        for name in ("live", "archive")
+    )
+
+
+def _database(index: int, raw: Any, data_dir: Path, config_dir: Path) -> DatabaseConfig:
+    where = f"databases[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    _reject_unknown(where, raw, DATABASE_KEYS)
+    name = _name(where, raw)
+    if "path" not in raw:
+        raise ConfigError(f"{where}.path: missing")
+    allowed = raw.get("allowed_tables")
+    if allowed is not None and not isinstance(allowed, list):
+        raise ConfigError(f"{where}.allowed_tables: expected a list of table names")
+    return DatabaseConfig(
+        name=name,
+        path=_resolve(Path(str(raw["path"])), data_dir),
+        migrations=_migrations_dir(raw.get("migrations"), data_dir, config_dir),
+        allowed_tables=frozenset(str(t) for t in allowed) if allowed is not None else None,
+    )
+
+
+def _migrations_dir(raw: Any, data_dir: Path, config_dir: Path) -> Path | None:
+    """Resolve against the data dir as the contract says, else the config file's folder."""
+    if raw is None:
+        return None
+    path = Path(str(raw))
+    if path.is_absolute():
+        return path
+    candidates = [data_dir / path, config_dir / path, Path.cwd() / path]
+    return next((c for c in candidates if c.is_dir()), data_dir / path)
+
+
+def _group(index: int, raw: Any) -> GroupConfig:
+    where = f"groups[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    _reject_unknown(where, raw, GROUP_KEYS)
+    members = raw.get("members")
+    if not isinstance(members, list) or not members:
+        raise ConfigError(f"{where}.members: expected a non-empty list of database names")
+    route = raw.get("route")
+    return GroupConfig(
+        name=_name(where, raw),
+        members=tuple(str(m) for m in members),
+        route=_route(f"{where}.route", route) if route is not None else None,
+    )
+
+
+def _route(where: str, raw: Any) -> RouteConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    _reject_unknown(where, raw, ROUTE_KEYS)
+    kind = raw.get("kind")
+    if kind not in ("range", "hash"):
+        raise ConfigError(f"{where}.kind: expected range or hash")
+    bounds = []
+    for i, bound in enumerate(raw.get("bounds") or []):
+        if not isinstance(bound, dict) or "member" not in bound:
+            raise ConfigError(f"{where}.bounds[{i}]: expected a mapping with a member")
+        _reject_unknown(f"{where}.bounds[{i}]", bound, BOUND_KEYS)
+        bounds.append(RouteBound(member=str(bound["member"]), below=bound.get("below")))
+    if kind == "range" and not bounds:
+        raise ConfigError(f"{where}.bounds: a range route needs bounds")
+    column = raw.get("column")
+    return RouteConfig(kind=kind, column=str(column) if column else None, bounds=tuple(bounds))
+
+
+def _check_names(databases: tuple[DatabaseConfig, ...], groups: tuple[GroupConfig, ...]) -> None:
+    seen: set[str] = set()
+    for name in [db.name for db in databases] + [g.name for g in groups]:
+        if name in seen:
+            raise ConfigError(f"databases/groups: duplicate name {name!r}")
+        seen.add(name)
+    database_names = {db.name for db in databases}
+    for group in groups:
+        members = list(group.members)
+        members += [b.member for b in group.route.bounds] if group.route else []
+        for member in members:
+            if member not in database_names:
+                raise ConfigError(f"groups.{group.name}: unknown member {member!r}")
+
+
+def _section(where: str, cls: type[Any], raw: Any) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    _reject_unknown(where, raw, set(cls.__dataclass_fields__))
+    try:
+        return cls(**raw)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"DATAACCESS_CONFIG: cannot read {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"DATAACCESS_CONFIG: {path} is not valid YAML: {exc}") from exc
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"DATAACCESS_CONFIG: {path} must hold a mapping")
+    return document
+
+
+def _reject_unknown(where: str, raw: Mapping[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}")
+
+
+def _name(where: str, raw: Mapping[str, Any]) -> str:
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ConfigError(f"{where}.name: expected a name of letters, digits and underscores")
+    return name
+
+
+def _resolve(path: Path, base: Path) -> Path:
+    return path if path.is_absolute() else base / path
+
+
+def _int(key: str, raw: Any) -> int:
+    if raw is None:
+        return Config.l1_max_entries
+    try:
+        return int(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: expected an integer, got {raw!r}") from exc
+
+
+def _require_positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: must be above 0")
+
+
+def _require_non_negative(key: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{key}: must not be negative")

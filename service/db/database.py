@@ -1,0 +1,88 @@
+"""One configured SQLite database: its reader pool, its group-commit writer and its schema."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+from service.config import DatabaseConfig, Limits, SqliteSettings
+from service.db.connection import SqliteConnection, open_reader, open_writer
+from service.db.guard import ShapeMemo
+from service.db.pool import ReaderPool
+from service.db.schema import Schema, read_schema
+from service.db.writer import WriteBatcher
+
+log = logging.getLogger(__name__)
+
+
+class Database:
+    """Opens, serves and closes one database file."""
+
+    def __init__(self, config: DatabaseConfig, settings: SqliteSettings, limits: Limits) -> None:
+        self.name = config.name
+        self.config = config
+        self._settings = settings
+        self._limits = limits
+        self._read_memo = ShapeMemo()
+        self._write_memo = ShapeMemo()
+        self.schema = Schema({})
+        self.allowed: frozenset[str] = frozenset()
+        self._writer_conn: SqliteConnection | None = None
+        self._writer: WriteBatcher | None = None
+        self.pool = ReaderPool(
+            config.name,
+            limits.readers_per_database,
+            self._open_reader,
+            limits.acquire_timeout_seconds,
+        )
+
+    @property
+    def writer(self) -> WriteBatcher:
+        """The database's group-commit writer."""
+        assert self._writer is not None, "Database.open() first"
+        return self._writer
+
+    async def open(self) -> None:
+        """Open the writer (creating the file, in WAL mode), read the schema, open the readers."""
+        conn = await open_writer(
+            self.name,
+            self.config.path,
+            self.config.allowed_tables,
+            self._write_memo,
+            self._settings,
+            self._limits,
+        )
+        self._writer_conn = conn
+        self.schema = await conn.run_trusted(read_schema)
+        self.allowed = conn.guard.allowed_tables
+        self._writer = WriteBatcher(conn)
+        await self._writer.start()
+        await self.pool.open()
+
+    async def _open_reader(self) -> SqliteConnection:
+        return await open_reader(
+            self.name,
+            self.config.path,
+            self.config.allowed_tables,
+            self._read_memo,
+            self._settings,
+            self._limits,
+        )
+
+    async def close(self) -> None:
+        """Commit queued writes, close the readers, checkpoint the WAL and close the writer."""
+        if self._writer is not None:
+            await self._writer.close()
+        await self.pool.close()
+        conn = self._writer_conn
+        if conn is None:
+            return
+        try:
+            await conn.run_trusted(_checkpoint)
+        finally:
+            await conn.close()
+            self._writer_conn = None
+
+
+def _checkpoint(raw: sqlite3.Connection) -> None:
+    raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()

@@ -1,0 +1,114 @@
+"""Ordered, checksummed schema migrations: migrations/<database>/NNNN_name.sql.
+
+Each migration runs in its own transaction together with its row in
+``schema_migrations``; an applied migration whose file changed stops the
+start, because the database no longer matches what the files say.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+_FILE_NAME = re.compile(r"^(\d{4})_([A-Za-z0-9_]+)\.sql$")
+
+
+class MigrationError(Exception):
+    """The migrations cannot be applied; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One migration file."""
+
+    version: int
+    name: str
+    sql: str
+    checksum: str
+
+
+def load_migrations(folder: Path) -> list[Migration]:
+    """The migrations in ``folder``, in version order."""
+    found: dict[int, Migration] = {}
+    for path in sorted(folder.glob("*.sql")):
+        match = _FILE_NAME.match(path.name)
+        if match is None:
+            raise MigrationError(f"{path}: migration files are named NNNN_name.sql")
+        version = int(match.group(1))
+        if version in found:
+            raise MigrationError(f"{path}: version {version} is used twice")
+        text = path.read_text(encoding="utf-8")
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        found[version] = Migration(version, match.group(2), text, digest)
+    return [found[v] for v in sorted(found)]
+
+
+def apply_migrations(database: str, path: Path, folder: Path) -> list[str]:
+    """Apply the pending migrations of ``folder`` to the file at ``path``; their names."""
+    migrations = load_migrations(folder)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+            " name TEXT NOT NULL, checksum TEXT NOT NULL,"
+            " applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ')))"
+        )
+        applied = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+        done = []
+        for migration in migrations:
+            if migration.version in applied:
+                _check_unchanged(database, migration, applied[migration.version])
+                continue
+            _apply(conn, database, migration)
+            done.append(f"{migration.version:04d}_{migration.name}")
+        return done
+    except sqlite3.Error as exc:
+        raise MigrationError(f"{database}: {path}: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def _check_unchanged(database: str, migration: Migration, checksum: str) -> None:
+    if checksum != migration.checksum:
+        raise MigrationError(
+            f"{database}: migration {migration.version:04d}_{migration.name} changed after it "
+            "was applied; add a new migration instead"
+        )
+
+
+def _apply(conn: sqlite3.Connection, database: str, migration: Migration) -> None:
+    log.info("applying migration %s %04d_%s", database, migration.version, migration.name)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in _statements(migration.sql):
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES (?, ?, ?)",
+            (migration.version, migration.name, migration.checksum),
+        )
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise MigrationError(
+            f"{database}: migration {migration.version:04d}_{migration.name} failed: {exc}"
+        ) from exc
+
+
+def _statements(script: str) -> list[str]:
+    """Split a script into complete statements, as SQLite's own tokenizer sees them."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip() and not current.strip().startswith("--"):
+        statements.append(current.strip())
+    return [s for s in statements if s.strip(" \n;")]

@@ -1,0 +1,157 @@
+"""A bounded pool of reader connections for one database that cannot leak.
+
+``async with pool.reader(deadline) as conn`` waits for an idle connection
+until its timeout, raises ResourceExhausted past it, and always gives the
+connection back (a broken one is replaced). Each connection is a thread, so
+the pool size is the database's reader thread budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from service import errors
+from service.db.connection import SqliteConnection
+
+log = logging.getLogger(__name__)
+Opener = Callable[[], Awaitable[SqliteConnection]]
+
+
+@dataclass(frozen=True)
+class PoolSnapshot:
+    """A reader pool's counters at one moment."""
+
+    database: str
+    size: int
+    in_use: int
+    waiters: int
+    acquire_p50_ms: float
+    acquire_p99_ms: float
+    timeouts: int
+    recycled: int
+
+
+class ReaderPool:
+    """N reader connections to one database, lent one at a time."""
+
+    def __init__(self, database: str, size: int, open_reader: Opener, acquire_timeout: float):
+        self.database = database
+        self.size = size
+        self._open_reader = open_reader
+        self._acquire_timeout = acquire_timeout
+        self._idle: asyncio.Queue[SqliteConnection] = asyncio.Queue()
+        self._all: set[SqliteConnection] = set()
+        self._waiters = 0
+        self._waits_ms: deque[float] = deque(maxlen=2048)
+        self._timeouts = 0
+        self._recycled = 0
+        self._closed = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def open(self) -> None:
+        """Open every reader connection."""
+        for _ in range(self.size):
+            conn = await self._open_reader()
+            self._all.add(conn)
+            self._idle.put_nowait(conn)
+
+    @asynccontextmanager
+    async def reader(self, deadline: float | None = None) -> AsyncIterator[SqliteConnection]:
+        """Lend an idle reader until the block ends, whatever way it ends."""
+        conn = await self._acquire(deadline)
+        try:
+            yield conn
+        finally:
+            self._release(conn)
+
+    async def _acquire(self, deadline: float | None) -> SqliteConnection:
+        started = time.monotonic()
+        timeout = self._acquire_timeout
+        if deadline is not None:
+            timeout = min(timeout, max(deadline - started, 0.0))
+        self._waiters += 1
+        try:
+            conn = await asyncio.wait_for(self._idle.get(), timeout)
+        except TimeoutError:
+            self._timeouts += 1
+            raise errors.ResourceExhausted(
+                f"{self.database}: no reader connection free within {timeout:.2f} s"
+            ) from None
+        finally:
+            self._waiters -= 1
+        self._waits_ms.append((time.monotonic() - started) * 1000)
+        return conn
+
+    def _release(self, conn: SqliteConnection) -> None:
+        if not conn.broken:
+            self._idle.put_nowait(conn)
+            return
+        self._all.discard(conn)
+        task = asyncio.get_running_loop().create_task(self._replace(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _replace(self, broken: SqliteConnection) -> None:
+        """Swap a broken reader for a new one, retrying while the file is unavailable."""
+        await _close_quietly(broken)
+        delay = 0.1
+        while not self._closed:
+            try:
+                conn = await self._open_reader()
+            except errors.DataAccessError as exc:
+                log.warning("reader for %s not reopened: %s", self.database, exc.message)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._recycled += 1
+            self._all.add(conn)
+            self._idle.put_nowait(conn)
+            return
+
+    def snapshot(self) -> PoolSnapshot:
+        """The pool's counters now."""
+        waits = sorted(self._waits_ms)
+        return PoolSnapshot(
+            database=self.database,
+            size=self.size,
+            in_use=self.size - self._idle.qsize(),
+            waiters=self._waiters,
+            acquire_p50_ms=_percentile(waits, 0.50),
+            acquire_p99_ms=_percentile(waits, 0.99),
+            timeouts=self._timeouts,
+            recycled=self._recycled,
+        )
+
+    def reset_stats(self) -> None:
+        """Clear the counters."""
+        self._waits_ms.clear()
+        self._timeouts = 0
+        self._recycled = 0
+
+    async def close(self) -> None:
+        """Close every connection, idle or not."""
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for conn in list(self._all):
+            await _close_quietly(conn)
+        self._all.clear()
+
+
+async def _close_quietly(conn: SqliteConnection) -> None:
+    try:
+        await conn.close()
+    except Exception:  # noqa: BLE001 - closing a broken connection may fail; it is gone either way
+        log.debug("closing a reader failed", exc_info=True)
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

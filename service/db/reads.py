@@ -1,0 +1,93 @@
+"""Read work run on a reader's thread: execute and fetch in one hop, within limits."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from service import errors
+from service.db.guard import Guard, StatementShape
+from service.values import Params, SqlRow
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """Rows fetched by one hop, and what the statement read."""
+
+    columns: tuple[str, ...]
+    rows: list[SqlRow]
+    more: bool
+    shape: StatementShape | None
+
+
+def fetch_rows(
+    raw: sqlite3.Connection, guard: Guard, sql: str, params: Params, limit: int, max_bytes: int
+) -> Fetched:
+    """Run ``sql`` and fetch up to ``limit`` rows; ``more`` says whether others follow."""
+    cursor = _execute(raw, guard, sql, params)
+    try:
+        rows = cursor.fetchmany(limit + 1)
+        _check_bytes(rows, max_bytes)
+        columns = tuple(d[0] for d in cursor.description or ())
+        more = len(rows) > limit
+        return Fetched(columns, rows[:limit], more, guard.shape_of(sql))
+    finally:
+        cursor.close()
+
+
+@dataclass
+class OpenStream:
+    """A statement being streamed: its cursor stays on its connection's thread."""
+
+    cursor: sqlite3.Cursor
+    columns: tuple[str, ...]
+    shape: StatementShape | None
+
+
+def open_stream(raw: sqlite3.Connection, guard: Guard, sql: str, params: Params) -> OpenStream:
+    """Run ``sql`` for streaming; rows are fetched chunk by chunk with ``fetch_chunk``."""
+    cursor = _execute(raw, guard, sql, params)
+    columns = tuple(d[0] for d in cursor.description or ())
+    return OpenStream(cursor, columns, guard.shape_of(sql))
+
+
+def fetch_chunk(stream: OpenStream, max_rows: int, max_bytes: int) -> list[SqlRow]:
+    """The next rows of a stream, at most ``max_rows`` and about ``max_bytes``."""
+    chunk: list[SqlRow] = []
+    size = 0
+    while len(chunk) < max_rows and size < max_bytes:
+        row = stream.cursor.fetchone()
+        if row is None:
+            break
+        chunk.append(row)
+        size += row_bytes(row)
+    return chunk
+
+
+def close_stream(stream: OpenStream) -> None:
+    """Let go of a stream's cursor."""
+    stream.cursor.close()
+
+
+def _execute(raw: sqlite3.Connection, guard: Guard, sql: str, params: Params) -> sqlite3.Cursor:
+    guard.begin()
+    cursor = raw.execute(sql, params)
+    if cursor.description is None:
+        cursor.close()
+        raise errors.InvalidArgument("Query takes a statement that returns rows", field="sql")
+    return cursor
+
+
+def _check_bytes(rows: list[SqlRow], max_bytes: int) -> None:
+    total = 0
+    for row in rows:
+        total += row_bytes(row)
+        if total > max_bytes:
+            raise errors.ResourceExhausted(
+                f"the result is over {max_bytes} bytes: cut it with max_rows or use QueryStream"
+            )
+
+
+def row_bytes(row: SqlRow) -> int:
+    """About how many bytes a row takes on the wire."""
+    return sum(len(v) if isinstance(v, str | bytes) else 9 for v in row) + 2

@@ -1,0 +1,64 @@
+"""The tables and columns of one database, read once after its migrations ran.
+
+BatchInsert checks its identifiers here and quotes the schema's own names,
+so nothing from a request is interpolated into SQL; Query takes declared
+column types from here.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """One table: its name as declared and its columns' declared types."""
+
+    name: str
+    columns: dict[str, tuple[str, str]]  # lower-cased name -> (declared name, declared type)
+
+    def column(self, name: str) -> tuple[str, str] | None:
+        """The declared name and type of column ``name``, any case."""
+        return self.columns.get(name.lower())
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Every user table of a database, by lower-cased name."""
+
+    tables: dict[str, TableInfo]
+
+    def table(self, name: str) -> TableInfo | None:
+        """The table called ``name``, any case."""
+        return self.tables.get(name.lower())
+
+    def decl_type(self, column: str, tables: frozenset[str]) -> str:
+        """The declared type of result column ``column`` if exactly one read table has it."""
+        found = {
+            info.column(column)[1]  # type: ignore[index]
+            for table in tables
+            if (info := self.table(table)) is not None and info.column(column) is not None
+        }
+        return found.pop() if len(found) == 1 else ""
+
+
+def read_schema(raw: sqlite3.Connection) -> Schema:
+    """Read the schema; runs on the connection's thread, outside the guard."""
+    names = [
+        str(name)
+        for (name,) in raw.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        ).fetchall()
+    ]
+    tables = {}
+    for name in names:
+        info = raw.execute("SELECT name, type FROM pragma_table_info(?)", (name,)).fetchall()
+        columns = {str(col).lower(): (str(col), str(decl)) for col, decl in info}
+        tables[name.lower()] = TableInfo(name, columns)
+    return Schema(tables)
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as an SQL identifier; only ever given names read from the schema."""
+    return '"' + name.replace('"', '""') + '"'

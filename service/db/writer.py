@@ -1,0 +1,232 @@
+"""The group-commit writer: one connection per database behind a bounded queue.
+
+Write RPCs queued together share one transaction and one COMMIT, each in its
+own SAVEPOINT so that a failing one rolls back alone; every RPC is answered
+only after the COMMIT that holds it returned. A job past its deadline, or
+whose caller went away, is stopped by the progress handler; SQLite then
+rolls back the whole transaction, so the batch is run again without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from service import errors
+from service.db.connection import SqliteConnection
+from service.db.guard import Guard
+from service.db.sqlite_errors import translate
+from service.db.writes import WriteOutcome
+
+log = logging.getLogger(__name__)
+_PROGRESS_STEPS = 1000
+
+
+class WritePlan(Protocol):
+    """Work that writes, run on the writer's thread inside a savepoint."""
+
+    def run(self, raw: sqlite3.Connection, guard: Guard) -> WriteOutcome: ...
+
+
+@dataclass
+class _Job:
+    plan: WritePlan
+    deadline: float | None
+    future: asyncio.Future[WriteOutcome]
+    cancelled: bool = False
+
+    def stopped(self) -> bool:
+        return self.cancelled or (self.deadline is not None and time.monotonic() > self.deadline)
+
+
+@dataclass
+class WriteCounters:
+    """Commit counters of one database."""
+
+    transactions: int = 0
+    batches: int = 0
+    rows: int = 0
+
+
+@dataclass
+class _Group:
+    """The jobs of one transaction, as the writer's thread works through them."""
+
+    jobs: list[_Job]
+    results: list[WriteOutcome | errors.DataAccessError | None] = field(default_factory=list)
+    current: _Job | None = None
+
+
+class WriteBatcher:
+    """Takes write jobs for one database and commits them in groups."""
+
+    def __init__(self, conn: SqliteConnection, queue_size: int = 1024, max_group: int = 256):
+        self.database = conn.database
+        self.counters = WriteCounters()
+        self._conn = conn
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
+        self._max_group = max_group
+        self._group: _Group | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        """Install the progress handler and start taking jobs."""
+        await self._conn.run(
+            lambda raw: raw.set_progress_handler(self._stop_requested, _PROGRESS_STEPS)
+        )
+        self._runner = asyncio.get_running_loop().create_task(self._run())
+
+    async def submit(self, plan: WritePlan, deadline: float | None) -> WriteOutcome:
+        """Queue ``plan`` and wait for the COMMIT that holds it."""
+        if self._closing:
+            raise errors.Unavailable(f"{self.database}: the service is shutting down")
+        job = _Job(plan, deadline, asyncio.get_running_loop().create_future())
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise errors.ResourceExhausted(f"{self.database}: the write queue is full") from None
+        try:
+            return await asyncio.shield(job.future)
+        except asyncio.CancelledError:
+            job.cancelled = True
+            raise
+
+    def reset_counters(self) -> None:
+        """Start counting commits from zero."""
+        self.counters = WriteCounters()
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop."""
+        self._closing = True
+        while not self._queue.empty() or self._group is not None:
+            await asyncio.sleep(0.01)
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            jobs = [await self._queue.get()]
+            while len(jobs) < self._max_group and not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+            live = [job for job in jobs if not self._skip(job)]
+            if live:
+                await self._commit(live)
+
+    def _skip(self, job: _Job) -> bool:
+        if not job.stopped():
+            return False
+        if not job.future.done():
+            job.future.set_exception(self._stop_error(job))
+        return True
+
+    async def _commit(self, jobs: list[_Job]) -> None:
+        group = _Group(jobs, [None] * len(jobs))
+        self._group = group
+        try:
+            await self._conn.run(lambda raw: self._commit_group(raw, group))
+        except errors.DataAccessError as exc:
+            group.results = [exc] * len(jobs)
+        except Exception as exc:  # a bug must not leave callers waiting forever
+            log.exception("write group failed on %s", self.database)
+            group.results = [errors.Internal(f"{self.database}: {exc}")] * len(jobs)
+        finally:
+            self._group = None
+        self._answer(group)
+
+    def _answer(self, group: _Group) -> None:
+        committed = [r for r in group.results if isinstance(r, WriteOutcome)]
+        if committed:
+            self.counters.transactions += 1
+            self.counters.batches += len(committed)
+            self.counters.rows += sum(sum(r.rows_affected) for r in committed)
+        for job, result in zip(group.jobs, group.results, strict=True):
+            if job.future.done():
+                continue
+            if isinstance(result, WriteOutcome):
+                job.future.set_result(result)
+            else:
+                job.future.set_exception(result or errors.Internal("write was not run"))
+
+    # Everything below runs on the writer's thread.
+
+    def _commit_group(self, raw: sqlite3.Connection, group: _Group) -> None:
+        pending = list(range(len(group.jobs)))
+        while pending:
+            lost = self._attempt(raw, group, pending)
+            if lost is None:
+                return
+            pending.remove(lost)
+            pending = [i for i in pending if not self._give_up(group, i)]
+
+    def _attempt(self, raw: sqlite3.Connection, group: _Group, pending: list[int]) -> int | None:
+        """One transaction over ``pending``; the index of a job that lost it, or None."""
+        self._control(raw, "BEGIN IMMEDIATE")
+        try:
+            for index in pending:
+                if not self._run_job(raw, group, index):
+                    return index
+            self._control(raw, "COMMIT")
+            return None
+        except BaseException:
+            if raw.in_transaction:
+                self._control(raw, "ROLLBACK")
+            raise
+        finally:
+            group.current = None
+
+    def _run_job(self, raw: sqlite3.Connection, group: _Group, index: int) -> bool:
+        """Run one job in its savepoint; False when its failure ended the transaction."""
+        job = group.jobs[index]
+        group.current = job
+        self._control(raw, "SAVEPOINT job")
+        try:
+            group.results[index] = job.plan.run(raw, self._conn.guard)
+        except Exception as exc:  # noqa: BLE001 - every failure is the job's answer
+            group.results[index] = self._job_error(job, exc)
+            if not raw.in_transaction:
+                return False
+            self._control(raw, "ROLLBACK TO job")
+        self._control(raw, "RELEASE job")
+        return True
+
+    def _give_up(self, group: _Group, index: int) -> bool:
+        job = group.jobs[index]
+        if job.stopped():
+            group.results[index] = self._stop_error(job)
+            return True
+        return False
+
+    def _job_error(self, job: _Job, exc: Exception) -> errors.DataAccessError:
+        if isinstance(exc, errors.DataAccessError):
+            return exc
+        if isinstance(exc, sqlite3.OperationalError) and job.stopped():
+            return self._stop_error(job)
+        if isinstance(exc, sqlite3.Error | ValueError | OverflowError):
+            guard = self._conn.guard
+            return translate(exc, database=self.database, writer=True, refusal=guard.refusal)
+        log.exception("write job failed on %s", self.database)
+        return errors.Internal(f"{self.database}: {exc}")
+
+    def _stop_error(self, job: _Job) -> errors.DataAccessError:
+        if job.cancelled:
+            return errors.Cancelled(f"{self.database}: the caller cancelled the write")
+        return errors.DeadlineExceeded(f"{self.database}: the write's deadline passed")
+
+    def _stop_requested(self) -> bool:
+        group = self._group
+        current = group.current if group is not None else None
+        return current is not None and current.stopped()
+
+    def _control(self, raw: sqlite3.Connection, sql: str) -> None:
+        guard = self._conn.guard
+        guard.trusted = True
+        try:
+            raw.execute(sql)
+        finally:
+            guard.trusted = False

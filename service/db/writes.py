@@ -1,0 +1,148 @@
+"""Write work: BatchInsert plans checked against the schema, and the functions that run them.
+
+A plan is built on the event loop from the request and the schema (so bad
+identifiers fail before anything is queued); its ``run`` executes on the
+writer's thread inside the transaction the WriteBatcher opened.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from service import errors
+from service.db.guard import Guard
+from service.db.schema import Schema, TableInfo, quote_identifier
+from service.values import SqlRow
+
+_INSERT_VERBS = {
+    "abort": "INSERT",
+    "ignore": "INSERT OR IGNORE",
+    "replace": "INSERT OR REPLACE",
+    "upsert": "INSERT",
+}
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What one write RPC changed."""
+
+    rows_affected: tuple[int, ...]
+    last_insert_rowid: int
+    tables: frozenset[str]
+
+
+@dataclass(frozen=True)
+class InsertPlan:
+    """One BatchInsert: quoted SQL from schema names, and its rows."""
+
+    sql: str
+    table: str
+    rows: Sequence[SqlRow]
+
+    def run(self, raw: sqlite3.Connection, guard: Guard) -> WriteOutcome:
+        """Insert every row; runs on the writer's thread inside a savepoint."""
+        guard.begin()
+        cursor = raw.executemany(self.sql, self.rows)
+        shape = guard.shape_of(self.sql)
+        last_rowid = raw.execute("SELECT last_insert_rowid()").fetchone()[0]
+        tables = shape.writes if shape is not None else frozenset({self.table})
+        return WriteOutcome((max(cursor.rowcount, 0),), int(last_rowid), tables)
+
+
+@dataclass(frozen=True)
+class StatementPlan:
+    """One BatchUpdate: DML statements, each with its parameter sets."""
+
+    statements: Sequence[tuple[str, Sequence[SqlRow]]]
+
+    def run(self, raw: sqlite3.Connection, guard: Guard) -> WriteOutcome:
+        """Run the statements in order; runs on the writer's thread inside a savepoint."""
+        counts: list[int] = []
+        tables: set[str] = set()
+        for index, (sql, param_sets) in enumerate(self.statements):
+            guard.begin()
+            try:
+                cursor = raw.executemany(sql, param_sets or [()])
+            except sqlite3.ProgrammingError as exc:
+                raise errors.InvalidArgument(str(exc), field=f"statements[{index}].sql") from exc
+            shape = guard.shape_of(sql)
+            if shape is None or not shape.writes:
+                raise errors.InvalidArgument(
+                    "BatchUpdate takes INSERT, UPDATE, DELETE or upsert statements only",
+                    field=f"statements[{index}].sql",
+                )
+            counts.append(max(cursor.rowcount, 0))
+            tables |= shape.writes
+        last_rowid = raw.execute("SELECT last_insert_rowid()").fetchone()[0]
+        return WriteOutcome(tuple(counts), int(last_rowid), frozenset(tables))
+
+
+@dataclass(frozen=True)
+class InsertRequest:
+    """A BatchInsert as the domain sees it."""
+
+    table: str
+    columns: Sequence[str]
+    rows: Sequence[SqlRow]
+    on_conflict: str = "abort"
+    conflict_columns: Sequence[str] = ()
+    update_columns: Sequence[str] = ()
+
+
+def plan_insert(request: InsertRequest, schema: Schema, allowed: frozenset[str]) -> InsertPlan:
+    """Check a BatchInsert against the schema and build its SQL from the schema's names."""
+    table = schema.table(request.table)
+    if table is None:
+        raise errors.NotFound(f"no such table: {request.table}", field="table")
+    if table.name.lower() not in allowed:
+        raise errors.PermissionDenied(f"writes to table {table.name!r} are not allowed")
+    columns = _columns(table, request.columns, "columns")
+    if not columns:
+        raise errors.InvalidArgument("columns: at least one column is needed", field="columns")
+    _check_rows(request.rows, len(columns))
+    verb = _INSERT_VERBS.get(request.on_conflict)
+    if verb is None:
+        raise errors.InvalidArgument(
+            f"unknown on_conflict {request.on_conflict}", field="on_conflict"
+        )
+    names = ", ".join(map(quote_identifier, columns))
+    head = f"{verb} INTO {quote_identifier(table.name)} ({names})"
+    values = f"VALUES ({', '.join('?' * len(columns))})"
+    upsert = _upsert_clause(request, table, columns) if request.on_conflict == "upsert" else ""
+    return InsertPlan(f"{head} {values}{upsert}", table.name, request.rows)
+
+
+def _upsert_clause(request: InsertRequest, table: TableInfo, columns: list[str]) -> str:
+    conflict = _columns(table, request.conflict_columns, "conflict_columns")
+    if not conflict:
+        raise errors.InvalidArgument("UPSERT needs conflict_columns", field="conflict_columns")
+    update = _columns(table, request.update_columns, "update_columns") or [
+        c for c in columns if c not in conflict
+    ]
+    target = ", ".join(map(quote_identifier, conflict))
+    if not update:
+        return f" ON CONFLICT ({target}) DO NOTHING"
+    sets = ", ".join(f"{quote_identifier(c)} = excluded.{quote_identifier(c)}" for c in update)
+    return f" ON CONFLICT ({target}) DO UPDATE SET {sets}"
+
+
+def _columns(table: TableInfo, names: Sequence[str], field: str) -> list[str]:
+    declared = []
+    for index, name in enumerate(names):
+        column = table.column(name)
+        if column is None:
+            raise errors.NotFound(f"no such column: {table.name}.{name}", field=f"{field}[{index}]")
+        if column[0] in declared:
+            raise errors.InvalidArgument(f"column {name} given twice", field=f"{field}[{index}]")
+        declared.append(column[0])
+    return declared
+
+
+def _check_rows(rows: Sequence[SqlRow], width: int) -> None:
+    for index, row in enumerate(rows):
+        if len(row) != width:
+            raise errors.InvalidArgument(
+                f"row has {len(row)} values for {width} columns", field=f"rows[{index}]"
+            )

@@ -1,0 +1,103 @@
+"""The gRPC server's lifecycle: migrations, databases, services, graceful stop.
+
+``DataAccessServer.start`` applies migrations, opens every database and
+serves DataAccess, the standard ``grpc.health.v1`` service and reflection;
+``stop`` marks every service NOT_SERVING at once, lets in-flight calls
+finish within the grace period, then commits queued writes and closes and
+checkpoints the databases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from dataaccess_client.v1 import data_access_pb2 as pb
+from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
+from service.access import DataAccess
+from service.config import Config
+from service.db.migrate import apply_migrations
+from service.router import Router
+from service.servicer import DataAccessServicer
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DataAccess"].full_name
+
+
+class StartError(Exception):
+    """The server cannot start; the message is one line."""
+
+
+class DataAccessServer:
+    """One running dataaccess server."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.router = Router(config)
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        """Migrate, open the databases and start serving; the port bound."""
+        await asyncio.to_thread(migrate, self.config)
+        await self.router.open()
+        server = grpc.aio.server(options=self._options())
+        pb_grpc.add_DataAccessServicer_to_server(
+            DataAccessServicer(DataAccess(self.router, self.config.limits), self.config.limits),
+            server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        try:
+            self.port = server.add_insecure_port(self.config.listen)
+        except RuntimeError as exc:
+            await self.router.close()
+            raise StartError(f"listen: cannot bind {self.config.listen}: {exc}") from exc
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"listen": self.config.listen, "port": self.port})
+        return self.port
+
+    def _options(self) -> list[tuple[str, int]]:
+        size = self.config.limits.max_message_bytes
+        return [
+            ("grpc.max_receive_message_length", size),
+            ("grpc.max_send_message_length", size),
+            ("grpc.so_reuseport", 0),
+        ]
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let in-flight ones finish, then close the databases."""
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.config.shutdown_grace_seconds if grace is None else grace)
+            self._server = None
+        await self.router.close()
+        log.info("stopped")
+
+
+def migrate(config: Config) -> None:
+    """Apply every database's pending migrations."""
+    for database in config.databases:
+        if database.migrations is not None:
+            for name in apply_migrations(database.name, database.path, database.migrations):
+                log.info("migrated", extra={"database": database.name, "migration": name})
+
+
+async def serve(config: Config, stop: asyncio.Event) -> None:
+    """Serve until ``stop`` is set, then stop gracefully."""
+    server = DataAccessServer(config)
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

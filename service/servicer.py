@@ -1,0 +1,219 @@
+"""The gRPC servicer: proto <-> domain, and DataAccessError -> gRPC status, in one place.
+
+No I/O logic lives here: every method converts its request, awaits one
+DataAccess coroutine and converts the answer. Failures leave through
+``_abort``, which attaches ``google.rpc.BadRequest`` details to
+INVALID_ARGUMENT so the caller learns which field was wrong.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from dataaccess_client.v1 import data_access_pb2 as pb
+from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
+from service import errors
+from service.access import DataAccess, ReadRequest, ReadResult, WriteResult
+from service.config import Limits
+from service.db.writes import InsertRequest
+from service.values import params_from_proto, row_from_proto, rows_to_proto
+
+log = logging.getLogger(__name__)
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_CACHE_STATUS = {
+    "miss": pb.CACHE_STATUS_MISS,
+    "hit_local": pb.CACHE_STATUS_HIT_LOCAL,
+    "hit_redis": pb.CACHE_STATUS_HIT_REDIS,
+    "stale": pb.CACHE_STATUS_STALE,
+    "bypass": pb.CACHE_STATUS_BYPASS,
+}
+_ON_CONFLICT = {
+    pb.ON_CONFLICT_UNSPECIFIED: "abort",
+    pb.ON_CONFLICT_ABORT: "abort",
+    pb.ON_CONFLICT_IGNORE: "ignore",
+    pb.ON_CONFLICT_REPLACE: "replace",
+    pb.ON_CONFLICT_UPSERT: "upsert",
+}
+_HEALTH = {
+    "healthy": pb.HEALTH_STATUS_HEALTHY,
+    "degraded": pb.HEALTH_STATUS_DEGRADED,
+    "critical": pb.HEALTH_STATUS_CRITICAL,
+}
+
+
+def _answers_errors(
+    method: Callable[[Any, Req, Context], Awaitable[Resp]],
+) -> Callable[[Any, Req, Context], Awaitable[Resp]]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: Context) -> Resp:
+        try:
+            return await method(self, request, context)
+        except errors.DataAccessError as exc:
+            await _abort(context, exc)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            log.exception("unexpected failure in %s", method.__name__)
+            await _abort(context, errors.Internal(f"internal error: {type(exc).__name__}"))
+
+    return wrapper
+
+
+async def _abort(context: Context, error: errors.DataAccessError) -> NoReturn:
+    code = errors.status_for(error)
+    status = status_pb2.Status(code=code.value[0], message=error.message)
+    if isinstance(error, errors.InvalidArgument):
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=error.field or "", description=error.message
+        )
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+        status.details.append(detail)
+    assert status.code != code_pb2.OK
+    await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
+    raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
+class DataAccessServicer(pb_grpc.DataAccessServicer):
+    """Serves dataaccess.v1.DataAccess over a DataAccess instance."""
+
+    def __init__(self, access: DataAccess, limits: Limits) -> None:
+        self._access = access
+        self._limits = limits
+
+    def _deadline(self, context: Context) -> float:
+        remaining = context.time_remaining()
+        default = self._limits.default_deadline_seconds
+        budget = default if remaining is None else min(remaining, default)
+        return time.monotonic() + budget
+
+    @_answers_errors
+    async def Query(self, request: pb.QueryRequest, context: Context) -> pb.QueryResponse:
+        result = await self._access.query(_read_request(request), self._deadline(context))
+        return _query_response(result)
+
+    async def QueryStream(
+        self, request: pb.QueryRequest, context: Context
+    ) -> AsyncIterator[pb.QueryResponse]:
+        try:
+            chunks = self._access.query_stream(_read_request(request), self._deadline(context))
+            async for chunk in chunks:
+                yield _query_response(chunk)
+        except errors.DataAccessError as exc:
+            await _abort(context, exc)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            log.exception("unexpected failure in QueryStream")
+            await _abort(context, errors.Internal(f"internal error: {type(exc).__name__}"))
+
+    @_answers_errors
+    async def BatchInsert(
+        self, request: pb.BatchInsertRequest, context: Context
+    ) -> pb.BatchInsertResponse:
+        insert = InsertRequest(
+            table=request.table,
+            columns=list(request.columns),
+            rows=[row_from_proto(row, f"rows[{i}]") for i, row in enumerate(request.rows)],
+            on_conflict=_ON_CONFLICT.get(request.on_conflict, "abort"),
+            conflict_columns=list(request.conflict_columns),
+            update_columns=list(request.update_columns),
+        )
+        result = await self._access.batch_insert(
+            request.database, insert, list(request.invalidate_tags), self._deadline(context)
+        )
+        return pb.BatchInsertResponse(
+            rows_affected=sum(result.rows_affected),
+            last_insert_rowid=result.last_insert_rowid,
+            invalidated_tags=result.invalidated_tags,
+        )
+
+    @_answers_errors
+    async def BatchUpdate(
+        self, request: pb.BatchUpdateRequest, context: Context
+    ) -> pb.BatchUpdateResponse:
+        statements = [
+            (
+                statement.sql,
+                [
+                    row_from_proto(row, f"statements[{i}].param_sets[{j}]")
+                    for j, row in enumerate(statement.param_sets)
+                ],
+            )
+            for i, statement in enumerate(request.statements)
+        ]
+        result: WriteResult = await self._access.batch_update(
+            request.database, statements, list(request.invalidate_tags), self._deadline(context)
+        )
+        return pb.BatchUpdateResponse(
+            rows_affected=result.rows_affected, invalidated_tags=result.invalidated_tags
+        )
+
+    @_answers_errors
+    async def Invalidate(
+        self, request: pb.InvalidateRequest, context: Context
+    ) -> pb.InvalidateResponse:
+        tags = await self._access.invalidate(
+            list(request.tags), list(request.databases), request.all
+        )
+        return pb.InvalidateResponse(invalidated_tags=tags)
+
+    @_answers_errors
+    async def Health(self, request: pb.HealthRequest, context: Context) -> pb.HealthResponse:
+        report = await self._access.health()
+        return pb.HealthResponse(
+            status=_HEALTH[report.status],
+            score=report.score,
+            checks=[
+                pb.HealthCheck(
+                    name=c.name,
+                    status=_HEALTH[c.status],
+                    message=c.message,
+                    duration_ms=c.duration_ms,
+                )
+                for c in report.checks
+            ],
+        )
+
+    @_answers_errors
+    async def Stats(self, request: pb.StatsRequest, context: Context) -> pb.StatsResponse:
+        report = self._access.stats(reset=request.reset)
+        return pb.StatsResponse(
+            pools=[pb.PoolStats(**vars(pool)) for pool in report.pools],
+            writes=[pb.WriteStats(**vars(write)) for write in report.writes],
+        )
+
+
+def _read_request(request: pb.QueryRequest) -> ReadRequest:
+    if request.max_rows < 0:
+        raise errors.InvalidArgument("max_rows must not be negative", field="max_rows")
+    return ReadRequest(
+        database=request.database,
+        sql=request.sql,
+        params=params_from_proto(request.params, request.named_params),
+        max_rows=request.max_rows,
+        cache_tags=list(request.cache.tags),
+    )
+
+
+def _query_response(result: ReadResult) -> pb.QueryResponse:
+    return pb.QueryResponse(
+        columns=[pb.Column(name=name, decl_type=decl) for name, decl in result.columns],
+        rows=rows_to_proto(result.rows),
+        cache_status=_CACHE_STATUS[result.cache_status],
+        databases=result.databases,
+        tags=result.tags,
+        truncated=result.truncated,
+    )
