@@ -152,7 +152,7 @@ class DataAccess:
                     truncated = bool(request.max_rows) and sent + len(rows) > request.max_rows
                     rows = rows[: request.max_rows - sent] if truncated else rows
                     sent += len(rows)
-                    if rows or first:
+                    if rows or first or truncated:
                         yield ReadResult(
                             columns if first else [],
                             rows,
@@ -212,7 +212,7 @@ class DataAccess:
 
     def stats(self, reset: bool) -> StatsReport:
         """Pool and write counters; ``reset`` clears them after reading."""
-        databases = list(self._router.databases.values())
+        databases = [db for db in self._router.databases.values() if db.failure is None]
         report = StatsReport(
             pools=[db.pool.snapshot() for db in databases],
             writes=[WriteSnapshot(db.name, **vars(db.writer.counters)) for db in databases],
@@ -225,6 +225,8 @@ class DataAccess:
 
     async def _probe(self, database: Database) -> Check:
         started = time.monotonic()
+        if database.failure is not None:
+            return Check(f"database:{database.name}", CRITICAL, database.failure.message, 0.0)
         try:
             async with database.pool.reader(started + 1.0) as conn:
                 await conn.run(lambda raw: raw.execute("SELECT 1").fetchall(), started + 1.0)

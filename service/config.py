@@ -31,6 +31,9 @@ class SqliteSettings:
     busy_timeout_ms: int = 5000
     cache_size_kib: int = 16384
     mmap_size_bytes: int = 268_435_456
+    max_page_count: int = (
+        0  # 0: no cap; else the database's size cap in pages (SQLITE_FULL past it)
+    )
 
     def __post_init__(self) -> None:
         if self.synchronous not in SYNCHRONOUS_MODES:

@@ -20,7 +20,7 @@ from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
 from service.access import DataAccess
 from service.config import Config
-from service.db.migrate import apply_migrations
+from service.db.migrate import CorruptDatabase, apply_migrations
 from service.router import Router
 from service.servicer import DataAccessServicer
 
@@ -88,9 +88,15 @@ class DataAccessServer:
 def migrate(config: Config) -> None:
     """Apply every database's pending migrations."""
     for database in config.databases:
-        if database.migrations is not None:
-            for name in apply_migrations(database.name, database.path, database.migrations):
-                log.info("migrated", extra={"database": database.name, "migration": name})
+        if database.migrations is None:
+            continue
+        try:
+            applied = apply_migrations(database.name, database.path, database.migrations)
+        except CorruptDatabase as exc:
+            log.error("database is corrupt, serving DATA_LOSS: %s", exc)
+            continue
+        for name in applied:
+            log.info("migrated", extra={"database": database.name, "migration": name})
 
 
 async def serve(config: Config, stop: asyncio.Event) -> None:

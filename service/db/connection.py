@@ -166,6 +166,8 @@ def _prepare(
     raw.execute(f"PRAGMA mmap_size={int(settings.mmap_size_bytes)}")
     raw.execute("PRAGMA temp_store=MEMORY")
     raw.execute("PRAGMA foreign_keys=ON")
+    if writer and settings.max_page_count:
+        raw.execute(f"PRAGMA max_page_count={int(settings.max_page_count)}")
     if not writer:
         raw.execute("PRAGMA query_only=ON")
     raw.execute("SELECT count(*) FROM sqlite_schema").fetchall()  # fails fast on a non-database
@@ -174,7 +176,11 @@ def _prepare(
     raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limits.max_params)
     raw.setlimit(sqlite3.SQLITE_LIMIT_EXPR_DEPTH, 200)
     raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limits.max_result_bytes)
-    guard.allowed_tables = frozenset(t.lower() for t in (allowed or _schema_tables(raw)))
+    schema_tables = _schema_tables(raw)
+    guard.allowed_tables = frozenset(t.lower() for t in (allowed or schema_tables))
+    guard.known_tables = frozenset(
+        str(name).lower() for (name,) in raw.execute("SELECT name FROM sqlite_schema").fetchall()
+    ) | {"sqlite_schema", "sqlite_master", "sqlite_temp_schema", "sqlite_temp_master"}
     raw.set_authorizer(guard)
 
 

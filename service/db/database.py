@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 
+from service import errors
 from service.config import DatabaseConfig, Limits, SqliteSettings
 from service.db.connection import SqliteConnection, open_reader, open_writer
 from service.db.guard import ShapeMemo
@@ -29,6 +30,7 @@ class Database:
         self.allowed: frozenset[str] = frozenset()
         self._writer_conn: SqliteConnection | None = None
         self._writer: WriteBatcher | None = None
+        self.failure: errors.DataAccessError | None = None
         self.pool = ReaderPool(
             config.name,
             limits.readers_per_database,
@@ -73,6 +75,7 @@ class Database:
         """Commit queued writes, close the readers, checkpoint the WAL and close the writer."""
         if self._writer is not None:
             await self._writer.close()
+            self._writer = None
         await self.pool.close()
         conn = self._writer_conn
         if conn is None:

@@ -95,6 +95,7 @@ class Guard:
 
     def __init__(self, allowed_tables: frozenset[str], memo: ShapeMemo, *, writer: bool) -> None:
         self.allowed_tables = frozenset(t.lower() for t in allowed_tables)
+        self.known_tables: frozenset[str] = frozenset()
         self.memo = memo
         self.writer = writer
         self.trusted = False
@@ -134,6 +135,8 @@ class Guard:
         if action == sqlite3.SQLITE_SELECT or action == sqlite3.SQLITE_RECURSIVE:
             return None
         if action == sqlite3.SQLITE_READ:
+            if not arg2 and (arg1 or "").lower() not in self.known_tables:
+                return None  # count(*) over a CTE: its rows come from reads already judged
             return self._judge_table(arg1, self._sighting.reads, "read")
         if action == sqlite3.SQLITE_FUNCTION:
             allowed = WRITE_FUNCTIONS if self.writer else READ_FUNCTIONS

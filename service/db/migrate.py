@@ -22,6 +22,10 @@ class MigrationError(Exception):
     """The migrations cannot be applied; the message is one line."""
 
 
+class CorruptDatabase(MigrationError):
+    """The file is not a readable SQLite database; it is served as DATA_LOSS, not fatal."""
+
+
 @dataclass(frozen=True)
 class Migration:
     """One migration file."""
@@ -68,7 +72,9 @@ def apply_migrations(database: str, path: Path, folder: Path) -> list[str]:
             _apply(conn, database, migration)
             done.append(f"{migration.version:04d}_{migration.name}")
         return done
-    except sqlite3.Error as exc:
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+            raise CorruptDatabase(f"{database}: {path}: {exc}") from exc
         raise MigrationError(f"{database}: {path}: {exc}") from exc
     finally:
         conn.close()

@@ -1,0 +1,100 @@
+"""How the client calls: channel options, and each call's deadline, credentials and retries."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from dataaccess_client.errors import status_code
+
+TOKEN_ENV = "DATAACCESS_TOKEN"
+
+# One pause never grows past this, however many retries are allowed.
+_MAX_PAUSE = 5.0
+
+ChannelOptions = Sequence[tuple[str, str | int]]
+
+# gRPC's 4 MiB default is smaller than a Query result the server may send.
+_DEFAULT_OPTIONS: ChannelOptions = (("grpc.max_receive_message_length", 64 * 1024 * 1024),)
+
+
+def channel_options(extra: ChannelOptions | None) -> list[tuple[str, str | int]]:
+    """The default channel options followed by the caller's, which gRPC lets win."""
+    return [*_DEFAULT_OPTIONS, *(extra or ())]
+
+
+@dataclass(frozen=True)
+class CallPolicy:
+    """The settings every call of one client shares."""
+
+    timeout: float
+    retries: int
+    backoff: float
+    metadata: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        timeout: float,
+        retries: int,
+        backoff: float,
+        token: str | None,
+        environ: Mapping[str, str] = os.environ,
+    ) -> CallPolicy:
+        """A validated policy; the token falls back to $DATAACCESS_TOKEN."""
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, not {timeout}")
+        if retries < 0 or not backoff >= 0:
+            raise ValueError("retries and backoff must not be negative")
+        token = environ.get(TOKEN_ENV) if token is None else token
+        metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        return cls(timeout=timeout, retries=retries, backoff=backoff, metadata=metadata)
+
+    def budget(self, timeout: float | None) -> float:
+        """The seconds one call may take: ``timeout``, or the client's when None."""
+        return self.timeout if timeout is None else timeout
+
+    def attempts(self, timeout: float | None, *, retry: bool) -> Attempts:
+        """The attempts of one call, all within ``timeout`` (the default when None)."""
+        return Attempts(
+            deadline=time.monotonic() + self.budget(timeout),
+            retries=self.retries if retry else 0,
+            backoff=self.backoff,
+        )
+
+
+class Attempts:
+    """One call's attempts: the time left for each, and the pause before the next."""
+
+    def __init__(self, deadline: float, retries: int, backoff: float) -> None:
+        self._deadline = deadline
+        self._retries = retries
+        self._backoff = backoff
+        self._made = 0
+
+    def remaining(self) -> float:
+        """Seconds left before the call's deadline; the next attempt's timeout."""
+        return max(self._deadline - time.monotonic(), 0.0)
+
+    def pause_after(self, err: grpc.RpcError) -> float | None:
+        """The pause before retrying after ``err``, or None when the call must fail now."""
+        if status_code(err) is not grpc.StatusCode.UNAVAILABLE or self._made >= self._retries:
+            return None
+        pause = jittered(self._backoff * 2**self._made)
+        # A retry that could not finish before the deadline only hides the real error.
+        if pause >= self.remaining():
+            return None
+        self._made += 1
+        return pause
+
+
+def jittered(pause: float) -> float:
+    """``pause`` capped, then spread over its upper half so clients do not retry in step."""
+    capped = min(pause, _MAX_PAUSE)
+    return capped / 2 + random.uniform(0, capped / 2)

@@ -1,0 +1,156 @@
+"""Reads rows to insert from CSV and JSONL files, in batches, counting the bytes read.
+
+CSV: the header row names the columns. An empty field is NULL; a field that
+reads back unchanged as a 64-bit integer (``42``, ``-7``, not ``007`` or ``+5``)
+is an integer; a number with a point or an exponent (``1.5``, ``2e3``) is a
+float; anything else is text. JSONL: one object per line, the first object's
+keys are the columns; a later object may leave a column out (NULL) but not add
+one. JSON ``true``/``false`` become 1/0, as SQLite stores booleans; nested
+arrays and objects are refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from typing import BinaryIO, Literal
+
+from dataaccess_client._models import Row, SqlValue
+
+RowFormat = Literal["csv", "jsonl"]
+
+_INTEGER = re.compile(r"-?[0-9]+")
+# A point or an exponent is required, so that 007 and +5 stay text.
+_FLOAT = re.compile(r"[+-]?(([0-9]+\.[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[0-9]+[eE][+-]?[0-9]+)")
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+
+class RowFileError(ValueError):
+    """A row file that cannot be read: its name, line and what is wrong."""
+
+
+def format_of(name: str) -> RowFormat:
+    """The format a file name's extension implies: jsonl for .jsonl/.ndjson, else csv."""
+    return "jsonl" if name.lower().endswith((".jsonl", ".ndjson")) else "csv"
+
+
+def number_or_text(text: str) -> SqlValue:
+    """``text`` as an int or a float when it reads as one (see the module docstring)."""
+    integer = _int64_or_none(text)
+    if integer is not None:
+        return integer
+    if _FLOAT.fullmatch(text):
+        number = float(text)
+        # 1e999 overflows to inf, which SQLite would not store as written.
+        return number if math.isfinite(number) else text
+    return text
+
+
+def _int64_or_none(text: str) -> int | None:
+    if not _INTEGER.fullmatch(text):
+        return None
+    number = int(text)
+    return number if str(number) == text and _INT64_MIN <= number <= _INT64_MAX else None
+
+
+class LineCounter:
+    """The lines of a binary stream, decoded as UTF-8, counting the bytes consumed."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self.bytes_read = 0
+        self.line_number = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for raw in self._stream:
+            self.bytes_read += len(raw)
+            self.line_number += 1
+            yield raw.decode("utf-8-sig" if self.line_number == 1 else "utf-8")
+
+
+class RowReader:
+    """The columns and rows of one CSV or JSONL stream."""
+
+    def __init__(self, stream: BinaryIO, fmt: RowFormat, name: str = "<stream>") -> None:
+        self._lines = LineCounter(stream)
+        self._name = name
+        self._rows: Iterator[Row]
+        if fmt == "csv":
+            self.columns, self._rows = self._csv()
+        else:
+            self.columns, self._rows = self._jsonl()
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes consumed so far, for a progress bar."""
+        return self._lines.bytes_read
+
+    def batches(self, size: int) -> Iterator[list[Row]]:
+        """The rows in lists of at most ``size``."""
+        if size < 1:
+            raise ValueError("the batch size must be at least 1")
+        while batch := list(islice(self._rows, size)):
+            yield batch
+
+    def _error(self, message: str) -> RowFileError:
+        return RowFileError(f"{self._name}:{self._lines.line_number}: {message}")
+
+    def _csv(self) -> tuple[list[str], Iterator[Row]]:
+        records = csv.reader(self._lines)
+        header = next(records, None)
+        if not header:
+            raise self._error("no header row naming the columns")
+        return header, self._csv_rows(records, len(header))
+
+    def _csv_rows(self, records: Iterable[list[str]], width: int) -> Iterator[Row]:
+        for record in records:
+            if not record:
+                continue  # a blank line
+            if len(record) != width:
+                raise self._error(f"{len(record)} fields where the header has {width}")
+            yield tuple(None if field == "" else number_or_text(field) for field in record)
+
+    def _jsonl(self) -> tuple[list[str], Iterator[Row]]:
+        objects = self._json_objects()
+        first = next(objects, None)
+        if first is None:
+            raise self._error("no JSON object to take the columns from")
+        columns = list(first)
+        return columns, self._jsonl_rows(columns, first, objects)
+
+    def _json_objects(self) -> Iterator[dict[str, object]]:
+        for line in self._lines:
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise self._error(f"not JSON: {exc.msg}") from None
+            if not isinstance(value, dict):
+                raise self._error("each line must be one JSON object")
+            yield value
+
+    def _jsonl_rows(
+        self, columns: list[str], first: dict[str, object], rest: Iterator[dict[str, object]]
+    ) -> Iterator[Row]:
+        yield self._json_row(columns, first)
+        for obj in rest:
+            yield self._json_row(columns, obj)
+
+    def _json_row(self, columns: list[str], obj: dict[str, object]) -> Row:
+        extra = obj.keys() - set(columns)
+        if extra:
+            raise self._error(f"keys not among the first object's: {', '.join(sorted(extra))}")
+        return tuple(self._json_value(obj.get(column)) for column in columns)
+
+    def _json_value(self, value: object) -> SqlValue:
+        if isinstance(value, bool):
+            return int(value)
+        if value is None or isinstance(value, int | float | str):
+            return value
+        raise self._error(f"a nested {type(value).__name__} is not a SQL value")

@@ -1,0 +1,252 @@
+"""The ``dataaccess`` command: each subcommand makes one kind of call through the sync Client.
+
+Exit status: 0 on success, 1 when a call fails (``error: CODE: message`` on
+stderr) or a local input is bad, 2 for a usage error, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console, RenderableType
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from dataaccess_client import _render
+from dataaccess_client._models import InsertResult, SqlValue
+from dataaccess_client._policy import TOKEN_ENV
+from dataaccess_client._row_files import RowReader, format_of, number_or_text
+from dataaccess_client.client import DEFAULT_TARGET, Client
+from dataaccess_client.errors import DataAccessClientError
+
+TARGET_ENV = "DATAACCESS_TARGET"
+# Below this a progress bar would only flicker.
+_PROGRESS_MIN_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where a command's answer goes: rich renderables, or one line of JSON with --json."""
+
+    console: Console
+    as_json: bool
+
+    def show(self, data: object, *renderables: RenderableType) -> None:
+        """Print ``data`` as JSON, or the ``renderables`` for a person."""
+        if self.as_json:
+            print(_render.to_json(data))
+            return
+        for renderable in renderables:
+            self.console.print(renderable)
+
+
+Command = Callable[[Client, argparse.Namespace, Output], None]
+
+
+def param_value(text: str) -> SqlValue:
+    """A --param: ``null`` is NULL, integers and floats are numbers, anything else text."""
+    return None if text == "null" else number_or_text(text)
+
+
+def _query(client: Client, args: argparse.Namespace, out: Output) -> None:
+    result = client.query(
+        args.database,
+        args.sql,
+        args.param or None,
+        max_rows=args.max_rows,
+        cache_mode="bypass" if args.bypass_cache else "use",
+    )
+    out.show(result, _render.query_table(result), _render.query_footer(result))
+
+
+@dataclass
+class InsertTotals:
+    """What the batches of one ``insert`` have done so far."""
+
+    batches: int = 0
+    rows_sent: int = 0
+    rows_affected: int = 0
+    last_insert_rowid: int = 0
+    invalidated_tags: list[str] = field(default_factory=list)
+
+    def add(self, rows_sent: int, result: InsertResult) -> None:
+        """Count one committed batch."""
+        self.batches += 1
+        self.rows_sent += rows_sent
+        self.rows_affected += result.rows_affected
+        self.last_insert_rowid = result.last_insert_rowid
+        new = [t for t in result.invalidated_tags if t not in self.invalidated_tags]
+        self.invalidated_tags.extend(new)
+
+    def summary(self) -> str:
+        """One line for a person."""
+        return (
+            f"inserted {self.rows_affected} of {self.rows_sent} rows "
+            f"in {self.batches} batch{'' if self.batches == 1 else 'es'}"
+        )
+
+
+@contextmanager
+def _byte_progress(size: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr over ``size`` bytes; yields a function taking bytes read."""
+    progress = Progress(
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=size < _PROGRESS_MIN_BYTES,
+    )
+    with progress:
+        task = progress.add_task("insert", total=size)
+        yield lambda done: progress.update(task, completed=done)
+
+
+def _insert(client: Client, args: argparse.Namespace, out: Output) -> None:
+    path = Path(args.file)
+    totals = InsertTotals()
+    with path.open("rb") as stream, _byte_progress(path.stat().st_size) as advance:
+        reader = RowReader(stream, args.format or format_of(path.name), name=str(path))
+        try:
+            for batch in reader.batches(args.batch_size):
+                result = client.batch_insert(
+                    args.database, args.table, reader.columns, batch, on_conflict=args.on_conflict
+                )
+                totals.add(len(batch), result)
+                advance(reader.bytes_read)
+        except (DataAccessClientError, ValueError):
+            # Earlier batches are committed: say how far the load got before failing.
+            print(f"note: {totals.summary()} before the failure", file=sys.stderr)
+            raise
+    out.show(totals, totals.summary())
+
+
+def _health(client: Client, args: argparse.Namespace, out: Output) -> None:
+    result = client.health(deep=args.deep)
+    out.show(result, *_render.health_renderables(result))
+
+
+def _stats(client: Client, args: argparse.Namespace, out: Output) -> None:
+    stats = client.stats(reset=args.reset)
+    tables: list[RenderableType] = [*_render.stats_tables(stats)]
+    out.show(_render.stats_sections(stats), *(tables or ["no statistics yet"]))
+
+
+def _invalidate(client: Client, args: argparse.Namespace, out: Output) -> None:
+    tags = client.invalidate(tags=args.tag or (), databases=args.database or (), all=args.all)
+    out.show({"invalidated_tags": tags}, f"invalidated: {', '.join(tags) or 'nothing'}")
+
+
+def _global_options(parser: argparse.ArgumentParser) -> None:
+    env = os.environ
+    parser.add_argument(
+        "--target",
+        default=env.get(TARGET_ENV, DEFAULT_TARGET),
+        help=f"server host:port (default: ${TARGET_ENV} or {DEFAULT_TARGET})",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds per call (default: 10)"
+    )
+    parser.add_argument(
+        "--token", default=env.get(TOKEN_ENV), help=f"bearer token (default: ${TOKEN_ENV})"
+    )
+    parser.add_argument("--json", action="store_true", help="print one line of JSON")
+
+
+def _query_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    query = commands.add_parser("query", help="run one read-only statement")
+    query.add_argument("database", help="a database or group name")
+    query.add_argument("sql")
+    query.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        type=param_value,
+        metavar="VALUE",
+        help="a positional parameter, in order: null, an integer, a float, or text",
+    )
+    query.add_argument("--max-rows", type=int, default=0, help="cut the result at N rows")
+    query.add_argument("--bypass-cache", action="store_true", help="neither read nor fill it")
+    query.set_defaults(run=_query)
+
+
+def _insert_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    insert = commands.add_parser(
+        "insert",
+        help="insert the rows of a CSV or JSONL file in batches",
+        description="CSV: a header row names the columns; empty fields are NULL, "
+        "numbers are numbers, the rest text. JSONL: one object per line, "
+        "the first object's keys are the columns.",
+    )
+    insert.add_argument("database")
+    insert.add_argument("table")
+    insert.add_argument("file")
+    insert.add_argument(
+        "--format", choices=("csv", "jsonl"), help="default: by extension (.jsonl, else csv)"
+    )
+    insert.add_argument("--batch-size", type=int, default=1000, help="rows per call (1000)")
+    insert.add_argument("--on-conflict", choices=("abort", "ignore", "replace"), default="abort")
+    insert.set_defaults(run=_insert)
+
+
+def _small_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    health = commands.add_parser("health", help="the health of the databases and Redis")
+    health.add_argument("--deep", action="store_true", help="run the slower checks too")
+    health.set_defaults(run=_health)
+    stats = commands.add_parser("stats", help="cache, pool, statement and write statistics")
+    stats.add_argument("--reset", action="store_true", help="clear the counters after reading")
+    stats.set_defaults(run=_stats)
+    invalidate = commands.add_parser("invalidate", help="drop cached results")
+    invalidate.add_argument("--tag", action="append", help="bump this tag (repeatable)")
+    invalidate.add_argument("--database", action="append", help="everything cached from it")
+    invalidate.add_argument("--all", action="store_true", help="the whole cache")
+    invalidate.set_defaults(run=_invalidate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the dataaccess command."""
+    parser = argparse.ArgumentParser(
+        prog="dataaccess", description="Call the dataaccess gRPC service."
+    )
+    _global_options(parser)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _query_parser(commands)
+    _insert_parser(commands)
+    _small_parsers(commands)
+    return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.command == "invalidate" and not (args.tag or args.database or args.all):
+        parser.error("invalidate needs --tag, --database or --all")
+    if args.command == "insert" and args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the dataaccess command; returns the exit status."""
+    args = _parse(build_parser(), argv)
+    out = Output(console=Console(highlight=False), as_json=args.json)
+    run: Command = args.run
+    try:
+        with Client(args.target, timeout=args.timeout, token=args.token) as client:
+            run(client, args, out)
+    except (DataAccessClientError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

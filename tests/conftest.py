@@ -1,0 +1,220 @@
+"""Fixtures: real SQLite files in a temp dir and a real gRPC server on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from dataaccess_client.v1 import data_access_pb2 as pb
+from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
+from service.config import Config
+from service.server import DataAccessServer
+
+REPO = Path(__file__).resolve().parent.parent
+MIGRATIONS = REPO / "migrations"
+KITCHEN_MIGRATIONS = Path(__file__).resolve().parent / "fixtures" / "migrations" / "kitchen"
+
+
+def value(python: Any) -> pb.Value:
+    """A proto Value for a Python value."""
+    if python is None:
+        return pb.Value(null=struct_pb2.NULL_VALUE)
+    if isinstance(python, bool):
+        raise TypeError("no bools in SQLite")
+    if isinstance(python, int):
+        return pb.Value(integer=python)
+    if isinstance(python, float):
+        return pb.Value(real=python)
+    if isinstance(python, str):
+        return pb.Value(text=python)
+    return pb.Value(blob=bytes(python))
+
+
+def row(*values: Any) -> pb.Row:
+    """A proto Row."""
+    return pb.Row(values=[value(v) for v in values])
+
+
+def plain(message: pb.Value) -> Any:
+    """The Python value of a proto Value."""
+    kind = message.WhichOneof("kind")
+    return None if kind == "null" else getattr(message, kind)
+
+
+def plain_rows(response: pb.QueryResponse) -> list[tuple[Any, ...]]:
+    """The rows of a response as tuples of Python values."""
+    return [tuple(plain(v) for v in r.values) for r in response.rows]
+
+
+@dataclass
+class Failure:
+    """A failed call: its status, message and the fields BadRequest named."""
+
+    code: grpc.StatusCode
+    details: str
+    fields: list[str]
+
+
+async def failure_of(call: Any) -> Failure:
+    """Await ``call`` and return how it failed; fails the test if it succeeded."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return Failure(exc.code(), exc.details() or "", _bad_request_fields(exc))
+    raise AssertionError("the call succeeded")
+
+
+def _bad_request_fields(exc: grpc.aio.AioRpcError) -> list[str]:
+    for key, raw in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(raw)
+            fields = []
+            for detail in status.details:
+                bad = error_details_pb2.BadRequest()
+                if detail.Unpack(bad):
+                    fields += [v.field for v in bad.field_violations]
+            return fields
+    return []
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def base_document(data_dir: Path) -> dict[str, Any]:
+    """A config with live, archive and the kitchen test database."""
+    return {
+        "listen": "127.0.0.1:0",
+        "data_dir": str(data_dir),
+        "databases": [
+            {"name": "live", "path": "live.db", "migrations": str(MIGRATIONS / "live")},
+            {"name": "archive", "path": "archive.db", "migrations": str(MIGRATIONS / "archive")},
+            {
+                "name": "kitchen",
+                "path": "kitchen.db",
+                "migrations": str(KITCHEN_MIGRATIONS),
+                "allowed_tables": ["parents", "items"],
+            },
+        ],
+        "limits": {"readers_per_database": 2, "acquire_timeout_seconds": 2.0},
+        "shutdown_grace_seconds": 2,
+    }
+
+
+def build_config(
+    tmp_path: Path, document: dict[str, Any], env: dict[str, str] | None = None
+) -> Config:
+    """Write ``document`` as the YAML config and build the Config from it."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return Config.from_env({"DATAACCESS_CONFIG": str(path), **(env or {})})
+
+
+@dataclass
+class Running:
+    """A started server and a stub connected to it."""
+
+    server: DataAccessServer
+    port: int
+    channel: grpc.aio.Channel
+    stub: pb_grpc.DataAccessStub
+    data_dir: Path
+
+    def sqlite(self, database: str) -> sqlite3.Connection:
+        """A direct connection to one of the server's files, to check what it holds."""
+        return sqlite3.connect(self.data_dir / f"{database}.db")
+
+
+@asynccontextmanager
+async def started(tmp_path: Path, document: dict[str, Any]) -> AsyncIterator[Running]:
+    """Start a server on ``document``, yield it with a stub, stop it."""
+    data_dir = Path(document["data_dir"])
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = DataAccessServer(build_config(tmp_path, document))
+    port = await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield Running(server, port, channel, pb_grpc.DataAccessStub(channel), data_dir)
+    finally:
+        await channel.close()
+        await server.stop(grace=1.0)
+
+
+@pytest.fixture
+def document(tmp_path: Path) -> dict[str, Any]:
+    """The default test config, to adjust before starting a server."""
+    return base_document(tmp_path / "data")
+
+
+@pytest.fixture
+async def running(tmp_path: Path, document: dict[str, Any]) -> AsyncIterator[Running]:
+    """A server on the default test config."""
+    async with started(tmp_path, document) as server:
+        yield server
+
+
+@dataclass
+class Subprocess:
+    """``python -m service`` running in its own process."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+
+@pytest.fixture
+def service_process(tmp_path: Path) -> Iterator[Any]:
+    """Start ``python -m service`` processes on free loopback ports; kill leftovers."""
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(document: dict[str, Any], extra_env: dict[str, str] | None = None) -> Subprocess:
+        port = free_port()
+        Path(document["data_dir"]).mkdir(parents=True, exist_ok=True)
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({**document, "listen": f"127.0.0.1:{port}"}))
+        log = tmp_path / f"server-{len(processes)}.log"
+        env = {**os.environ, "DATAACCESS_CONFIG": str(config), **(extra_env or {})}
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "service"], cwd=tmp_path, env=env, stderr=out, stdout=out
+            )
+        processes.append(process)
+        _wait_serving(port, process, log)
+        return Subprocess(process, port, log)
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+
+
+def _wait_serving(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited: {log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"server did not listen: {log.read_text()}")
