@@ -189,9 +189,14 @@ def service_process(tmp_path: Path) -> Iterator[Any]:
         port = free_port()
         Path(document["data_dir"]).mkdir(parents=True, exist_ok=True)
         config = tmp_path / "config.yaml"
-        config.write_text(yaml.safe_dump({**document, "listen": f"127.0.0.1:{port}"}))
+        config.write_text(yaml.safe_dump(document))
         log = tmp_path / f"server-{len(processes)}.log"
-        env = {**os.environ, "DATAACCESS_CONFIG": str(config), **(extra_env or {})}
+        env = {
+            **os.environ,
+            "DATAACCESS_CONFIG": str(config),
+            "DATAACCESS_LISTEN": f"127.0.0.1:{port}",
+            **(extra_env or {}),
+        }
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "service"], cwd=tmp_path, env=env, stderr=out, stdout=out

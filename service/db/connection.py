@@ -120,7 +120,9 @@ async def open_reader(
     conn = await _connect(f"file:{quote(str(path))}?mode=ro", name)
     guard = Guard(frozenset(), memo, writer=False)
     wrapped = SqliteConnection(conn, guard, name)
-    await wrapped.run(lambda raw: _prepare(raw, guard, allowed, settings, limits, writer=False))
+    await _prepared(
+        wrapped, lambda raw: _prepare(raw, guard, allowed, settings, limits, writer=False)
+    )
     return wrapped
 
 
@@ -136,8 +138,19 @@ async def open_writer(
     conn = await _connect(f"file:{quote(str(path))}?mode=rwc", name)
     guard = Guard(frozenset(), memo, writer=True)
     wrapped = SqliteConnection(conn, guard, name)
-    await wrapped.run(lambda raw: _prepare(raw, guard, allowed, settings, limits, writer=True))
+    await _prepared(
+        wrapped, lambda raw: _prepare(raw, guard, allowed, settings, limits, writer=True)
+    )
     return wrapped
+
+
+async def _prepared(conn: SqliteConnection, prepare: Work[None]) -> None:
+    """Run ``prepare`` on a new connection; close it (and its thread) if that fails."""
+    try:
+        await conn.run(prepare)
+    except BaseException:
+        await conn.close()
+        raise
 
 
 async def _connect(uri: str, name: str) -> aiosqlite.Connection:

@@ -55,11 +55,15 @@ class Database:
             self._limits,
         )
         self._writer_conn = conn
-        self.schema = await conn.run_trusted(read_schema)
-        self.allowed = conn.guard.allowed_tables
-        self._writer = WriteBatcher(conn)
-        await self._writer.start()
-        await self.pool.open()
+        try:
+            self.schema = await conn.run_trusted(read_schema)
+            self.allowed = conn.guard.allowed_tables
+            self._writer = WriteBatcher(conn)
+            await self._writer.start()
+            await self.pool.open()
+        except BaseException:
+            await self.close()
+            raise
 
     async def _open_reader(self) -> SqliteConnection:
         return await open_reader(
@@ -82,6 +86,8 @@ class Database:
             return
         try:
             await conn.run_trusted(_checkpoint)
+        except errors.DataAccessError as exc:
+            log.warning("checkpoint of %s failed: %s", self.name, exc.message)
         finally:
             await conn.close()
             self._writer_conn = None

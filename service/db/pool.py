@@ -56,10 +56,14 @@ class ReaderPool:
 
     async def open(self) -> None:
         """Open every reader connection."""
-        for _ in range(self.size):
-            conn = await self._open_reader()
-            self._all.add(conn)
-            self._idle.put_nowait(conn)
+        try:
+            for _ in range(self.size):
+                conn = await self._open_reader()
+                self._all.add(conn)
+                self._idle.put_nowait(conn)
+        except BaseException:
+            await self.close()
+            raise
 
     @asynccontextmanager
     async def reader(self, deadline: float | None = None) -> AsyncIterator[SqliteConnection]:

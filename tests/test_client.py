@@ -1,0 +1,117 @@
+"""The hand-written clients and the dataaccess CLI against a real server on loopback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dataaccess_client import (
+    AlreadyExists,
+    AsyncClient,
+    Client,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from tests.conftest import Running, free_port
+
+CLI = [str(Path(sys.executable).parent / "dataaccess")]  # the installed console script
+
+
+async def test_async_client_takes_and_returns_plain_values(running: Running) -> None:
+    async with AsyncClient(f"127.0.0.1:{running.port}") as client:
+        inserted = await client.batch_insert(
+            "kitchen", "items", ["id", "t", "b", "r", "n"], [(1, "ü", b"\x00\x01", 2.5, None)]
+        )
+        assert inserted.rows_affected == 1
+        result = await client.query("kitchen", "SELECT id, t, b, r, n FROM items WHERE id = ?", [1])
+        assert result.rows == [(1, "ü", b"\x00\x01", 2.5, None)]
+        assert result.columns == ["id", "t", "b", "r", "n"]
+        assert result.cache_status == "bypass"
+        chunks = [c async for c in client.query_stream("live", "SELECT id FROM production_runs")]
+        assert sum(len(c.rows) for c in chunks) == 60 * 12
+        updated = await client.batch_update(
+            "kitchen", [("UPDATE items SET r = ? WHERE id = ?", [(3.5, 1)])]
+        )
+        assert updated.rows_affected == [1]
+        assert (await client.health()).status == "healthy"
+
+
+async def test_async_client_raises_one_typed_error_per_status(running: Running) -> None:
+    async with AsyncClient(f"127.0.0.1:{running.port}") as client:
+        with pytest.raises(NotFound):
+            await client.query("nope", "SELECT 1")
+        with pytest.raises(PermissionDenied):
+            await client.query("kitchen", "DELETE FROM items")
+        with pytest.raises(InvalidArgument) as caught:
+            await client.query("kitchen", "SELECT ?", [float("nan")])
+        assert caught.value.field_violations[0][0] == "params[0]"
+        await client.batch_insert("kitchen", "items", ["code"], [("x",)])
+        with pytest.raises(AlreadyExists):
+            await client.batch_insert("kitchen", "items", ["code"], [("x",)])
+
+
+def test_sync_client_retries_reads_on_unavailable_then_gives_up() -> None:
+    port = free_port()  # nothing listens there
+    started = time.monotonic()
+    with Client(f"127.0.0.1:{port}", timeout=2.0, retries=2, backoff=0.05) as client:
+        with pytest.raises(Unavailable):
+            client.query("live", "SELECT 1")
+    assert time.monotonic() - started < 3.0
+
+
+def _cli(port: int, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "--target", f"127.0.0.1:{port}", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input=stdin,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_make_run_then_cli_query_prints_a_table(tmp_path: Path, service_process: Any) -> None:
+    """The embedded default, as `make run` starts it, answers the README's first command."""
+    data_dir = tmp_path / "data"
+    server = service_process(
+        {"data_dir": str(data_dir)},
+        {"DATAACCESS_CONFIG": "", "DATAACCESS_DATA_DIR": str(data_dir)},
+    )
+    result = _cli(server.port, "query", "live", "SELECT 1")
+    assert result.returncode == 0, result.stderr
+    assert "1" in result.stdout
+    assert any(ch in result.stdout for ch in "┃│|")  # a table, not a bare value
+    products = _cli(server.port, "--json", "query", "live", "SELECT sku FROM products ORDER BY sku")
+    assert products.returncode == 0, products.stderr
+    assert "BRK-100" in products.stdout
+
+
+def test_cli_insert_health_stats_invalidate_and_errors(
+    tmp_path: Path, document: dict[str, Any], service_process: Any
+) -> None:
+    server = service_process(document)
+    csv_file = tmp_path / "items.csv"
+    csv_file.write_text("id,code,qty\n" + "".join(f"{i},c{i},{i}\n" for i in range(1, 2501)))
+    inserted = _cli(
+        server.port, "insert", "kitchen", "items", str(csv_file), "--batch-size", "1000"
+    )
+    assert inserted.returncode == 0, inserted.stderr
+    counted = _cli(server.port, "--json", "query", "kitchen", "SELECT count(*) AS n FROM items")
+    assert counted.returncode == 0, counted.stderr
+    assert "2500" in counted.stdout
+    for args in (["health"], ["stats"], ["invalidate", "--tag", "x"]):
+        result = _cli(server.port, *args)
+        assert result.returncode == 0, (args, result.stderr)
+    failed = _cli(server.port, "query", "kitchen", "DELETE FROM items")
+    assert failed.returncode == 1
+    assert "PERMISSION_DENIED" in failed.stderr
+    json.loads(_cli(server.port, "--json", "health").stdout.strip().splitlines()[-1])
