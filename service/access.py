@@ -6,22 +6,27 @@ or gRPC. Deadlines are absolute ``time.monotonic()`` values.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from service import errors
 from service.config import Limits
 from service.db.database import Database
+from service.db.idempotency import IdempotentPlan
 from service.db.pool import PoolSnapshot
-from service.db.reads import OpenStream, close_stream, fetch_chunk, fetch_rows, open_stream
-from service.db.writes import InsertRequest, StatementPlan, WriteOutcome, plan_insert
-from service.router import Router
-from service.values import Params, SqlRow
+from service.db.reads import Fetched, OpenStream, close_stream, fetch_chunk, fetch_rows, open_stream
+from service.db.writes import InsertRequest, StatementPlan, WriteOutcome, WritePlan, plan_insert
+from service.merge import MergeSpec, merge_rows
+from service.router import Router, pick_member
+from service.values import Params, SqlRow, SqlValue
 
 HEALTHY, DEGRADED, CRITICAL = "healthy", "degraded", "critical"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,9 @@ class ReadRequest:
     params: Params = ()
     max_rows: int = 0
     cache_tags: Sequence[str] = ()
+    route_key: SqlValue = None
+    routed: bool = False
+    merge: MergeSpec = field(default_factory=MergeSpec)
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,14 @@ class ReadResult:
     tags: Sequence[str]
     truncated: bool = False
     cache_status: str = "bypass"
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """What every write RPC may add: tags to bump and an idempotency key."""
+
+    invalidate_tags: Sequence[str] = ()
+    idempotency_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,29 +117,49 @@ class DataAccess:
         self._limits = limits
 
     async def query(self, request: ReadRequest, deadline: float) -> ReadResult:
-        """Run a read on one database, within the row and byte limits."""
-        database = self._router.database(request.database)
+        """Run a read on a database or a group's members, within the row and byte limits."""
+        members = self._router.members(request.database, request.route_key, request.routed)
         self._check_sql(request.sql)
         cap = min(request.max_rows or self._limits.max_rows, self._limits.max_rows)
+        parts = await _first_error_cancels_all(
+            [self._fetch(db, request, cap, deadline) for db in members]
+        )
+        columns = _same_columns(members, [part.columns for part in parts])
+        rows = merge_rows(columns, [part.rows for part in parts], request.merge)
+        more = any(part.more for part in parts) or len(rows) > cap
+        if more and not 0 < request.max_rows <= self._limits.max_rows:
+            raise errors.ResourceExhausted(
+                f"the result is over {self._limits.max_rows} rows: set max_rows or use QueryStream"
+            )
+        first = members[0]
+        reads = parts[0].shape.reads if parts[0].shape is not None else frozenset()
+        return ReadResult(
+            columns=[(name, first.schema.decl_type(name, reads)) for name in columns],
+            rows=rows[:cap],
+            databases=[db.name for db in members],
+            tags=self._group_tags(members, parts, request.cache_tags),
+            truncated=more,
+        )
+
+    async def _fetch(
+        self, database: Database, request: ReadRequest, cap: int, deadline: float
+    ) -> Fetched:
         async with database.pool.reader(deadline) as conn:
-            fetched = await conn.run(
+            return await conn.run(
                 lambda raw: fetch_rows(
                     raw, conn.guard, request.sql, request.params, cap, self._limits.max_result_bytes
                 ),
                 deadline,
             )
-        if fetched.more and not 0 < request.max_rows <= self._limits.max_rows:
-            raise errors.ResourceExhausted(
-                f"the result is over {self._limits.max_rows} rows: set max_rows or use QueryStream"
-            )
-        reads = fetched.shape.reads if fetched.shape is not None else frozenset()
-        return ReadResult(
-            columns=[(name, database.schema.decl_type(name, reads)) for name in fetched.columns],
-            rows=fetched.rows,
-            databases=[database.name],
-            tags=self._read_tags(database, reads, request.cache_tags),
-            truncated=fetched.more,
-        )
+
+    def _group_tags(
+        self, members: Sequence[Database], parts: Sequence[Fetched], extra: Sequence[str]
+    ) -> list[str]:
+        tags: list[str] = []
+        for database, part in zip(members, parts, strict=True):
+            reads = part.shape.reads if part.shape is not None else frozenset()
+            tags += self._read_tags(database, reads, ())
+        return tags + list(extra)
 
     async def query_stream(
         self, request: ReadRequest, deadline: float
@@ -167,21 +203,45 @@ class DataAccess:
                 await conn.run(lambda raw: close_stream(stream))
 
     async def batch_insert(
-        self, database_name: str, request: InsertRequest, extra_tags: Sequence[str], deadline: float
+        self, database_name: str, request: InsertRequest, write: WriteOptions, deadline: float
     ) -> WriteResult:
-        """Insert rows into one table atomically, answered after the commit."""
+        """Insert rows atomically per database (a group routes each row), after the commit."""
+        if self._router.is_group(database_name):
+            return await self._insert_routed(database_name, request, write, deadline)
         database = self._router.database(database_name)
         plan = plan_insert(request, database.schema, database.allowed)
         if not request.rows:
             return WriteResult((0,), 0, [])
-        outcome = await database.writer.submit(plan, deadline)
-        return self._written(database, outcome, extra_tags)
+        outcome = await self._submit(database, plan, write.idempotency_key, deadline)
+        return self._written([(database, outcome)], write.invalidate_tags)
+
+    async def _insert_routed(
+        self, group: str, request: InsertRequest, write: WriteOptions, deadline: float
+    ) -> WriteResult:
+        column = self._router.route_column(group)
+        lowered = [name.lower() for name in request.columns]
+        if column.lower() not in lowered:
+            raise errors.InvalidArgument(f"rows need the route column {column!r}", field="columns")
+        at = lowered.index(column.lower())
+        by_member: dict[str, list[SqlRow]] = {}
+        for row in request.rows:
+            by_member.setdefault(pick_member(self._router.groups[group], row[at]), []).append(row)
+        work = []
+        for member, rows in by_member.items():
+            database = self._router.database(member)
+            plan = plan_insert(replace(request, rows=rows), database.schema, database.allowed)
+            key = f"{write.idempotency_key}@{member}" if write.idempotency_key else ""
+            work.append(self._submit(database, plan, key, deadline))
+        outcomes = await asyncio.gather(*work)
+        databases = [self._router.database(member) for member in by_member]
+        result = self._written(list(zip(databases, outcomes, strict=True)), write.invalidate_tags)
+        return replace(result, rows_affected=(sum(sum(o.rows_affected) for o in outcomes),))
 
     async def batch_update(
         self,
         database_name: str,
         statements: Sequence[tuple[str, Sequence[SqlRow]]],
-        extra_tags: Sequence[str],
+        write: WriteOptions,
         deadline: float,
     ) -> WriteResult:
         """Run DML statements in one transaction, answered after the commit."""
@@ -190,8 +250,17 @@ class DataAccess:
             raise errors.InvalidArgument("at least one statement is needed", field="statements")
         for index, (sql, _) in enumerate(statements):
             self._check_sql(sql, f"statements[{index}].sql")
-        outcome = await database.writer.submit(StatementPlan(statements), deadline)
-        return self._written(database, outcome, extra_tags)
+        plan = StatementPlan(statements)
+        outcome = await self._submit(database, plan, write.idempotency_key, deadline)
+        return self._written([(database, outcome)], write.invalidate_tags)
+
+    async def _submit(
+        self, database: Database, plan: WritePlan, idempotency_key: str, deadline: float
+    ) -> WriteOutcome:
+        if idempotency_key:
+            window = self._limits.idempotency_window_seconds
+            plan = IdempotentPlan(plan, idempotency_key, window)
+        return await database.writer.submit(plan, deadline)
 
     async def invalidate(
         self, tags: Sequence[str], databases: Sequence[str], everything: bool
@@ -237,12 +306,15 @@ class DataAccess:
         )
 
     def _written(
-        self, database: Database, outcome: WriteOutcome, extra_tags: Sequence[str]
+        self, outcomes: Sequence[tuple[Database, WriteOutcome]], extra_tags: Sequence[str]
     ) -> WriteResult:
-        tags = [f"table:{database.name}.{table}" for table in sorted(outcome.tables)]
-        return WriteResult(
-            outcome.rows_affected, outcome.last_insert_rowid, tags + list(extra_tags)
-        )
+        tags = [
+            f"table:{database.name}.{table}"
+            for database, outcome in outcomes
+            for table in sorted(outcome.tables)
+        ]
+        first = outcomes[0][1]
+        return WriteResult(first.rows_affected, first.last_insert_rowid, tags + list(extra_tags))
 
     def _read_tags(
         self, database: Database, reads: frozenset[str], extra: Sequence[str]
@@ -256,6 +328,31 @@ class DataAccess:
             raise errors.InvalidArgument(
                 f"the SQL is over {self._limits.max_sql_length} characters", field=field_name
             )
+
+
+async def _first_error_cancels_all(work: Sequence[Awaitable[T]]) -> list[T]:
+    """Await ``work`` in parallel; the first failure cancels the rest and is raised."""
+    tasks = [asyncio.ensure_future(item) for item in work]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _same_columns(
+    members: Sequence[Database], columns: Sequence[tuple[str, ...]]
+) -> tuple[str, ...]:
+    for database, names in zip(members[1:], columns[1:], strict=True):
+        if names != columns[0]:
+            raise errors.InvalidArgument(
+                f"{database.name} answers columns {list(names)}, "
+                f"{members[0].name} answers {list(columns[0])}",
+                field="sql",
+            )
+    return columns[0]
 
 
 def _next_chunk(

@@ -56,6 +56,9 @@ class Limits:
     readers_per_database: int = 4
     acquire_timeout_seconds: float = 5.0
     default_deadline_seconds: float = 30.0
+    idempotency_window_seconds: float = 86_400.0
+    write_queue_size: int = 1024
+    group_commit: bool = True  # False: one transaction per write RPC (for comparison only)
 
     def __post_init__(self) -> None:
         for name in ("max_rows", "max_result_bytes", "max_message_bytes", "stream_chunk_rows"):

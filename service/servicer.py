@@ -22,10 +22,11 @@ from grpc_status import rpc_status
 from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
 from service import errors
-from service.access import DataAccess, ReadRequest, ReadResult, WriteResult
+from service.access import DataAccess, ReadRequest, ReadResult, WriteOptions, WriteResult
 from service.config import Limits
 from service.db.writes import InsertRequest
-from service.values import params_from_proto, row_from_proto, rows_to_proto
+from service.merge import MergeSpec
+from service.values import from_proto, params_from_proto, row_from_proto, rows_to_proto
 
 log = logging.getLogger(__name__)
 Req = TypeVar("Req")
@@ -45,6 +46,12 @@ _ON_CONFLICT = {
     pb.ON_CONFLICT_IGNORE: "ignore",
     pb.ON_CONFLICT_REPLACE: "replace",
     pb.ON_CONFLICT_UPSERT: "upsert",
+}
+_AGGREGATE = {
+    pb.AGGREGATE_FUNCTION_SUM: "sum",
+    pb.AGGREGATE_FUNCTION_COUNT: "count",
+    pb.AGGREGATE_FUNCTION_MIN: "min",
+    pb.AGGREGATE_FUNCTION_MAX: "max",
 }
 _HEALTH = {
     "healthy": pb.HEALTH_STATUS_HEALTHY,
@@ -132,7 +139,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
             update_columns=list(request.update_columns),
         )
         result = await self._access.batch_insert(
-            request.database, insert, list(request.invalidate_tags), self._deadline(context)
+            request.database, insert, _write_options(request), self._deadline(context)
         )
         return pb.BatchInsertResponse(
             rows_affected=sum(result.rows_affected),
@@ -155,7 +162,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
             for i, statement in enumerate(request.statements)
         ]
         result: WriteResult = await self._access.batch_update(
-            request.database, statements, list(request.invalidate_tags), self._deadline(context)
+            request.database, statements, _write_options(request), self._deadline(context)
         )
         return pb.BatchUpdateResponse(
             rows_affected=result.rows_affected, invalidated_tags=result.invalidated_tags
@@ -199,13 +206,29 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
 def _read_request(request: pb.QueryRequest) -> ReadRequest:
     if request.max_rows < 0:
         raise errors.InvalidArgument("max_rows must not be negative", field="max_rows")
+    routed = request.HasField("route_key")
     return ReadRequest(
         database=request.database,
         sql=request.sql,
         params=params_from_proto(request.params, request.named_params),
         max_rows=request.max_rows,
         cache_tags=list(request.cache.tags),
+        route_key=from_proto(request.route_key, "route_key") if routed else None,
+        routed=routed,
+        merge=MergeSpec(
+            order_by=request.merge.order_by,
+            limit=request.merge.limit,
+            group_by=list(request.merge.group_by),
+            aggregates=[
+                (a.column, _AGGREGATE.get(a.function, "unspecified"))
+                for a in request.merge.aggregates
+            ],
+        ),
     )
+
+
+def _write_options(request: pb.BatchInsertRequest | pb.BatchUpdateRequest) -> WriteOptions:
+    return WriteOptions(list(request.invalidate_tags), request.idempotency_key)
 
 
 def _query_response(result: ReadResult) -> pb.QueryResponse:

@@ -9,6 +9,7 @@ from service import errors
 from service.config import DatabaseConfig, Limits, SqliteSettings
 from service.db.connection import SqliteConnection, open_reader, open_writer
 from service.db.guard import ShapeMemo
+from service.db.idempotency import CREATE_TABLE as CREATE_IDEMPOTENCY_TABLE
 from service.db.pool import ReaderPool
 from service.db.schema import Schema, read_schema
 from service.db.writer import WriteBatcher
@@ -56,9 +57,12 @@ class Database:
         )
         self._writer_conn = conn
         try:
+            await conn.run_trusted(lambda raw: raw.execute(CREATE_IDEMPOTENCY_TABLE))
             self.schema = await conn.run_trusted(read_schema)
             self.allowed = conn.guard.allowed_tables
-            self._writer = WriteBatcher(conn)
+            self._writer = WriteBatcher(
+                conn, self._limits.write_queue_size, 256 if self._limits.group_commit else 1
+            )
             await self._writer.start()
             await self.pool.open()
         except BaseException:

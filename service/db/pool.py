@@ -77,6 +77,7 @@ class ReaderPool:
     async def _acquire(self, deadline: float | None) -> SqliteConnection:
         started = time.monotonic()
         timeout = self._acquire_timeout
+        deadline_first = deadline is not None and deadline - started < timeout
         if deadline is not None:
             timeout = min(timeout, max(deadline - started, 0.0))
         self._waiters += 1
@@ -84,6 +85,10 @@ class ReaderPool:
             conn = await asyncio.wait_for(self._idle.get(), timeout)
         except TimeoutError:
             self._timeouts += 1
+            if deadline_first:
+                raise errors.DeadlineExceeded(
+                    f"{self.database}: deadline passed waiting for a reader connection"
+                ) from None
             raise errors.ResourceExhausted(
                 f"{self.database}: no reader connection free within {timeout:.2f} s"
             ) from None

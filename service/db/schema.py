@@ -49,6 +49,7 @@ def read_schema(raw: sqlite3.Connection) -> Schema:
         str(name)
         for (name,) in raw.execute(
             "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            " AND name NOT GLOB '_dataaccess_*'"
         ).fetchall()
     ]
     tables = {}

@@ -14,22 +14,15 @@ import logging
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from service import errors
 from service.db.connection import SqliteConnection
-from service.db.guard import Guard
 from service.db.sqlite_errors import translate
-from service.db.writes import WriteOutcome
+from service.db.writes import WriteOutcome, WritePlan
 
 log = logging.getLogger(__name__)
 _PROGRESS_STEPS = 1000
-
-
-class WritePlan(Protocol):
-    """Work that writes, run on the writer's thread inside a savepoint."""
-
-    def run(self, raw: sqlite3.Connection, guard: Guard) -> WriteOutcome: ...
+_GATHER_PASSES = 8
 
 
 @dataclass
@@ -112,11 +105,26 @@ class WriteBatcher:
     async def _run(self) -> None:
         while True:
             jobs = [await self._queue.get()]
+            await self._gather_arrivals()
             while len(jobs) < self._max_group and not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
             live = [job for job in jobs if not self._skip(job)]
             if live:
                 await self._commit(live)
+
+    async def _gather_arrivals(self) -> None:
+        """Let calls that are already being handled reach the queue before the group closes.
+
+        Each pass of the event loop runs the handlers whose requests arrived; a
+        few passes cost microseconds and turn a burst into one transaction.
+        """
+        if self._max_group == 1:
+            return
+        for _ in range(_GATHER_PASSES):
+            before = self._queue.qsize()
+            await asyncio.sleep(0)
+            if self._queue.qsize() == before:
+                return
 
     def _skip(self, job: _Job) -> bool:
         if not job.stopped():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from service import errors
 from service.db.guard import Guard
@@ -31,6 +32,13 @@ class WriteOutcome:
     rows_affected: tuple[int, ...]
     last_insert_rowid: int
     tables: frozenset[str]
+    replayed: bool = False  # an idempotent retry: the first outcome, nothing written again
+
+
+class WritePlan(Protocol):
+    """Work that writes, run on the writer's thread inside a savepoint."""
+
+    def run(self, raw: sqlite3.Connection, guard: Guard) -> WriteOutcome: ...
 
 
 @dataclass(frozen=True)

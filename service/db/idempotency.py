@@ -1,0 +1,86 @@
+"""Idempotent writes: a retried write with the same key returns the first outcome.
+
+The key, a fingerprint of the request and the outcome are stored in the
+database in the same savepoint as the write itself, so either both land or
+neither does; a retry after a lost answer finds the key and writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from service import errors
+from service.db.guard import Guard
+from service.db.writes import WriteOutcome, WritePlan
+
+TABLE = "_dataaccess_idempotency"
+CREATE_TABLE = (
+    f"CREATE TABLE IF NOT EXISTS {TABLE} (key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL,"
+    " outcome TEXT NOT NULL, created_at REAL NOT NULL)"
+)
+
+
+@dataclass(frozen=True)
+class IdempotentPlan:
+    """``plan`` run at most once per ``key`` within ``window_seconds``."""
+
+    plan: WritePlan
+    key: str
+    window_seconds: float
+
+    def fingerprint(self) -> str:
+        """What the request was, so a key reused for another request is refused."""
+        return hashlib.sha256(repr(self.plan).encode()).hexdigest()
+
+    def run(self, raw: sqlite3.Connection, guard: Guard) -> WriteOutcome:
+        """Replay the stored outcome, or write and store it in the same savepoint."""
+        fingerprint = self.fingerprint()
+        guard.trusted = True
+        try:
+            now = time.time()
+            raw.execute(f"DELETE FROM {TABLE} WHERE created_at < ?", (now - self.window_seconds,))
+            found = raw.execute(
+                f"SELECT fingerprint, outcome FROM {TABLE} WHERE key = ?", (self.key,)
+            ).fetchone()
+        finally:
+            guard.trusted = False
+        if found is not None:
+            return _replay(found, fingerprint)
+        outcome = self.plan.run(raw, guard)
+        guard.trusted = True
+        try:
+            raw.execute(
+                f"INSERT INTO {TABLE} (key, fingerprint, outcome, created_at) VALUES (?, ?, ?, ?)",
+                (self.key, fingerprint, _dump(outcome), now),
+            )
+        finally:
+            guard.trusted = False
+        return outcome
+
+
+def _replay(found: tuple[str, str], fingerprint: str) -> WriteOutcome:
+    if found[0] != fingerprint:
+        raise errors.InvalidArgument(
+            "idempotency_key was used before for a different request", field="idempotency_key"
+        )
+    stored = json.loads(found[1])
+    return WriteOutcome(
+        tuple(stored["rows_affected"]),
+        stored["last_insert_rowid"],
+        frozenset(stored["tables"]),
+        replayed=True,
+    )
+
+
+def _dump(outcome: WriteOutcome) -> str:
+    return json.dumps(
+        {
+            "rows_affected": list(outcome.rows_affected),
+            "last_insert_rowid": outcome.last_insert_rowid,
+            "tables": sorted(outcome.tables),
+        }
+    )
