@@ -57,6 +57,9 @@ class Limits:
     acquire_timeout_seconds: float = 5.0
     default_deadline_seconds: float = 30.0
     idempotency_window_seconds: float = 86_400.0
+    reader_idle_timeout_seconds: float = 300.0
+    reader_max_lifetime_seconds: float = 3600.0
+    reader_validate_after_idle_seconds: float = 30.0
     write_queue_size: int = 1024
     group_commit: bool = True  # False: one transaction per write RPC (for comparison only)
 

@@ -37,6 +37,8 @@ class SqliteConnection:
         self.guard = guard
         self.database = database
         self.broken = False
+        self.opened_at = time.monotonic()
+        self.last_used = self.opened_at
 
     @property
     def raw(self) -> sqlite3.Connection:

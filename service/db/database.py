@@ -10,7 +10,7 @@ from service.config import DatabaseConfig, Limits, SqliteSettings
 from service.db.connection import SqliteConnection, open_reader, open_writer
 from service.db.guard import ShapeMemo
 from service.db.idempotency import CREATE_TABLE as CREATE_IDEMPOTENCY_TABLE
-from service.db.pool import ReaderPool
+from service.db.pool import PoolPolicy, ReaderPool
 from service.db.schema import Schema, read_schema
 from service.db.writer import WriteBatcher
 
@@ -32,12 +32,14 @@ class Database:
         self._writer_conn: SqliteConnection | None = None
         self._writer: WriteBatcher | None = None
         self.failure: errors.DataAccessError | None = None
-        self.pool = ReaderPool(
-            config.name,
-            limits.readers_per_database,
-            self._open_reader,
-            limits.acquire_timeout_seconds,
+        policy = PoolPolicy(
+            size=limits.readers_per_database,
+            acquire_timeout=limits.acquire_timeout_seconds,
+            idle_timeout=limits.reader_idle_timeout_seconds,
+            max_lifetime=limits.reader_max_lifetime_seconds,
+            validate_after_idle=limits.reader_validate_after_idle_seconds,
         )
+        self.pool = ReaderPool(config.name, policy, self._open_reader)
 
     @property
     def writer(self) -> WriteBatcher:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,14 +38,26 @@ class PoolSnapshot:
     recycled: int
 
 
+@dataclass(frozen=True)
+class PoolPolicy:
+    """How many readers, how long to wait for one, and when to renew one."""
+
+    size: int = 4
+    acquire_timeout: float = 5.0
+    idle_timeout: float = 300.0
+    max_lifetime: float = 3600.0
+    validate_after_idle: float = 30.0
+
+
 class ReaderPool:
     """N reader connections to one database, lent one at a time."""
 
-    def __init__(self, database: str, size: int, open_reader: Opener, acquire_timeout: float):
+    def __init__(self, database: str, policy: PoolPolicy, open_reader: Opener) -> None:
         self.database = database
-        self.size = size
+        self.size = policy.size
+        self._policy = policy
         self._open_reader = open_reader
-        self._acquire_timeout = acquire_timeout
+        self._acquire_timeout = policy.acquire_timeout
         self._idle: asyncio.Queue[SqliteConnection] = asyncio.Queue()
         self._all: set[SqliteConnection] = set()
         self._waiters = 0
@@ -95,9 +108,34 @@ class ReaderPool:
         finally:
             self._waiters -= 1
         self._waits_ms.append((time.monotonic() - started) * 1000)
-        return conn
+        try:
+            return await self._renewed_if_stale(conn)
+        except BaseException:
+            self._release(conn)
+            raise
+
+    async def _renewed_if_stale(self, conn: SqliteConnection) -> SqliteConnection:
+        """``conn``, or a fresh one if it is too old, idle too long, or fails a probe."""
+        now, policy = time.monotonic(), self._policy
+        stale = (
+            now - conn.opened_at > policy.max_lifetime or now - conn.last_used > policy.idle_timeout
+        )
+        if not stale and now - conn.last_used > policy.validate_after_idle:
+            try:
+                await conn.run(_probe, now + 1.0)
+            except errors.DataAccessError:
+                stale = True
+        if not stale:
+            return conn
+        fresh = await self._open_reader()
+        self._all.discard(conn)
+        self._all.add(fresh)
+        self._recycled += 1
+        await _close_quietly(conn)
+        return fresh
 
     def _release(self, conn: SqliteConnection) -> None:
+        conn.last_used = time.monotonic()
         if not conn.broken:
             self._idle.put_nowait(conn)
             return
@@ -158,6 +196,10 @@ async def _close_quietly(conn: SqliteConnection) -> None:
         await conn.close()
     except Exception:  # noqa: BLE001 - closing a broken connection may fail; it is gone either way
         log.debug("closing a reader failed", exc_info=True)
+
+
+def _probe(raw: sqlite3.Connection) -> None:
+    raw.execute("SELECT 1").fetchall()
 
 
 def _percentile(ordered: list[float], q: float) -> float:
