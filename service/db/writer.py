@@ -23,6 +23,7 @@ from service.db.writes import WriteOutcome, WritePlan
 log = logging.getLogger(__name__)
 _PROGRESS_STEPS = 1000
 _GATHER_PASSES = 8
+_GATHER_WINDOW_SECONDS = 0.001
 
 
 @dataclass
@@ -66,6 +67,7 @@ class WriteBatcher:
         self._group: _Group | None = None
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
+        self._last_group_size = 0
 
     async def start(self) -> None:
         """Install the progress handler and start taking jobs."""
@@ -108,6 +110,7 @@ class WriteBatcher:
             await self._gather_arrivals()
             while len(jobs) < self._max_group and not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
+            self._last_group_size = len(jobs)
             live = [job for job in jobs if not self._skip(job)]
             if live:
                 await self._commit(live)
@@ -116,7 +119,7 @@ class WriteBatcher:
         """Let calls that are already being handled reach the queue before the group closes.
 
         Each pass of the event loop runs the handlers whose requests arrived; a
-        few passes cost microseconds and turn a burst into one transaction.
+        few passes cost microseconds and turn a burst into few transactions.
         """
         if self._max_group == 1:
             return
@@ -124,7 +127,11 @@ class WriteBatcher:
             before = self._queue.qsize()
             await asyncio.sleep(0)
             if self._queue.qsize() == before:
-                return
+                break
+        if self._last_group_size > 1 or not self._queue.empty():
+            # Writers are arriving together: a short wait fills the group, as an
+            # fsync-bound commit would; a lone writer never pays it.
+            await asyncio.sleep(_GATHER_WINDOW_SECONDS)
 
     def _skip(self, job: _Job) -> bool:
         if not job.stopped():
