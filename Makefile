@@ -12,6 +12,8 @@ GEN_DIR := client_py/dataaccess_client/v1
 PROTO := proto/dataaccess/v1/data_access.proto
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+
+.PHONY: bench bench-quick
 .PHONY: help install run test test-fast lint fmt proto proto-check proto-lint proto-breaking redis-server clean
 
 help: ## list the targets
@@ -28,6 +30,12 @@ install: $(STAMP) ## create .venv and install the service, the client and the de
 run: $(STAMP) ## start the server on the embedded default (SQLite under ./data, L1 cache)
 	$(PY) -m service
 
+bench: $(STAMP) ## benchmarks: each speed goal as a ratio measured side by side (a few minutes)
+	$(PY) -m bench.run
+
+bench-quick: $(STAMP) ## the benchmarks with fewer rounds and rows (about a minute)
+	$(PY) -m bench.run --quick
+
 redis-server: ## install redis-server from Debian's packages when it is missing
 	@command -v redis-server >/dev/null || { \
 	  $(SUDO) apt-get update -qq && \
@@ -41,8 +49,8 @@ test-fast: $(STAMP) redis-server ## the suite without the slow fault-injection t
 	$(PY) -m pytest -m 'not slow'
 
 lint: $(STAMP) ## ruff and mypy --strict on service/ and the hand-written client
-	$(VENV)/bin/ruff check service client_py/dataaccess_client tests
-	$(VENV)/bin/ruff format --check service client_py/dataaccess_client tests
+	$(VENV)/bin/ruff check service client_py/dataaccess_client tests bench
+	$(VENV)/bin/ruff format --check service client_py/dataaccess_client tests bench
 	$(VENV)/bin/mypy service client_py/dataaccess_client
 
 fmt: $(STAMP) ## format and sort imports

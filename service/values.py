@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from google.protobuf import struct_pb2
 
@@ -56,8 +57,27 @@ def rows_to_proto(rows: Iterable[Sequence[SqlValue]]) -> list[pb.Row]:
 
 
 def row_from_proto(row: pb.Row, field: str) -> SqlRow:
-    """A proto Row as a tuple of Python values."""
-    return tuple(from_proto(v, f"{field}.values[{i}]") for i, v in enumerate(row.values))
+    """A proto Row as a tuple of Python values; the field is named only if one is bad."""
+    try:
+        return tuple([_READERS[v.WhichOneof("kind")](v) for v in row.values])
+    except (KeyError, ValueError):
+        return tuple(from_proto(v, f"{field}.values[{i}]") for i, v in enumerate(row.values))
+
+
+def _real(value: pb.Value) -> float:
+    real: float = value.real
+    if real != real:  # NaN
+        raise ValueError("NaN")
+    return real
+
+
+_READERS: dict[str | None, Callable[[pb.Value], SqlValue]] = {
+    "integer": operator.attrgetter("integer"),
+    "text": operator.attrgetter("text"),
+    "real": _real,
+    "blob": operator.attrgetter("blob"),
+    "null": lambda _value: None,
+}
 
 
 def params_from_proto(

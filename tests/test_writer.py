@@ -172,3 +172,21 @@ async def test_sigkill_during_a_large_insert_leaves_all_rows_or_none(
             pb.QueryRequest(database="kitchen", sql="SELECT count(*) FROM items")
         )
     assert answer.rows[0].values[0].integer == count
+
+
+async def test_a_cancelled_query_is_interrupted_and_frees_its_reader(
+    tmp_path: Path, document: dict[str, Any]
+) -> None:
+    document["limits"] = {"readers_per_database": 1}
+    async with started(tmp_path, document) as running:
+        call = running.stub.Query(pb.QueryRequest(database="live", sql=ENDLESS_SQL), timeout=30)
+        await asyncio.sleep(0.3)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        answered_at = time.monotonic()
+        response = await running.stub.Query(
+            pb.QueryRequest(database="live", sql="SELECT 2"), timeout=2
+        )
+        assert response.rows[0].values[0].integer == 2
+        assert time.monotonic() - answered_at < 1.0

@@ -1,0 +1,1 @@
+"""The benchmark harness: `make bench` measures speed goals as ratios in one run."""

@@ -1,0 +1,82 @@
+"""Load generators, each run in its own process: ``python -m bench.load SCENARIO PORT ...``.
+
+Each prints one JSON object: what it did and how long it took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+import grpc
+
+from dataaccess_client.v1 import data_access_pb2 as pb
+from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
+
+
+def event_row(i: int) -> pb.Row:
+    """One events row as the service takes it."""
+    return pb.Row(
+        values=[
+            pb.Value(text=f"2026-01-{i % 28 + 1:02d}"),
+            pb.Value(text=("click", "view", "buy")[i % 3]),
+            pb.Value(integer=i),
+            pb.Value(text=f"payload {i:08d}"),
+        ]
+    )
+
+
+def _insert(rows: list[pb.Row]) -> pb.BatchInsertRequest:
+    return pb.BatchInsertRequest(
+        database="events", table="events", columns=["day", "kind", "value", "payload"], rows=rows
+    )
+
+
+async def batch_insert(port: int, batches: int, batch_rows: int) -> dict[str, float]:
+    """Serial BatchInserts of ``batch_rows`` rows."""
+    requests = [
+        _insert([event_row(b * batch_rows + i) for i in range(batch_rows)]) for b in range(batches)
+    ]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.DataAccessStub(channel)
+        started = time.perf_counter()
+        for request in requests:
+            await stub.BatchInsert(request, timeout=60)
+        elapsed = time.perf_counter() - started
+    return {"rows": batches * batch_rows, "seconds": elapsed}
+
+
+async def concurrent_inserts(port: int, writers: int, each: int) -> dict[str, float]:
+    """``writers`` tasks, each doing ``each`` single-row BatchInserts one after the other."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.DataAccessStub(channel)
+
+        async def writer(w: int) -> None:
+            for i in range(each):
+                await stub.BatchInsert(_insert([event_row(w * each + i)]), timeout=60)
+
+        before = await stub.Stats(pb.StatsRequest())
+        started = time.perf_counter()
+        await asyncio.gather(*(writer(w) for w in range(writers)))
+        elapsed = time.perf_counter() - started
+        after = await stub.Stats(pb.StatsRequest())
+    tx = _transactions(after) - _transactions(before)
+    return {"rows": writers * each, "seconds": elapsed, "transactions": tx}
+
+
+def _transactions(stats: pb.StatsResponse) -> int:
+    return sum(w.transactions for w in stats.writes if w.database == "events")
+
+
+def main(argv: list[str]) -> None:
+    """Run the scenario named in ``argv`` and print its JSON."""
+    scenario, port, *numbers = argv
+    args = [int(n) for n in numbers]
+    runner = {"batch_insert": batch_insert, "concurrent_inserts": concurrent_inserts}[scenario]
+    print(json.dumps(asyncio.run(runner(int(port), *args))))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
