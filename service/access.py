@@ -15,11 +15,21 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from service import errors
+from service.cache.keys import cache_key
+from service.cache.tagged import TagCache, TierSnapshot
 from service.config import Limits
 from service.db.database import Database
 from service.db.idempotency import IdempotentPlan
 from service.db.pool import PoolSnapshot
-from service.db.reads import Fetched, OpenStream, close_stream, fetch_chunk, fetch_rows, open_stream
+from service.db.reads import (
+    Fetched,
+    OpenStream,
+    close_stream,
+    fetch_chunk,
+    fetch_rows,
+    open_stream,
+    row_bytes,
+)
 from service.db.writes import InsertRequest, StatementPlan, WriteOutcome, WritePlan, plan_insert
 from service.merge import MergeSpec, merge_rows
 from service.router import Router, pick_member
@@ -27,6 +37,7 @@ from service.values import Params, SqlRow, SqlValue
 
 HEALTHY, DEGRADED, CRITICAL = "healthy", "degraded", "critical"
 T = TypeVar("T")
+ALL_TAG = "all"  # every entry carries it, so Invalidate(all) is one bump
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,8 @@ class ReadRequest:
     cache_tags: Sequence[str] = ()
     route_key: SqlValue = None
     routed: bool = False
+    cache_mode: str = "use"
+    ttl_seconds: float = 0.0
     merge: MergeSpec = field(default_factory=MergeSpec)
 
 
@@ -107,19 +120,62 @@ class StatsReport:
 
     pools: Sequence[PoolSnapshot]
     writes: Sequence[WriteSnapshot]
+    cache: Sequence[TierSnapshot] = ()
+    loads: int = 0
 
 
 class DataAccess:
     """The service's behaviour, one coroutine per RPC."""
 
-    def __init__(self, router: Router, limits: Limits) -> None:
+    def __init__(self, router: Router, limits: Limits, cache: TagCache, cache_ttl: float) -> None:
         self._router = router
         self._limits = limits
+        self._cache = cache
+        self._cache_ttl = cache_ttl
 
     async def query(self, request: ReadRequest, deadline: float) -> ReadResult:
-        """Run a read on a database or a group's members, within the row and byte limits."""
+        """Answer a read from the cache, or run it and cache it under its tags."""
         members = self._router.members(request.database, request.route_key, request.routed)
         self._check_sql(request.sql)
+        tags = await self._cache_tags(members, request, deadline)
+        if request.cache_mode == "bypass" or tags is None or self._cache.local.max_entries == 0:
+            result = await self._run_query(members, request, deadline)
+            status = "bypass" if request.cache_mode == "bypass" or tags is None else "miss"
+            return replace(result, cache_status=status)
+
+        async def load() -> tuple[ReadResult, int]:
+            result = await self._run_query(members, request, deadline)
+            return result, sum(row_bytes(row) for row in result.rows) + 256
+
+        ttl = request.ttl_seconds or self._cache_ttl
+        key = cache_key([db.name for db in members], request, request.merge)
+        result, status = await self._cache.get_or_load(
+            key, tags, load, ttl, refresh=request.cache_mode == "refresh"
+        )
+        assert isinstance(result, ReadResult)
+        return replace(result, cache_status=status, tags=tags)
+
+    async def _cache_tags(
+        self, members: Sequence[Database], request: ReadRequest, deadline: float
+    ) -> list[str] | None:
+        """What a result is cached under, learnt from SQLite's authorizer, not from the SQL."""
+        if request.cache_mode == "bypass":
+            return None
+        tags: list[str] = []
+        for database in members:
+            shape = database.read_shape(request.sql) or await database.learn_shape(
+                request.sql, request.params, deadline
+            )
+            if shape is None:
+                return None
+            tags += self._read_tags(database, shape.reads, ())
+            tags.append(f"database:{database.name}")
+        return tags + list(request.cache_tags) + [ALL_TAG]
+
+    async def _run_query(
+        self, members: Sequence[Database], request: ReadRequest, deadline: float
+    ) -> ReadResult:
+        """Run a read on its databases, within the row and byte limits."""
         cap = min(request.max_rows or self._limits.max_rows, self._limits.max_rows)
         parts = await _first_error_cancels_all(
             [self._fetch(db, request, cap, deadline) for db in members]
@@ -265,11 +321,13 @@ class DataAccess:
     async def invalidate(
         self, tags: Sequence[str], databases: Sequence[str], everything: bool
     ) -> list[str]:
-        """Drop cached results; there is no cache yet, so this names what would be dropped."""
+        """Bump tags, so nothing cached under them is served again: O(1) per tag."""
         for name in databases:
             self._router.database(name)
         bumped = list(tags) + [f"database:{name}" for name in databases]
-        return bumped + (["*"] if everything else [])
+        bumped += [ALL_TAG] if everything else []
+        self._cache.invalidate(bumped)
+        return bumped
 
     async def health(self) -> HealthReport:
         """Probe every database with a timed query on one of its readers."""
@@ -285,8 +343,11 @@ class DataAccess:
         report = StatsReport(
             pools=[db.pool.snapshot() for db in databases],
             writes=[WriteSnapshot(db.name, **vars(db.writer.counters)) for db in databases],
+            cache=self._cache.tiers(),
+            loads=self._cache.loads,
         )
         if reset:
+            self._cache.reset_counters()
             for db in databases:
                 db.pool.reset_stats()
                 db.writer.reset_counters()
@@ -308,13 +369,16 @@ class DataAccess:
     def _written(
         self, outcomes: Sequence[tuple[Database, WriteOutcome]], extra_tags: Sequence[str]
     ) -> WriteResult:
+        """Bump the tags of every table the commit changed, then build the answer."""
         tags = [
             f"table:{database.name}.{table}"
             for database, outcome in outcomes
-            for table in sorted(outcome.tables)
+            for table in sorted(database.schema.changed_with(outcome.tables))
         ]
+        tags += list(extra_tags)
+        self._cache.invalidate(tags)
         first = outcomes[0][1]
-        return WriteResult(first.rows_affected, first.last_insert_rowid, tags + list(extra_tags))
+        return WriteResult(first.rows_affected, first.last_insert_rowid, tags)
 
     def _read_tags(
         self, database: Database, reads: frozenset[str], extra: Sequence[str]

@@ -117,6 +117,8 @@ class Config:
     data_dir: Path = Path("data")
     redis_url: str | None = None
     l1_max_entries: int = 10_000
+    l1_max_bytes: int = 64 * 1024 * 1024
+    cache_ttl_seconds: float = 60.0
     log_level: str = "INFO"
     shutdown_grace_seconds: float = 20.0
     databases: tuple[DatabaseConfig, ...] = ()
@@ -159,6 +161,8 @@ TOP_KEYS = {
     "data_dir",
     "redis_url",
     "l1_max_entries",
+    "l1_max_bytes",
+    "cache_ttl_seconds",
     "log_level",
     "shutdown_grace_seconds",
     "databases",
@@ -190,6 +194,8 @@ def _build(document: dict[str, Any] | None, environ: Mapping[str, str], config_d
         l1_max_entries=_int(
             "l1_max_entries", environ.get("DATAACCESS_L1_MAX_ENTRIES", doc.get("l1_max_entries"))
         ),
+        l1_max_bytes=int(doc.get("l1_max_bytes", Config.l1_max_bytes)),
+        cache_ttl_seconds=float(doc.get("cache_ttl_seconds", Config.cache_ttl_seconds)),
         log_level=str(environ.get("DATAACCESS_LOG_LEVEL") or doc.get("log_level", "INFO")).upper(),
         shutdown_grace_seconds=float(
             environ.get("DATAACCESS_SHUTDOWN_GRACE_SECONDS")

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
 from service.access import DataAccess
+from service.cache.tagged import TagCache
 from service.config import Config
 from service.db.migrate import CorruptDatabase, apply_migrations
 from service.router import Router
@@ -38,6 +39,7 @@ class DataAccessServer:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.router = Router(config)
+        self.cache = TagCache(config.l1_max_entries, config.l1_max_bytes)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._server: grpc.aio.Server | None = None
         self.port = 0
@@ -47,10 +49,9 @@ class DataAccessServer:
         await asyncio.to_thread(migrate, self.config)
         await self.router.open()
         server = grpc.aio.server(options=self._options())
-        pb_grpc.add_DataAccessServicer_to_server(
-            DataAccessServicer(DataAccess(self.router, self.config.limits), self.config.limits),
-            server,
-        )
+        config = self.config
+        access = DataAccess(self.router, config.limits, self.cache, config.cache_ttl_seconds)
+        pb_grpc.add_DataAccessServicer_to_server(DataAccessServicer(access, config.limits), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server

@@ -47,6 +47,11 @@ _ON_CONFLICT = {
     pb.ON_CONFLICT_REPLACE: "replace",
     pb.ON_CONFLICT_UPSERT: "upsert",
 }
+_CACHE_MODE = {
+    pb.CACHE_MODE_USE: "use",
+    pb.CACHE_MODE_BYPASS: "bypass",
+    pb.CACHE_MODE_REFRESH: "refresh",
+}
 _AGGREGATE = {
     pb.AGGREGATE_FUNCTION_SUM: "sum",
     pb.AGGREGATE_FUNCTION_COUNT: "count",
@@ -198,6 +203,18 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
     async def Stats(self, request: pb.StatsRequest, context: Context) -> pb.StatsResponse:
         report = self._access.stats(reset=request.reset)
         return pb.StatsResponse(
+            cache=[
+                pb.CacheTierStats(
+                    tier=t.tier,
+                    hits=t.hits,
+                    misses=t.misses,
+                    evictions=t.evictions,
+                    entries=t.entries,
+                    bytes=t.bytes,
+                    hit_rate=t.hits / (t.hits + t.misses) if t.hits + t.misses else 0.0,
+                )
+                for t in report.cache
+            ],
             pools=[pb.PoolStats(**vars(pool)) for pool in report.pools],
             writes=[pb.WriteStats(**vars(write)) for write in report.writes],
         )
@@ -215,6 +232,8 @@ def _read_request(request: pb.QueryRequest) -> ReadRequest:
         cache_tags=list(request.cache.tags),
         route_key=from_proto(request.route_key, "route_key") if routed else None,
         routed=routed,
+        cache_mode=_CACHE_MODE.get(request.cache.mode, "use"),
+        ttl_seconds=request.cache.ttl.ToTimedelta().total_seconds(),
         merge=MergeSpec(
             order_by=request.merge.order_by,
             limit=request.merge.limit,

@@ -34,7 +34,7 @@ async def test_async_client_takes_and_returns_plain_values(running: Running) -> 
         result = await client.query("kitchen", "SELECT id, t, b, r, n FROM items WHERE id = ?", [1])
         assert result.rows == [(1, "ü", b"\x00\x01", 2.5, None)]
         assert result.columns == ["id", "t", "b", "r", "n"]
-        assert result.cache_status == "bypass"
+        assert result.cache_status == "miss"
         chunks = [c async for c in client.query_stream("live", "SELECT id FROM production_runs")]
         assert sum(len(c.rows) for c in chunks) == 60 * 12
         updated = await client.batch_update(

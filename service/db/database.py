@@ -8,11 +8,12 @@ import sqlite3
 from service import errors
 from service.config import DatabaseConfig, Limits, SqliteSettings
 from service.db.connection import SqliteConnection, open_reader, open_writer
-from service.db.guard import ShapeMemo
+from service.db.guard import Guard, ShapeMemo, StatementShape
 from service.db.idempotency import CREATE_TABLE as CREATE_IDEMPOTENCY_TABLE
 from service.db.pool import PoolPolicy, ReaderPool
 from service.db.schema import Schema, read_schema
 from service.db.writer import WriteBatcher
+from service.values import Params
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,21 @@ class Database:
             validate_after_idle=limits.reader_validate_after_idle_seconds,
         )
         self.pool = ReaderPool(config.name, policy, self._open_reader)
+
+    def read_shape(self, sql: str) -> StatementShape | None:
+        """The tables ``sql`` reads, if a reader of this database prepared it before."""
+        return self._read_memo.get(sql)
+
+    async def learn_shape(self, sql: str, params: Params, deadline: float) -> StatementShape | None:
+        """Prepare ``sql`` under EXPLAIN, without running it, to learn which tables it reads."""
+
+        def explain(raw: sqlite3.Connection, guard: Guard) -> StatementShape | None:
+            guard.begin()
+            raw.execute(f"EXPLAIN {sql}", params).close()
+            return guard.shape_of(sql)
+
+        async with self.pool.reader(deadline) as conn:
+            return await conn.run(lambda raw: explain(raw, conn.guard), deadline, field="sql")
 
     @property
     def writer(self) -> WriteBatcher:

@@ -8,7 +8,7 @@ column types from here.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,21 @@ class Schema:
     """Every user table of a database, by lower-cased name."""
 
     tables: dict[str, TableInfo]
+    cascades: dict[str, frozenset[str]] = field(default_factory=dict)  # parent -> children
 
     def table(self, name: str) -> TableInfo | None:
         """The table called ``name``, any case."""
         return self.tables.get(name.lower())
+
+    def changed_with(self, tables: frozenset[str]) -> frozenset[str]:
+        """``tables`` and every table a foreign-key action on them can change, transitively."""
+        changed, pending = set(tables), [t.lower() for t in tables]
+        while pending:
+            for child in self.cascades.get(pending.pop(), frozenset()):
+                if child not in changed:
+                    changed.add(child)
+                    pending.append(child.lower())
+        return frozenset(changed)
 
     def decl_type(self, column: str, tables: frozenset[str]) -> str:
         """The declared type of result column ``column`` if exactly one read table has it."""
@@ -57,7 +68,20 @@ def read_schema(raw: sqlite3.Connection) -> Schema:
         info = raw.execute("SELECT name, type FROM pragma_table_info(?)", (name,)).fetchall()
         columns = {str(col).lower(): (str(col), str(decl)) for col, decl in info}
         tables[name.lower()] = TableInfo(name, columns)
-    return Schema(tables)
+    return Schema(tables, _cascades(raw, names))
+
+
+def _cascades(raw: sqlite3.Connection, names: list[str]) -> dict[str, frozenset[str]]:
+    """Which tables a write to each table can change through ON DELETE/UPDATE actions."""
+    children: dict[str, set[str]] = {}
+    for child in names:
+        keys = raw.execute(
+            'SELECT "table", on_update, on_delete FROM pragma_foreign_key_list(?)', (child,)
+        ).fetchall()
+        for parent, on_update, on_delete in keys:
+            if {on_update, on_delete} - {"NO ACTION", "RESTRICT"}:
+                children.setdefault(str(parent).lower(), set()).add(child)
+    return {parent: frozenset(kids) for parent, kids in children.items()}
 
 
 def quote_identifier(name: str) -> str:

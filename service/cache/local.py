@@ -1,0 +1,77 @@
+"""The in-process tier: a bounded LRU of entries, each with its tag snapshot and expiry."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from service.cache.tokens import Snapshot
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A cached result, the tag tokens read before its query ran, and when it expires."""
+
+    value: Any
+    snapshot: Snapshot
+    expires_at: float
+    size: int
+
+
+@dataclass
+class TierCounters:
+    """Counters of one cache tier."""
+
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+
+
+class LocalCache:
+    """Entries by key, bounded by count and bytes, least recently used out first."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.counters = TierCounters()
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self.bytes = 0
+
+    def get(self, key: str) -> Entry | None:
+        """The live entry for ``key``; an expired one is dropped."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires_at <= time.monotonic():
+            self.drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: str, entry: Entry) -> None:
+        """Store ``entry``, evicting the least recently used past the bounds."""
+        if self.max_entries == 0 or entry.size > self.max_bytes:
+            return
+        self.drop(key)
+        self._entries[key] = entry
+        self.bytes += entry.size
+        while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.bytes -= evicted.size
+            self.counters.evictions += 1
+
+    def drop(self, key: str) -> None:
+        """Forget ``key``."""
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry.size
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._entries.clear()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
