@@ -59,23 +59,22 @@ fmt: $(STAMP) ## format and sort imports
 
 # The proto is compiled under the virtual path dataaccess_client/v1, so the
 # generated modules import each other from the client package as they stand.
-define generate
-	mkdir -p $(1)/dataaccess_client/v1
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc \
-	  -Idataaccess_client/v1=proto/dataaccess/v1 \
-	  --python_out=$(1) --grpc_python_out=$(1) --mypy_out=$(1) --mypy_grpc_out=$(1) \
-	  dataaccess_client/v1/data_access.proto
-endef
+PROTOC = PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc \
+	-Idataaccess_client/v1=proto/dataaccess/v1 \
+	--python_out=$$out --grpc_python_out=$$out --mypy_out=$$out --mypy_grpc_out=$$out \
+	dataaccess_client/v1/data_access.proto
 
 proto: $(STAMP) ## regenerate the stubs in client_py from proto/
-	$(call generate,client_py)
+	out=client_py; $(PROTOC)
 
 proto-check: $(STAMP) ## fail when regenerating the stubs changes a committed file
-	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
-	$(call generate,$$tmp) >/dev/null && \
-	for f in $$tmp/dataaccess_client/v1/*; do \
+	@out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; \
+	$(PROTOC) >/dev/null; \
+	generated=$$(ls "$$out"/dataaccess_client/v1/ | wc -l); \
+	[ "$$generated" -eq 4 ] || { echo "proto-check: expected 4 generated files, got $$generated"; exit 1; }; \
+	for f in "$$out"/dataaccess_client/v1/*; do \
 	  diff -u $(GEN_DIR)/$$(basename $$f) $$f || { echo "proto-check: $$(basename $$f) is out of date: run make proto"; exit 1; }; \
-	done; echo "proto-check: generated code is up to date"
+	done; echo "proto-check: the 4 generated files are up to date"
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
