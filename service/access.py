@@ -148,7 +148,9 @@ class DataAccess:
             return result, sum(row_bytes(row) for row in result.rows) + 256
 
         ttl = request.ttl_seconds or self._cache_ttl
-        key = cache_key([db.name for db in members], request, request.merge)
+        key = cache_key(
+            [db.name for db in members], request, (request.merge, sorted(request.cache_tags))
+        )
         result, status = await self._cache.get_or_load(
             key, tags, load, ttl, refresh=request.cache_mode == "refresh"
         )
@@ -237,7 +239,7 @@ class DataAccess:
                     want = limits.stream_chunk_rows
                     if request.max_rows:
                         want = min(want, request.max_rows - sent + 1)
-                    rows = await conn.run(
+                    rows, exhausted = await conn.run(
                         functools.partial(_next_chunk, stream, want, limits.stream_chunk_bytes),
                         deadline,
                     )
@@ -253,7 +255,7 @@ class DataAccess:
                             truncated=truncated,
                         )
                     first = False
-                    if truncated or len(rows) < want:
+                    if truncated or exhausted:
                         return
             finally:
                 await conn.run(lambda raw: close_stream(stream))
@@ -316,7 +318,15 @@ class DataAccess:
         if idempotency_key:
             window = self._limits.idempotency_window_seconds
             plan = IdempotentPlan(plan, idempotency_key, window)
-        return await database.writer.submit(plan, deadline)
+
+        def invalidate_changed(outcome: WriteOutcome) -> None:
+            self._cache.invalidate(self._changed_tags(database, outcome))
+
+        return await database.writer.submit(plan, deadline, invalidate_changed)
+
+    def _changed_tags(self, database: Database, outcome: WriteOutcome) -> list[str]:
+        changed = database.schema.changed_with(outcome.tables)
+        return [f"table:{database.name}.{table}" for table in sorted(changed)]
 
     async def invalidate(
         self, tags: Sequence[str], databases: Sequence[str], everything: bool
@@ -369,14 +379,12 @@ class DataAccess:
     def _written(
         self, outcomes: Sequence[tuple[Database, WriteOutcome]], extra_tags: Sequence[str]
     ) -> WriteResult:
-        """Bump the tags of every table the commit changed, then build the answer."""
+        """The answer to a committed write; its tables' tags were bumped at the commit."""
         tags = [
-            f"table:{database.name}.{table}"
-            for database, outcome in outcomes
-            for table in sorted(database.schema.changed_with(outcome.tables))
+            tag for database, outcome in outcomes for tag in self._changed_tags(database, outcome)
         ]
+        self._cache.invalidate(extra_tags)
         tags += list(extra_tags)
-        self._cache.invalidate(tags)
         first = outcomes[0][1]
         return WriteResult(first.rows_affected, first.last_insert_rowid, tags)
 
@@ -421,7 +429,7 @@ def _same_columns(
 
 def _next_chunk(
     stream: OpenStream, rows: int, max_bytes: int, _raw: sqlite3.Connection
-) -> list[SqlRow]:
+) -> tuple[list[SqlRow], bool]:
     return fetch_chunk(stream, rows, max_bytes)
 
 

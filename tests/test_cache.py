@@ -170,3 +170,24 @@ async def test_stats_report_the_l1_tier(running: Running) -> None:
     [l1] = [t for t in stats.cache if t.tier == "l1"]
     assert l1.hits == 1 and l1.misses == 1 and l1.entries == 1 and l1.hit_rate == 0.5
     assert isinstance(grpc.StatusCode.OK, grpc.StatusCode)
+
+
+async def test_statements_differing_inside_literals_or_comments_do_not_share_entries(
+    running: Running,
+) -> None:
+    assert (await _read(running, "SELECT 'a b'"))[0] == [("a b",)]
+    assert (await _read(running, "SELECT 'a  b'"))[0] == [("a  b",)]
+    one = "SELECT id FROM parents -- x\n WHERE id = 1"
+    assert (await _read(running, "SELECT id FROM parents -- x WHERE id = 1"))[0] == [(1,), (2,)]
+    assert (await _read(running, one))[0] == [(1,)]
+
+
+async def test_extra_cache_tags_are_part_of_the_entry(running: Running) -> None:
+    sql = "SELECT name FROM parents WHERE id = 1"
+    await _read(running, sql)
+    tagged = pb.CacheOptions(tags=["user:1"])
+    await _read(running, sql, cache=tagged)
+    with sqlite3.connect(running.data_dir / "kitchen.db") as conn:
+        conn.execute("UPDATE parents SET name = 'uno' WHERE id = 1")
+    await running.stub.Invalidate(pb.InvalidateRequest(tags=["user:1"]))
+    assert await _read(running, sql, cache=tagged) == ([("uno",)], "miss")

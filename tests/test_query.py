@@ -202,3 +202,15 @@ async def test_query_stream_errors_carry_the_contract_status(running: Running) -
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         [m async for m in call]
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_query_stream_chunks_cut_by_bytes_do_not_end_the_stream(running: Running) -> None:
+    sql = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000) "
+        "SELECT x, printf('%.2000d', x) FROM c"
+    )
+    messages = [
+        m async for m in running.stub.QueryStream(pb.QueryRequest(database="live", sql=sql))
+    ]
+    assert sum(len(m.rows) for m in messages) == 3000
+    assert not any(m.truncated for m in messages)

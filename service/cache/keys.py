@@ -1,4 +1,9 @@
-"""Cache keys: a hash of (databases, normalised SQL, typed parameters, shaping options)."""
+"""Cache keys: a hash of (databases, SQL text, typed parameters, shaping options).
+
+The SQL is hashed exactly as sent: folding white space would also fold it
+inside string literals and after ``--`` comments, making different
+statements share a key.
+"""
 
 from __future__ import annotations
 
@@ -25,15 +30,10 @@ class Keyed(Protocol):
     def route_key(self) -> SqlValue: ...
 
 
-def normalise_sql(sql: str) -> str:
-    """``sql`` with runs of white space folded, so layout does not split the cache."""
-    return " ".join(sql.split())
-
-
 def cache_key(databases: Sequence[str], request: Keyed, merge: object = None) -> str:
     """The key a read's result is cached under."""
     params = request.params
     items = sorted(params.items()) if isinstance(params, dict) else list(enumerate(params))
     typed = [(name, type(v).__name__, v) for name, v in items]
-    material = repr((list(databases), normalise_sql(request.sql), typed, request.max_rows, merge))
+    material = repr((list(databases), request.sql, typed, request.max_rows, merge))
     return hashlib.sha256(material.encode()).hexdigest()

@@ -72,6 +72,10 @@ class SqliteConnection:
 
     async def _await_hop(self, hop: asyncio.Future[T], deadline: float | None) -> T:
         timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if timeout == 0.0 and not hop.done():
+            # Interrupting before the thread starts the statement is a no-op in SQLite.
+            await self._interrupt(hop)
+            raise errors.DeadlineExceeded(f"{self.database}: deadline passed before the statement")
         try:
             done, _ = await asyncio.wait({hop}, timeout=timeout)
         except asyncio.CancelledError:
@@ -86,8 +90,11 @@ class SqliteConnection:
 
     async def _interrupt(self, hop: asyncio.Future[T]) -> None:
         """Stop the running statement and wait for the thread to let go of it."""
-        self.raw.interrupt()
-        await asyncio.wait({hop})
+        # An interrupt that lands before the thread started the statement is lost,
+        # so it is repeated until the hop ends.
+        while not hop.done():
+            self.raw.interrupt()
+            await asyncio.wait({hop}, timeout=0.01)
         if not hop.cancelled():
             hop.exception()  # the interrupted statement's error is expected and dropped
         self.guard.trusted = False

@@ -51,17 +51,18 @@ def open_stream(raw: sqlite3.Connection, guard: Guard, sql: str, params: Params)
     return OpenStream(cursor, columns, guard.shape_of(sql))
 
 
-def fetch_chunk(stream: OpenStream, max_rows: int, max_bytes: int) -> list[SqlRow]:
-    """The next rows of a stream, at most ``max_rows`` and about ``max_bytes``."""
+def fetch_chunk(stream: OpenStream, max_rows: int, max_bytes: int) -> tuple[list[SqlRow], bool]:
+    """The next rows of a stream, at most ``max_rows`` and about ``max_bytes``; and whether
+    the cursor is exhausted (a chunk cut by bytes is short but not the end)."""
     chunk: list[SqlRow] = []
     size = 0
     while len(chunk) < max_rows and size < max_bytes:
         row = stream.cursor.fetchone()
         if row is None:
-            break
+            return chunk, True
         chunk.append(row)
         size += row_bytes(row)
-    return chunk
+    return chunk, False
 
 
 def close_stream(stream: OpenStream) -> None:

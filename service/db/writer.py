@@ -13,6 +13,7 @@ import asyncio
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from service import errors
@@ -31,6 +32,7 @@ class _Job:
     plan: WritePlan
     deadline: float | None
     future: asyncio.Future[WriteOutcome]
+    on_commit: Callable[[WriteOutcome], None] | None = None
     cancelled: bool = False
 
     def stopped(self) -> bool:
@@ -76,11 +78,21 @@ class WriteBatcher:
         )
         self._runner = asyncio.get_running_loop().create_task(self._run())
 
-    async def submit(self, plan: WritePlan, deadline: float | None) -> WriteOutcome:
-        """Queue ``plan`` and wait for the COMMIT that holds it."""
+    async def submit(
+        self,
+        plan: WritePlan,
+        deadline: float | None,
+        on_commit: Callable[[WriteOutcome], None] | None = None,
+    ) -> WriteOutcome:
+        """Queue ``plan`` and wait for the COMMIT that holds it.
+
+        ``on_commit`` runs on the event loop right after that COMMIT, before
+        any caller is answered and even if this caller has gone away: the
+        place to invalidate what the write changed.
+        """
         if self._closing:
             raise errors.Unavailable(f"{self.database}: the service is shutting down")
-        job = _Job(plan, deadline, asyncio.get_running_loop().create_future())
+        job = _Job(plan, deadline, asyncio.get_running_loop().create_future(), on_commit)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -161,6 +173,9 @@ class WriteBatcher:
             self.counters.batches += len(committed)
             self.counters.rows += sum(sum(r.rows_affected) for r in committed)
         for job, result in zip(group.jobs, group.results, strict=True):
+            if isinstance(result, WriteOutcome) and job.on_commit is not None:
+                job.on_commit(result)
+        for job, result in zip(group.jobs, group.results, strict=True):
             if job.future.done():
                 continue
             if isinstance(result, WriteOutcome):
@@ -181,6 +196,9 @@ class WriteBatcher:
 
     def _attempt(self, raw: sqlite3.Connection, group: _Group, pending: list[int]) -> int | None:
         """One transaction over ``pending``; the index of a job that lost it, or None."""
+        if raw.in_transaction:  # never expected; a stuck transaction would fail every write
+            log.error("writer of %s found an open transaction; rolling it back", self.database)
+            self._control(raw, "ROLLBACK")
         self._control(raw, "BEGIN IMMEDIATE")
         try:
             for index in pending:
@@ -198,15 +216,20 @@ class WriteBatcher:
     def _run_job(self, raw: sqlite3.Connection, group: _Group, index: int) -> bool:
         """Run one job in its savepoint; False when its failure ended the transaction."""
         job = group.jobs[index]
-        group.current = job
         self._control(raw, "SAVEPOINT job")
+        # The progress handler may stop only the job's own statements, never the
+        # service's SAVEPOINT/RELEASE/ROLLBACK/COMMIT: an interrupted ROLLBACK
+        # would leave the connection inside a transaction.
+        group.current = job
         try:
             group.results[index] = job.plan.run(raw, self._conn.guard)
         except Exception as exc:  # noqa: BLE001 - every failure is the job's answer
+            group.current = None
             group.results[index] = self._job_error(job, exc)
             if not raw.in_transaction:
                 return False
             self._control(raw, "ROLLBACK TO job")
+        group.current = None
         self._control(raw, "RELEASE job")
         return True
 
@@ -236,7 +259,9 @@ class WriteBatcher:
     def _stop_requested(self) -> bool:
         group = self._group
         current = group.current if group is not None else None
-        return current is not None and current.stopped()
+        if current is None or self._conn.guard.trusted:
+            return False
+        return current.stopped()
 
     def _control(self, raw: sqlite3.Connection, sql: str) -> None:
         guard = self._conn.guard
