@@ -19,6 +19,7 @@ from service.cache.local import Entry, LocalCache, TierCounters
 from service.cache.tokens import LocalTagTokens
 
 HIT_LOCAL, MISS, BYPASS = "hit_local", "miss", "bypass"
+FlightKey = tuple[str, tuple[tuple[str, str], ...]]
 Loader = Callable[[], Awaitable[tuple[Any, int]]]  # -> (value, size in bytes)
 
 
@@ -61,7 +62,7 @@ class TagCache:
         self.tokens = LocalTagTokens()
         self.local = LocalCache(max_entries, max_bytes)
         self.loads = 0
-        self._flights: dict[tuple[str, tuple[tuple[str, str], ...]], _Flight] = {}
+        self._flights: dict[FlightKey, _Flight] = {}
 
     async def get_or_load(
         self, key: str, tags: Sequence[str], loader: Loader, ttl: float, refresh: bool = False
@@ -76,12 +77,31 @@ class TagCache:
         counters.misses += 1
         snapshot = self.tokens.snapshot(tags)
         flight_key = (key, tuple(sorted(snapshot.items())))
-        flight = self._flights.get(flight_key)
-        if flight is None or refresh:
-            flight = _Flight(asyncio.ensure_future(self._load(key, snapshot, loader, ttl)))
-            self._flights[flight_key] = flight
-            flight.task.add_done_callback(lambda _t: self._flights.pop(flight_key, None))
-        return await flight.join(), MISS
+        for _ in range(2):
+            flight = self._flights.get(flight_key)
+            if flight is None or refresh or flight.task.cancelled():
+                flight = self._start(flight_key, snapshot, loader, ttl)
+            try:
+                return await flight.join(), MISS
+            except asyncio.CancelledError:
+                # The load was cancelled by the callers who left, not this one: load again.
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+        raise asyncio.CancelledError
+
+    def _start(
+        self, flight_key: FlightKey, snapshot: dict[str, str], loader: Loader, ttl: float
+    ) -> _Flight:
+        flight = _Flight(asyncio.ensure_future(self._load(flight_key[0], snapshot, loader, ttl)))
+        self._flights[flight_key] = flight
+
+        def forget(_task: asyncio.Task[Any]) -> None:
+            if self._flights.get(flight_key) is flight:
+                del self._flights[flight_key]
+
+        flight.task.add_done_callback(forget)
+        return flight
 
     async def _load(self, key: str, snapshot: dict[str, str], loader: Loader, ttl: float) -> Any:
         self.loads += 1
