@@ -13,9 +13,10 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from service import errors
 from service.db.connection import SqliteConnection
@@ -131,16 +132,22 @@ class ReaderPool:
         self._all.discard(conn)
         self._all.add(fresh)
         self._recycled += 1
-        await _close_quietly(conn)
+        # Closed in the background: a caller cancelled here must not strand either one.
+        self._background(_close_quietly(conn))
         return fresh
 
     def _release(self, conn: SqliteConnection) -> None:
+        if conn not in self._all:
+            return  # renewed meanwhile: its replacement is the one lent out
         conn.last_used = time.monotonic()
         if not conn.broken:
             self._idle.put_nowait(conn)
             return
         self._all.discard(conn)
-        task = asyncio.get_running_loop().create_task(self._replace(conn))
+        self._background(self._replace(conn))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
