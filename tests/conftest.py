@@ -111,7 +111,7 @@ def base_document(data_dir: Path) -> dict[str, Any]:
                 "name": "kitchen",
                 "path": "kitchen.db",
                 "migrations": str(KITCHEN_MIGRATIONS),
-                "allowed_tables": ["parents", "items"],
+                "allowed_tables": ["parents", "items", "notes"],
             },
         ],
         "limits": {"readers_per_database": 2, "acquire_timeout_seconds": 2.0},

@@ -190,3 +190,26 @@ async def test_a_cancelled_query_is_interrupted_and_frees_its_reader(
         )
         assert response.rows[0].values[0].integer == 2
         assert time.monotonic() - answered_at < 1.0
+
+
+async def test_a_deferred_foreign_key_failure_at_commit_fails_only_its_write(
+    running: Running,
+) -> None:
+    def note(note_id: int, parent: int) -> Any:
+        return running.stub.BatchInsert(
+            pb.BatchInsertRequest(
+                database="kitchen",
+                table="notes",
+                columns=["id", "parent_id"],
+                rows=[row(note_id, parent)],
+            )
+        )
+
+    results = await asyncio.gather(
+        *(note(i, 1) for i in range(1, 20)), note(99, 12345), return_exceptions=True
+    )
+    assert all(isinstance(r, pb.BatchInsertResponse) for r in results[:-1])
+    assert isinstance(results[-1], grpc.aio.AioRpcError)
+    assert results[-1].code() == grpc.StatusCode.FAILED_PRECONDITION
+    with running.sqlite("kitchen") as conn:
+        assert conn.execute("SELECT count(*) FROM notes").fetchone() == (19,)

@@ -188,11 +188,27 @@ class WriteBatcher:
     def _commit_group(self, raw: sqlite3.Connection, group: _Group) -> None:
         pending = list(range(len(group.jobs)))
         while pending:
-            lost = self._attempt(raw, group, pending)
+            try:
+                lost = self._attempt(raw, group, pending)
+            except sqlite3.IntegrityError:
+                if len(pending) == 1:
+                    raise
+                # A deferred constraint failed at COMMIT: find its job by committing alone.
+                self._commit_one_by_one(raw, group, pending)
+                return
             if lost is None:
                 return
             pending.remove(lost)
             pending = [i for i in pending if not self._give_up(group, i)]
+
+    def _commit_one_by_one(
+        self, raw: sqlite3.Connection, group: _Group, pending: list[int]
+    ) -> None:
+        for index in pending:
+            try:
+                self._attempt(raw, group, [index])  # a lost job already holds its error
+            except sqlite3.IntegrityError as exc:
+                group.results[index] = self._job_error(group.jobs[index], exc)
 
     def _attempt(self, raw: sqlite3.Connection, group: _Group, pending: list[int]) -> int | None:
         """One transaction over ``pending``; the index of a job that lost it, or None."""
