@@ -52,7 +52,6 @@ class Limits:
     stream_chunk_bytes: int = 1024 * 1024
     max_sql_length: int = 100_000
     max_params: int = 999
-    max_batch_rows: int = 100_000
     readers_per_database: int = 4
     acquire_timeout_seconds: float = 5.0
     default_deadline_seconds: float = 30.0

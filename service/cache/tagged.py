@@ -18,7 +18,7 @@ from typing import Any
 from service.cache.local import Entry, LocalCache, TierCounters
 from service.cache.tokens import LocalTagTokens
 
-HIT_LOCAL, MISS, BYPASS = "hit_local", "miss", "bypass"
+HIT_LOCAL, MISS = "hit_local", "miss"
 FlightKey = tuple[str, tuple[tuple[str, str], ...]]
 Loader = Callable[[], Awaitable[tuple[Any, int]]]  # -> (value, size in bytes)
 

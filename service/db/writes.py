@@ -32,7 +32,6 @@ class WriteOutcome:
     rows_affected: tuple[int, ...]
     last_insert_rowid: int
     tables: frozenset[str]
-    replayed: bool = False  # an idempotent retry: the first outcome, nothing written again
 
 
 class WritePlan(Protocol):
