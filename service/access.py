@@ -10,13 +10,13 @@ import asyncio
 import functools
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from service import errors
 from service.cache.keys import cache_key
-from service.cache.tagged import TagCache, TierSnapshot
+from service.cache.tagged import CacheUnavailable, EntryPolicy, TagCache, TierSnapshot
 from service.config import Limits
 from service.db.database import Database
 from service.db.idempotency import IdempotentPlan
@@ -28,7 +28,6 @@ from service.db.reads import (
     fetch_chunk,
     fetch_rows,
     open_stream,
-    row_bytes,
 )
 from service.db.writes import InsertRequest, StatementPlan, WriteOutcome, WritePlan, plan_insert
 from service.merge import MergeSpec, merge_rows
@@ -54,6 +53,7 @@ class ReadRequest:
     cache_mode: str = "use"
     ttl_seconds: float = 0.0
     merge: MergeSpec = field(default_factory=MergeSpec)
+    stale_while_revalidate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,14 @@ class ReadResult:
     tags: Sequence[str]
     truncated: bool = False
     cache_status: str = "bypass"
+
+
+@dataclass(frozen=True)
+class EncodedRead:
+    """A Query's answer as the wire carries it (cache hits skip encoding), and its source."""
+
+    payload: bytes
+    cache_status: str
 
 
 @dataclass(frozen=True)
@@ -127,35 +135,43 @@ class StatsReport:
 class DataAccess:
     """The service's behaviour, one coroutine per RPC."""
 
-    def __init__(self, router: Router, limits: Limits, cache: TagCache, cache_ttl: float) -> None:
+    def __init__(
+        self,
+        router: Router,
+        limits: Limits,
+        cache: TagCache,
+        cache_ttl: float,
+        encode: Callable[[ReadResult], bytes],
+    ) -> None:
         self._router = router
         self._limits = limits
         self._cache = cache
         self._cache_ttl = cache_ttl
+        self._encode = encode
 
-    async def query(self, request: ReadRequest, deadline: float) -> ReadResult:
+    async def query(self, request: ReadRequest, deadline: float) -> EncodedRead:
         """Answer a read from the cache, or run it and cache it under its tags."""
         members = self._router.members(request.database, request.route_key, request.routed)
         self._check_sql(request.sql)
         tags = await self._cache_tags(members, request, deadline)
-        if request.cache_mode == "bypass" or tags is None or self._cache.local.max_entries == 0:
+        if tags is None:
             result = await self._run_query(members, request, deadline)
-            status = "bypass" if request.cache_mode == "bypass" or tags is None else "miss"
-            return replace(result, cache_status=status)
+            return EncodedRead(self._encode(result), "bypass")
 
-        async def load() -> tuple[ReadResult, int]:
+        async def load() -> bytes:
             result = await self._run_query(members, request, deadline)
-            return result, sum(row_bytes(row) for row in result.rows) + 256
+            return self._encode(replace(result, tags=tags))
 
-        ttl = request.ttl_seconds or self._cache_ttl
+        policy = EntryPolicy(
+            ttl=request.ttl_seconds or self._cache_ttl,
+            stale_while_revalidate=request.stale_while_revalidate,
+            refresh=request.cache_mode == "refresh",
+        )
         key = cache_key(
             [db.name for db in members], request, (request.merge, sorted(request.cache_tags))
         )
-        result, status = await self._cache.get_or_load(
-            key, tags, load, ttl, refresh=request.cache_mode == "refresh"
-        )
-        assert isinstance(result, ReadResult)
-        return replace(result, cache_status=status, tags=tags)
+        payload, status = await self._cache.get_or_load(key, tags, load, policy)
+        return EncodedRead(payload, status)
 
     async def _cache_tags(
         self, members: Sequence[Database], request: ReadRequest, deadline: float
@@ -270,7 +286,7 @@ class DataAccess:
         plan = plan_insert(request, database.schema, database.allowed)
         if not request.rows:
             return WriteResult((0,), 0, [])
-        outcome = await self._submit(database, plan, write.idempotency_key, deadline)
+        outcome = await self._submit(database, plan, write, deadline)
         return self._written([(database, outcome)], write.invalidate_tags)
 
     async def _insert_routed(
@@ -289,7 +305,7 @@ class DataAccess:
             database = self._router.database(member)
             plan = plan_insert(replace(request, rows=rows), database.schema, database.allowed)
             key = f"{write.idempotency_key}@{member}" if write.idempotency_key else ""
-            work.append(self._submit(database, plan, key, deadline))
+            work.append(self._submit(database, plan, replace(write, idempotency_key=key), deadline))
         outcomes = await asyncio.gather(*work)
         databases = [self._router.database(member) for member in by_member]
         result = self._written(list(zip(databases, outcomes, strict=True)), write.invalidate_tags)
@@ -309,20 +325,21 @@ class DataAccess:
         for index, (sql, _) in enumerate(statements):
             self._check_sql(sql, f"statements[{index}].sql")
         plan = StatementPlan(statements)
-        outcome = await self._submit(database, plan, write.idempotency_key, deadline)
+        outcome = await self._submit(database, plan, write, deadline)
         return self._written([(database, outcome)], write.invalidate_tags)
 
     async def _submit(
-        self, database: Database, plan: WritePlan, idempotency_key: str, deadline: float
+        self, database: Database, plan: WritePlan, write: WriteOptions, deadline: float
     ) -> WriteOutcome:
-        if idempotency_key:
+        if write.idempotency_key:
             window = self._limits.idempotency_window_seconds
-            plan = IdempotentPlan(plan, idempotency_key, window)
+            plan = IdempotentPlan(plan, write.idempotency_key, window)
 
-        def invalidate_changed(outcome: WriteOutcome) -> None:
-            self._cache.invalidate(self._changed_tags(database, outcome))
+        def tags_of(outcome: WriteOutcome) -> list[str]:
+            return self._changed_tags(database, outcome) + list(write.invalidate_tags)
 
-        return await database.writer.submit(plan, deadline, invalidate_changed)
+        # The writer hands these tags to the cache after the COMMIT, before answering.
+        return await database.writer.submit(plan, deadline, tags_of)
 
     def _changed_tags(self, database: Database, outcome: WriteOutcome) -> list[str]:
         changed = database.schema.changed_with(outcome.tables)
@@ -336,7 +353,10 @@ class DataAccess:
             self._router.database(name)
         bumped = list(tags) + [f"database:{name}" for name in databases]
         bumped += [ALL_TAG] if everything else []
-        self._cache.invalidate(bumped)
+        try:
+            await self._cache.invalidate(bumped)
+        except CacheUnavailable as exc:
+            raise errors.Unavailable(str(exc)) from exc
         return bumped
 
     async def health(self) -> HealthReport:
@@ -379,11 +399,10 @@ class DataAccess:
     def _written(
         self, outcomes: Sequence[tuple[Database, WriteOutcome]], extra_tags: Sequence[str]
     ) -> WriteResult:
-        """The answer to a committed write; its tables' tags were bumped at the commit."""
+        """The answer to a committed write; its tags were invalidated at the commit."""
         tags = [
             tag for database, outcome in outcomes for tag in self._changed_tags(database, outcome)
         ]
-        self._cache.invalidate(extra_tags)
         tags += list(extra_tags)
         first = outcomes[0][1]
         return WriteResult(first.rows_affected, first.last_insert_rowid, tags)

@@ -73,6 +73,37 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """How the cache checks Redis and rides out its faults (YAML section ``cache``)."""
+
+    l1_validation_window_seconds: float = 0.1  # an L1 hit older than this asks Redis (MGET)
+    redis_socket_timeout_seconds: float = 0.25
+    redis_connect_timeout_seconds: float = 0.25
+    redis_health_check_interval_seconds: float = 5.0
+    redis_key_prefix: str = "dataaccess"
+    redis_max_connections: int = 64
+    breaker_failures: int = 3  # failures in a row that open the breaker
+    breaker_reset_seconds: float = 1.0  # how often an open breaker probes Redis
+    lease_seconds: float = 2.0  # how long other replicas wait for one replica's load
+    token_ttl_seconds: float = 7 * 86_400.0
+
+    def __post_init__(self) -> None:
+        _require_non_negative(
+            "cache.l1_validation_window_seconds", self.l1_validation_window_seconds
+        )
+        for name in (
+            "redis_socket_timeout_seconds",
+            "redis_connect_timeout_seconds",
+            "breaker_failures",
+            "breaker_reset_seconds",
+            "lease_seconds",
+            "token_ttl_seconds",
+            "redis_max_connections",
+        ):
+            _require_positive(f"cache.{name}", getattr(self, name))
+
+
+@dataclass(frozen=True)
 class DatabaseConfig:
     """One SQLite database the service serves."""
 
@@ -124,9 +155,14 @@ class Config:
     groups: tuple[GroupConfig, ...] = ()
     sqlite: SqliteSettings = field(default_factory=SqliteSettings)
     limits: Limits = field(default_factory=Limits)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
         _require_non_negative("l1_max_entries", self.l1_max_entries)
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ConfigError("redis_url: expected redis://, rediss:// or unix://")
         if not 0 < self.shutdown_grace_seconds < 30:
             raise ConfigError("shutdown_grace_seconds: must be above 0 and below Kubernetes' 30 s")
         if not self.databases:
@@ -168,6 +204,7 @@ TOP_KEYS = {
     "groups",
     "sqlite",
     "limits",
+    "cache",
 }
 DATABASE_KEYS = {"name", "path", "migrations", "allowed_tables"}
 GROUP_KEYS = {"name", "members", "route"}
@@ -204,6 +241,7 @@ def _build(document: dict[str, Any] | None, environ: Mapping[str, str], config_d
         groups=tuple(_group(i, raw) for i, raw in enumerate(doc.get("groups") or [])),
         sqlite=_section("sqlite", SqliteSettings, doc.get("sqlite")),
         limits=_section("limits", Limits, doc.get("limits")),
+        cache=_section("cache", CacheConfig, doc.get("cache")),
     )
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from service import errors
 from service.config import Config, GroupConfig, RouteConfig
 from service.db.database import Database
+from service.db.writer import AfterCommit
 from service.values import SqlValue
 
 log = logging.getLogger(__name__)
@@ -22,9 +23,21 @@ log = logging.getLogger(__name__)
 class Router:
     """Finds the database or the group members a call names."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        after_commit_for: Callable[[str], AfterCommit] | None = None,
+        use_outbox: bool = False,
+    ) -> None:
         self.databases = {
-            db.name: Database(db, config.sqlite, config.limits) for db in config.databases
+            db.name: Database(
+                db,
+                config.sqlite,
+                config.limits,
+                after_commit_for(db.name) if after_commit_for is not None else None,
+                use_outbox,
+            )
+            for db in config.databases
         }
         self.groups = {group.name: group for group in config.groups}
 

@@ -10,20 +10,22 @@ checkpoints the databases.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from dataaccess_client.v1 import data_access_pb2 as pb
-from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
 from service.access import DataAccess
-from service.cache.tagged import TagCache
+from service.cache.redis_tier import RedisSettings
+from service.cache.tagged import CacheSettings, TagCache
 from service.config import Config
 from service.db.migrate import CorruptDatabase, apply_migrations
 from service.router import Router
-from service.servicer import DataAccessServicer
+from service.servicer import DataAccessServicer, add_to_server, encode_read
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DataAccess"].full_name
@@ -38,8 +40,10 @@ class DataAccessServer:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.router = Router(config)
-        self.cache = TagCache(config.l1_max_entries, config.l1_max_bytes)
+        self.cache = TagCache(cache_settings(config))
+        self.router = Router(
+            config, self._after_commit_for, use_outbox=config.redis_url is not None
+        )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._server: grpc.aio.Server | None = None
         self.port = 0
@@ -48,10 +52,14 @@ class DataAccessServer:
         """Migrate, open the databases and start serving; the port bound."""
         await asyncio.to_thread(migrate, self.config)
         await self.router.open()
+        self._hold_undelivered()
+        await self.cache.start()
         server = grpc.aio.server(options=self._options())
         config = self.config
-        access = DataAccess(self.router, config.limits, self.cache, config.cache_ttl_seconds)
-        pb_grpc.add_DataAccessServicer_to_server(DataAccessServicer(access, config.limits), server)
+        access = DataAccess(
+            self.router, config.limits, self.cache, config.cache_ttl_seconds, encode_read
+        )
+        add_to_server(DataAccessServicer(access, config.limits), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -60,6 +68,7 @@ class DataAccessServer:
             self.port = server.add_insecure_port(self.config.listen)
         except RuntimeError as exc:
             await self.router.close()
+            await self.cache.close()
             raise StartError(f"listen: cannot bind {self.config.listen}: {exc}") from exc
         await server.start()
         self._server = server
@@ -67,6 +76,20 @@ class DataAccessServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", extra={"listen": self.config.listen, "port": self.port})
         return self.port
+
+    def _after_commit_for(
+        self, database: str
+    ) -> Callable[[list[str], Callable[[], None] | None], Awaitable[None]]:
+        return functools.partial(self.cache.invalidate_committed, source=database)
+
+    def _hold_undelivered(self) -> None:
+        """Invalidations a previous run committed but may not have delivered: deliver first."""
+        for database in self.router.databases.values():
+            tags, last = database.undelivered
+            if tags:
+                log.info("holding undelivered invalidations", extra={"database": database.name})
+                receipt = functools.partial(database.writer.delivered, last)
+                self.cache.hold(tags, receipt, database.name)
 
     def _options(self) -> list[tuple[str, int]]:
         size = self.config.limits.max_message_bytes
@@ -83,7 +106,33 @@ class DataAccessServer:
             await self._server.stop(self.config.shutdown_grace_seconds if grace is None else grace)
             self._server = None
         await self.router.close()
+        await self.cache.close()
         log.info("stopped")
+
+
+def cache_settings(config: Config) -> CacheSettings:
+    """The cache's settings drawn from the Config."""
+    c = config.cache
+    redis = None
+    if config.redis_url is not None:
+        redis = RedisSettings(
+            url=config.redis_url,
+            key_prefix=c.redis_key_prefix,
+            socket_timeout=c.redis_socket_timeout_seconds,
+            connect_timeout=c.redis_connect_timeout_seconds,
+            health_check_interval=c.redis_health_check_interval_seconds,
+            token_ttl=c.token_ttl_seconds,
+            lease_ttl=c.lease_seconds,
+            max_connections=c.redis_max_connections,
+        )
+    return CacheSettings(
+        l1_max_entries=config.l1_max_entries,
+        l1_max_bytes=config.l1_max_bytes,
+        l1_validation_window=c.l1_validation_window_seconds,
+        redis=redis,
+        breaker_failures=c.breaker_failures,
+        breaker_reset=c.breaker_reset_seconds,
+    )
 
 
 def migrate(config: Config) -> None:

@@ -40,6 +40,10 @@ _CACHE_STATUS = {
     "stale": pb.CACHE_STATUS_STALE,
     "bypass": pb.CACHE_STATUS_BYPASS,
 }
+_STATUS_SUFFIX = {
+    name: pb.QueryResponse(cache_status=status).SerializeToString()
+    for name, status in _CACHE_STATUS.items()
+}
 _ON_CONFLICT = {
     pb.ON_CONFLICT_UNSPECIFIED: "abort",
     pb.ON_CONFLICT_ABORT: "abort",
@@ -112,9 +116,12 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
         return time.monotonic() + budget
 
     @_answers_errors
-    async def Query(self, request: pb.QueryRequest, context: Context) -> pb.QueryResponse:
-        result = await self._access.query(_read_request(request), self._deadline(context))
-        return _query_response(result)
+    async def Query(  # type: ignore[override]  # bytes: see add_to_server
+        self, request: pb.QueryRequest, context: Context
+    ) -> bytes:
+        answer = await self._access.query(_read_request(request), self._deadline(context))
+        # Fields of concatenated messages merge: the cached bytes plus the status.
+        return answer.payload + _STATUS_SUFFIX[answer.cache_status]
 
     async def QueryStream(
         self, request: pb.QueryRequest, context: Context
@@ -211,6 +218,8 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
                     evictions=t.evictions,
                     entries=t.entries,
                     bytes=t.bytes,
+                    bypasses=t.bypasses,
+                    state=t.state,
                     hit_rate=t.hits / (t.hits + t.misses) if t.hits + t.misses else 0.0,
                 )
                 for t in report.cache
@@ -218,6 +227,46 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
             pools=[pb.PoolStats(**vars(pool)) for pool in report.pools],
             writes=[pb.WriteStats(**vars(write)) for write in report.writes],
         )
+
+
+def add_to_server(servicer: DataAccessServicer, server: grpc.aio.Server) -> None:
+    """Register the servicer; Query's answers are bytes, passed through unencoded.
+
+    The generated registration would encode a QueryResponse; a cache hit
+    already holds the encoded answer, so Query's serializer passes bytes.
+    """
+    service = pb.DESCRIPTOR.services_by_name["DataAccess"]
+    handlers = {}
+    for method in service.methods:
+        request_type = getattr(pb, method.input_type.name)
+        serialize = (
+            _pass_bytes
+            if method.name == "Query"
+            else getattr(pb, method.output_type.name).SerializeToString
+        )
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=request_type.FromString,
+            response_serializer=serialize,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
+
+
+def _pass_bytes(answer: bytes | pb.QueryResponse) -> bytes:
+    return answer if isinstance(answer, bytes) else answer.SerializeToString()
+
+
+def encode_read(result: ReadResult) -> bytes:
+    """A Query's answer without its cache status, as the cache keeps it."""
+    return _query_response(result, with_status=False).SerializeToString()
 
 
 def _read_request(request: pb.QueryRequest) -> ReadRequest:
@@ -234,6 +283,7 @@ def _read_request(request: pb.QueryRequest) -> ReadRequest:
         routed=routed,
         cache_mode=_CACHE_MODE.get(request.cache.mode, "use"),
         ttl_seconds=request.cache.ttl.ToTimedelta().total_seconds(),
+        stale_while_revalidate=request.cache.stale_while_revalidate.ToTimedelta().total_seconds(),
         merge=MergeSpec(
             order_by=request.merge.order_by,
             limit=request.merge.limit,
@@ -250,11 +300,13 @@ def _write_options(request: pb.BatchInsertRequest | pb.BatchUpdateRequest) -> Wr
     return WriteOptions(list(request.invalidate_tags), request.idempotency_key)
 
 
-def _query_response(result: ReadResult) -> pb.QueryResponse:
+def _query_response(result: ReadResult, with_status: bool = True) -> pb.QueryResponse:
     return pb.QueryResponse(
         columns=[pb.Column(name=name, decl_type=decl) for name, decl in result.columns],
         rows=rows_to_proto(result.rows),
-        cache_status=_CACHE_STATUS[result.cache_status],
+        cache_status=(
+            _CACHE_STATUS[result.cache_status] if with_status else pb.CACHE_STATUS_UNSPECIFIED
+        ),
         databases=result.databases,
         tags=result.tags,
         truncated=result.truncated,

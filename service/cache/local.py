@@ -5,19 +5,29 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 from service.cache.tokens import Snapshot
 
 
-@dataclass(frozen=True)
+@dataclass
 class Entry:
-    """A cached result, the tag tokens read before its query ran, and when it expires."""
+    """A cached answer, the tag tokens read before its query ran, and its lifetimes.
 
-    value: Any
+    ``fresh_until`` ends its ttl; past it, up to ``expires_at``, it may only
+    be served as STALE while a refresh runs. ``checked_at`` is when its
+    tokens were last confirmed against Redis.
+    """
+
+    value: bytes
     snapshot: Snapshot
+    fresh_until: float
     expires_at: float
-    size: int
+    checked_at: float
+
+    @property
+    def size(self) -> int:
+        """Bytes it holds, roughly: the payload and its tags."""
+        return len(self.value) + sum(len(t) + 16 for t in self.snapshot) + 64
 
 
 @dataclass
@@ -27,6 +37,7 @@ class TierCounters:
     hits: int = 0
     misses: int = 0
     evictions: int = 0
+    bypasses: int = 0
 
 
 class LocalCache:
@@ -39,8 +50,13 @@ class LocalCache:
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self.bytes = 0
 
+    @property
+    def enabled(self) -> bool:
+        """Whether this tier holds anything at all."""
+        return self.max_entries > 0
+
     def get(self, key: str) -> Entry | None:
-        """The live entry for ``key``; an expired one is dropped."""
+        """The entry for ``key`` if it has not expired; an expired one is dropped."""
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -52,7 +68,7 @@ class LocalCache:
 
     def put(self, key: str, entry: Entry) -> None:
         """Store ``entry``, evicting the least recently used past the bounds."""
-        if self.max_entries == 0 or entry.size > self.max_bytes:
+        if not self.enabled or entry.size > self.max_bytes:
             return
         self.drop(key)
         self._entries[key] = entry

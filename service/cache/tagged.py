@@ -1,26 +1,71 @@
-"""``TagCache.get_or_load``: serve a current entry, or load once per key and snapshot.
+"""``TagCache.get_or_load``: serve a current entry from L1 or Redis, or load once and store.
 
-It knows nothing of SQLite: it takes a key, the entry's tags and a loader.
-Concurrent misses with the same key and the same tag snapshot share one
-load (single flight); the load runs in its own task, so a caller that goes
-away does not fail the others, and a caller whose snapshot differs (an
-invalidation came in between) starts its own load instead of joining.
+It knows nothing of SQLite: it takes a key, the entry's tags and a loader
+that returns the answer's bytes. The tags' tokens are read BEFORE the loader
+runs and the entry is kept under them, so it is served only while none of
+its tags was invalidated since.
+
+Concurrent misses with the same key and the same tokens share one load
+(single flight; across replicas a short Redis lease makes the others wait
+for the entry); the load runs in its own task, so a caller that goes away
+does not fail the others, and a caller whose tokens differ (an invalidation
+came in between) starts its own load instead of joining.
+
+Redis faults never fail a read: it runs against SQLite and reports BYPASS,
+and after a few failures the breaker stops trying until a probe succeeds.
+Invalidations that could not reach Redis are held (and, for writes, kept in
+each database's outbox); until they are delivered nothing is served from
+the cache at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from service.cache.breaker import CircuitBreaker
 from service.cache.local import Entry, LocalCache, TierCounters
-from service.cache.tokens import LocalTagTokens
+from service.cache.redis_tier import RedisSettings, RedisTier, RedisUnavailable, StoredEntry
+from service.cache.subscription import InvalidationListener
+from service.cache.tokens import Snapshot, TagTokens
 
-HIT_LOCAL, MISS = "hit_local", "miss"
+log = logging.getLogger(__name__)
+HIT_LOCAL, HIT_REDIS, MISS, STALE, BYPASS = "hit_local", "hit_redis", "miss", "stale", "bypass"
+Loader = Callable[[], Awaitable[bytes]]
+Receipt = Callable[[], None]  # told when an invalidation reached every replica
+Answer = tuple[bytes, str]
 FlightKey = tuple[str, tuple[tuple[str, str], ...]]
-Loader = Callable[[], Awaitable[tuple[Any, int]]]  # -> (value, size in bytes)
+_POLL_SECONDS = 0.01
+
+
+class CacheUnavailable(Exception):
+    """An invalidation could not be delivered to Redis (safe to retry)."""
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The cache's bounds, lifetimes and Redis behaviour."""
+
+    l1_max_entries: int = 10_000
+    l1_max_bytes: int = 64 * 1024 * 1024
+    l1_validation_window: float = 0.1
+    redis: RedisSettings | None = None
+    breaker_failures: int = 3
+    breaker_reset: float = 1.0
+    max_tags: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class EntryPolicy:
+    """How long one answer lives."""
+
+    ttl: float
+    stale_while_revalidate: float = 0.0
+    refresh: bool = False
 
 
 @dataclass(frozen=True)
@@ -33,16 +78,18 @@ class TierSnapshot:
     evictions: int
     entries: int
     bytes: int
+    bypasses: int = 0
+    state: str = ""
 
 
 class _Flight:
-    """One load shared by every caller that asked for the same key and snapshot."""
+    """One load shared by every caller that asked for the same key and tokens."""
 
-    def __init__(self, task: asyncio.Task[Any]) -> None:
+    def __init__(self, task: asyncio.Task[Answer]) -> None:
         self.task = task
         self.waiters = 0
 
-    async def join(self) -> Any:
+    async def join(self) -> Answer:
         """Wait for the load; the last waiter to leave cancels it, so no one pays for it."""
         self.waiters += 1
         try:
@@ -56,33 +103,229 @@ class _Flight:
 
 
 class TagCache:
-    """Tag-invalidated entries with single flight, in this process."""
+    """Tag-invalidated answers in L1 and, when configured, Redis."""
 
-    def __init__(self, max_entries: int, max_bytes: int) -> None:
-        self.tokens = LocalTagTokens()
-        self.local = LocalCache(max_entries, max_bytes)
+    def __init__(self, settings: CacheSettings) -> None:
+        self.settings = settings
+        self.tokens = TagTokens(settings.max_tags)
+        self.local = LocalCache(settings.l1_max_entries, settings.l1_max_bytes)
+        self.l2_counters = TierCounters()
+        self.breaker = CircuitBreaker(settings.breaker_failures)
         self.loads = 0
+        self.redis: RedisTier | None = None
+        self.listener: InvalidationListener | None = None
+        if settings.redis is not None:
+            self.redis = RedisTier(settings.redis, self._forget_local)
+            self.listener = InvalidationListener(
+                self.redis, self._tokens_published, self._forget_local
+            )
         self._flights: dict[FlightKey, _Flight] = {}
+        self._refreshing: set[str] = set()
+        self._pending_tags: dict[str, None] = {}
+        self._pending_receipts: dict[str, Receipt] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._recovery: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start listening for invalidations; a Redis that is down now is not fatal."""
+        if self.redis is None or self.listener is None:
+            return
+        self._tasks.append(asyncio.ensure_future(self.listener.run()))
+        try:
+            await self.redis.ping()
+        except RedisUnavailable as exc:
+            log.warning("Redis unavailable at start, reads bypass the cache: %s", exc)
+            self._trip()
+
+    async def close(self) -> None:
+        """Stop the background tasks and close Redis."""
+        tasks = [*self._tasks, *([self._recovery] if self._recovery else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.redis is not None:
+            await self.redis.close()
+
+    # Reads
 
     async def get_or_load(
-        self, key: str, tags: Sequence[str], loader: Loader, ttl: float, refresh: bool = False
-    ) -> tuple[Any, str]:
-        """The value for ``key`` and where it came from."""
-        counters = self.local.counters
-        if not refresh:
-            entry = self.local.get(key)
-            if entry is not None and self.tokens.is_current(entry.snapshot):
-                counters.hits += 1
-                return entry.value, HIT_LOCAL
-        counters.misses += 1
+        self, key: str, tags: Sequence[str], loader: Loader, policy: EntryPolicy
+    ) -> Answer:
+        """The answer for ``key`` and where it came from."""
+        answer = await self._get_or_load(key, tags, loader, policy)
+        if answer[1] == STALE:
+            self._refresh_later(key, tags, loader, policy)
+        return answer
+
+    async def _get_or_load(
+        self, key: str, tags: Sequence[str], loader: Loader, policy: EntryPolicy
+    ) -> Answer:
+        if self.redis is None:
+            if not self.local.enabled:
+                return await loader(), BYPASS
+            return await self._local_only(key, tags, loader, policy)
+        if not self.redis_usable:
+            self.l2_counters.bypasses += 1
+            return await loader(), BYPASS
+        try:
+            return await self._through_redis(self.redis, key, tags, loader, policy)
+        except RedisUnavailable as exc:
+            self._failed(exc)
+            self.l2_counters.bypasses += 1
+            return await loader(), BYPASS
+
+    async def _local_only(
+        self, key: str, tags: Sequence[str], loader: Loader, policy: EntryPolicy
+    ) -> Answer:
+        served = None if policy.refresh else self._from_local(key, policy, None)
+        if served is not None:
+            return served
+        self.local.counters.misses += 1
         snapshot = self.tokens.snapshot(tags)
+        return await self._single_flight(
+            key,
+            snapshot,
+            lambda: self._load(key, snapshot, loader, policy, None, ""),
+            policy.refresh,
+        )
+
+    async def _through_redis(
+        self, redis: RedisTier, key: str, tags: Sequence[str], loader: Loader, policy: EntryPolicy
+    ) -> Answer:
+        l1 = self._l1_usable()
+        if l1 and not policy.refresh:
+            served = self._from_local(key, policy, redis)
+            if served is None and (entry := self.local.get(key)) is not None:
+                served = await self._revalidate(redis, entry, policy)
+            if served is not None:
+                return served
+            self.local.counters.misses += 1
+        changes = self.tokens.changes
+        found = await redis.lookup(key, tags)
+        if not policy.refresh and found.current() and found.entry is not None:
+            served = self._from_redis(key, found.entry, policy, changes, l1)
+            if served is not None:
+                return served
+        self.l2_counters.misses += 1
+        owner = secrets.token_hex(8)
+        snapshot, leased = await redis.snapshot(key, tags, owner)
+        self.tokens.learn(snapshot, changes)
+        return await self._single_flight(
+            key,
+            snapshot,
+            lambda: self._load(key, snapshot, loader, policy, redis, owner, leased),
+            policy.refresh,
+        )
+
+    def _from_local(self, key: str, policy: EntryPolicy, redis: RedisTier | None) -> Answer | None:
+        """L1's answer if its tokens are current here (and recently confirmed in Redis)."""
+        entry = self.local.get(key)
+        if entry is None or not self.tokens.is_current(entry.snapshot):
+            return None
+        if redis is not None and time.monotonic() - entry.checked_at >= self._window:
+            return None
+        return self._serve(entry.value, entry.fresh_until, policy, HIT_LOCAL)
+
+    async def _revalidate(
+        self, redis: RedisTier, entry: Entry, policy: EntryPolicy
+    ) -> Answer | None:
+        """Confirm an L1 entry's tokens with one MGET; the answer if they still hold."""
+        if not self.tokens.is_current(entry.snapshot):
+            return None
+        if await redis.tokens(list(entry.snapshot)) != entry.snapshot:
+            return None
+        entry.checked_at = time.monotonic()
+        return self._serve(entry.value, entry.fresh_until, policy, HIT_LOCAL)
+
+    def _from_redis(
+        self, key: str, stored: StoredEntry, policy: EntryPolicy, changes: int, l1: bool
+    ) -> Answer | None:
+        """Redis's answer, copied into L1 when this process's tokens agree."""
+        self.tokens.learn(stored.snapshot, changes)
+        now = time.monotonic()
+        fresh_until = now + (stored.fresh_until - time.time())
+        if l1 and fresh_until > now and self.tokens.is_current(stored.snapshot):
+            expires = fresh_until + policy.stale_while_revalidate
+            self.local.put(key, Entry(stored.value, stored.snapshot, fresh_until, expires, now))
+        return self._serve(stored.value, fresh_until, policy, HIT_REDIS)
+
+    def _serve(
+        self, value: bytes, fresh_until: float, policy: EntryPolicy, status: str
+    ) -> Answer | None:
+        """A hit while fresh; past its ttl, STALE within stale_while_revalidate, else nothing."""
+        counters = self.local.counters if status == HIT_LOCAL else self.l2_counters
+        now = time.monotonic()
+        if now >= fresh_until and now >= fresh_until + policy.stale_while_revalidate:
+            return None
+        counters.hits += 1
+        return value, status if now < fresh_until else STALE
+
+    @property
+    def _window(self) -> float:
+        return self.settings.l1_validation_window
+
+    async def _load(
+        self,
+        key: str,
+        snapshot: Snapshot,
+        loader: Loader,
+        policy: EntryPolicy,
+        redis: RedisTier | None,
+        owner: str,
+        leased: bool = True,
+    ) -> Answer:
+        """Run the query once and store the answer under the tokens read before it."""
+        if redis is not None and not leased:
+            found = await self._wait_for_other_replica(redis, key, snapshot)
+            if found is not None:
+                return found
+        self.loads += 1
+        value = await loader()
+        stored = True
+        if redis is not None:
+            try:
+                keep = policy.ttl + policy.stale_while_revalidate
+                stored = await redis.store(key, snapshot, value, policy.ttl, keep, owner)
+            except RedisUnavailable as exc:
+                self._failed(exc)
+                stored = False
+        if stored and self.tokens.is_current(snapshot) and self._l1_usable():
+            now = time.monotonic()
+            fresh_until = now + policy.ttl
+            expires = fresh_until + policy.stale_while_revalidate
+            self.local.put(key, Entry(value, snapshot, fresh_until, expires, now))
+        return value, MISS
+
+    async def _wait_for_other_replica(
+        self, redis: RedisTier, key: str, snapshot: Snapshot
+    ) -> Answer | None:
+        """Another replica holds the load lease: wait for its entry, within the lease."""
+        until = time.monotonic() + redis.settings.lease_ttl
+        while time.monotonic() < until:
+            await asyncio.sleep(_POLL_SECONDS)
+            found = await redis.lookup(key, list(snapshot))
+            if found.tokens != snapshot:
+                return None  # invalidated meanwhile: its entry would not be current
+            if found.current() and found.entry is not None and found.entry.fresh:
+                self.l2_counters.hits += 1
+                return found.entry.value, HIT_REDIS
+        return None
+
+    def _l1_usable(self) -> bool:
+        if not self.local.enabled:
+            return False
+        return self.listener is None or self.listener.subscribed
+
+    async def _single_flight(
+        self, key: str, snapshot: Snapshot, load: Callable[[], Awaitable[Answer]], refresh: bool
+    ) -> Answer:
         flight_key = (key, tuple(sorted(snapshot.items())))
         for _ in range(2):
             flight = self._flights.get(flight_key)
             if flight is None or refresh or flight.task.cancelled():
-                flight = self._start(flight_key, snapshot, loader, ttl)
+                flight = self._start(flight_key, load)
             try:
-                return await flight.join(), MISS
+                return await flight.join()
             except asyncio.CancelledError:
                 # The load was cancelled by the callers who left, not this one: load again.
                 current = asyncio.current_task()
@@ -90,39 +333,166 @@ class TagCache:
                     raise
         raise asyncio.CancelledError
 
-    def _start(
-        self, flight_key: FlightKey, snapshot: dict[str, str], loader: Loader, ttl: float
-    ) -> _Flight:
-        flight = _Flight(asyncio.ensure_future(self._load(flight_key[0], snapshot, loader, ttl)))
+    def _start(self, flight_key: FlightKey, load: Callable[[], Awaitable[Answer]]) -> _Flight:
+        flight = _Flight(asyncio.ensure_future(load()))
         self._flights[flight_key] = flight
 
-        def forget(_task: asyncio.Task[Any]) -> None:
+        def forget(_task: asyncio.Task[Answer]) -> None:
             if self._flights.get(flight_key) is flight:
                 del self._flights[flight_key]
 
         flight.task.add_done_callback(forget)
         return flight
 
-    async def _load(self, key: str, snapshot: dict[str, str], loader: Loader, ttl: float) -> Any:
-        self.loads += 1
-        value, size = await loader()
-        # Stored under the tokens read before the query: if a tag was bumped
-        # meanwhile, the entry is already stale and is never served.
-        self.local.put(key, Entry(value, snapshot, time.monotonic() + ttl, size))
-        return value
+    def _refresh_later(
+        self, key: str, tags: Sequence[str], loader: Loader, policy: EntryPolicy
+    ) -> None:
+        """Start one background refresh of a key just served STALE."""
+        if key in self._refreshing:
+            return
+        self._refreshing.add(key)
+        refresh = EntryPolicy(policy.ttl, policy.stale_while_revalidate, refresh=True)
+        task = asyncio.ensure_future(self.get_or_load(key, tags, loader, refresh))
 
-    def invalidate(self, tags: Sequence[str]) -> None:
-        """Bump ``tags``: every entry carrying one of them is stale from now on."""
-        self.tokens.bump(tags)
+        def done(finished: asyncio.Task[Answer]) -> None:
+            self._refreshing.discard(key)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.warning("background refresh failed: %s", finished.exception())
+
+        task.add_done_callback(done)
+
+    # Invalidation
+
+    async def invalidate(self, tags: Sequence[str]) -> None:
+        """Invalidate ``tags`` now; CacheUnavailable if Redis could not be told (fail closed)."""
+        if not await self._deliver(tags, None, None):
+            raise CacheUnavailable("Redis is unavailable: the invalidation is held; retry")
+
+    async def invalidate_committed(
+        self, tags: Sequence[str], receipt: Receipt | None, source: str
+    ) -> None:
+        """After a commit: deliver, or hold until Redis is back, bypassing the cache meanwhile.
+
+        ``receipt`` is called once the tags reached Redis; receipts from one
+        ``source`` supersede its earlier ones.
+        """
+        await self._deliver(tags, receipt, source)
+
+    def hold(self, tags: Iterable[str], receipt: Receipt | None, source: str | None) -> None:
+        """Keep tags whose invalidation is not delivered yet: the cache is bypassed until it is."""
+        self._pending_tags.update(dict.fromkeys(tags))
+        if receipt is not None:
+            self._pending_receipts[source or ""] = receipt
+        self._ensure_recovery()
+
+    async def _deliver(
+        self, tags: Sequence[str], receipt: Receipt | None, source: str | None
+    ) -> bool:
+        unique = list(dict.fromkeys(tags))
+        self.tokens.bump(unique)  # this process stops serving them at once, whatever Redis does
+        if self.redis is None:
+            if receipt is not None:
+                receipt()
+            return True
+        if self.redis_usable:
+            try:
+                self.tokens.replace(await self.redis.bump(unique))
+                self.breaker.record_success()
+                if receipt is not None:
+                    receipt()
+                return True
+            except RedisUnavailable as exc:
+                self._failed(exc)
+        self.hold(unique, receipt, source)
+        return False
+
+    @property
+    def redis_usable(self) -> bool:
+        """Whether Redis may be used: the breaker is closed and nothing is held."""
+        return self.breaker.closed and not self._pending_tags
+
+    def _failed(self, exc: Exception) -> None:
+        if self.breaker.record_failure():
+            log.warning(
+                "Redis failed %d times in a row, bypassing it: %s",
+                self.breaker.failure_threshold,
+                exc,
+            )
+            self._trip()
+
+    def _trip(self) -> None:
+        self.breaker.trip()
+        self._forget_local()
+        self._ensure_recovery()
+
+    def _forget_local(self) -> None:
+        """L1 and the tokens here can no longer be trusted: start empty."""
+        self.local.clear()
+        self.tokens.clear()
+
+    def _tokens_published(self, tokens: dict[str, str]) -> None:
+        self.tokens.replace(tokens)
+
+    def _ensure_recovery(self) -> None:
+        if self.redis is not None and (self._recovery is None or self._recovery.done()):
+            self._recovery = asyncio.ensure_future(self._recover(self.redis))
+
+    async def _recover(self, redis: RedisTier) -> None:
+        """Probe Redis and deliver what is held, until the cache may be used again."""
+        while not self.redis_usable:
+            await asyncio.sleep(
+                _POLL_SECONDS if self.breaker.closed else self.settings.breaker_reset
+            )
+            try:
+                await redis.ping()
+                await self._drain(redis)
+            except RedisUnavailable as exc:
+                if self.breaker.closed:
+                    self._failed(exc)
+                else:
+                    self.breaker.trip()
+                continue
+            if not self.breaker.closed and not self._pending_tags:
+                self._forget_local()
+                self.breaker.close()
+                log.info("Redis is back; held invalidations delivered")
+
+    async def _drain(self, redis: RedisTier) -> None:
+        tags, receipts = list(self._pending_tags), dict(self._pending_receipts)
+        if tags:
+            self.tokens.replace(await redis.bump(tags))
+        for tag in tags:
+            self._pending_tags.pop(tag, None)
+        for source, receipt in receipts.items():
+            if self._pending_receipts.get(source) is receipt:
+                del self._pending_receipts[source]
+            receipt()
+
+    # Stats
 
     def tiers(self) -> list[TierSnapshot]:
         """Counters per tier."""
-        c: TierCounters = self.local.counters
-        return [
-            TierSnapshot("l1", c.hits, c.misses, c.evictions, len(self.local), self.local.bytes)
+        c = self.local.counters
+        tiers = [
+            TierSnapshot(
+                "l1",
+                c.hits,
+                c.misses,
+                c.evictions,
+                len(self.local),
+                self.local.bytes,
+                c.bypasses,
+                "on" if self._l1_usable() else "off",
+            )
         ]
+        if self.redis is not None:
+            r = self.l2_counters
+            state = self.breaker.state + (" (holding invalidations)" if self._pending_tags else "")
+            tiers.append(TierSnapshot("l2", r.hits, r.misses, r.evictions, 0, 0, r.bypasses, state))
+        return tiers
 
     def reset_counters(self) -> None:
         """Start counting from zero."""
         self.local.counters = TierCounters()
+        self.l2_counters = TierCounters()
         self.loads = 0

@@ -7,12 +7,13 @@ import sqlite3
 
 from service import errors
 from service.config import DatabaseConfig, Limits, SqliteSettings
+from service.db import outbox
 from service.db.connection import SqliteConnection, open_reader, open_writer
 from service.db.guard import Guard, ShapeMemo, StatementShape
 from service.db.idempotency import CREATE_TABLE as CREATE_IDEMPOTENCY_TABLE
 from service.db.pool import PoolPolicy, ReaderPool
 from service.db.schema import Schema, read_schema
-from service.db.writer import WriteBatcher
+from service.db.writer import AfterCommit, WriteBatcher
 from service.values import Params
 
 log = logging.getLogger(__name__)
@@ -21,8 +22,18 @@ log = logging.getLogger(__name__)
 class Database:
     """Opens, serves and closes one database file."""
 
-    def __init__(self, config: DatabaseConfig, settings: SqliteSettings, limits: Limits) -> None:
+    def __init__(
+        self,
+        config: DatabaseConfig,
+        settings: SqliteSettings,
+        limits: Limits,
+        after_commit: AfterCommit | None = None,
+        use_outbox: bool = False,
+    ) -> None:
         self.name = config.name
+        self._after_commit = after_commit
+        self._use_outbox = use_outbox
+        self.undelivered: tuple[list[str], int] = ([], 0)
         self.config = config
         self._settings = settings
         self._limits = limits
@@ -76,10 +87,17 @@ class Database:
         self._writer_conn = conn
         try:
             await conn.run_trusted(lambda raw: raw.execute(CREATE_IDEMPOTENCY_TABLE))
+            if self._use_outbox:
+                await conn.run_trusted(lambda raw: raw.execute(outbox.CREATE_TABLE))
+                self.undelivered = await conn.run_trusted(outbox.undelivered)
             self.schema = await conn.run_trusted(read_schema)
             self.allowed = conn.guard.allowed_tables
             self._writer = WriteBatcher(
-                conn, self._limits.write_queue_size, 256 if self._limits.group_commit else 1
+                conn,
+                self._limits.write_queue_size,
+                256 if self._limits.group_commit else 1,
+                self._after_commit,
+                self._use_outbox,
             )
             await self._writer.start()
             await self.pool.open()

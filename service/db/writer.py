@@ -13,10 +13,11 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from service import errors
+from service.db import outbox
 from service.db.connection import SqliteConnection
 from service.db.sqlite_errors import translate
 from service.db.writes import WriteOutcome, WritePlan
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 _PROGRESS_STEPS = 1000
 _GATHER_PASSES = 8
 _GATHER_WINDOW_SECONDS = 0.001
+TagsOf = Callable[[WriteOutcome], Sequence[str]]
+# After each COMMIT: the tags it changed, and a receipt to call once they were delivered.
+AfterCommit = Callable[[list[str], Callable[[], None] | None], Awaitable[None]]
 
 
 @dataclass
@@ -32,7 +36,7 @@ class _Job:
     plan: WritePlan
     deadline: float | None
     future: asyncio.Future[WriteOutcome]
-    on_commit: Callable[[WriteOutcome], None] | None = None
+    tags_of: TagsOf | None = None
     cancelled: bool = False
 
     def stopped(self) -> bool:
@@ -55,13 +59,27 @@ class _Group:
     jobs: list[_Job]
     results: list[WriteOutcome | errors.DataAccessError | None] = field(default_factory=list)
     current: _Job | None = None
+    tags: dict[str, None] = field(default_factory=dict)
+    outbox_id: int = 0
 
 
 class WriteBatcher:
     """Takes write jobs for one database and commits them in groups."""
 
-    def __init__(self, conn: SqliteConnection, queue_size: int = 1024, max_group: int = 256):
+    def __init__(
+        self,
+        conn: SqliteConnection,
+        queue_size: int = 1024,
+        max_group: int = 256,
+        after_commit: AfterCommit | None = None,
+        use_outbox: bool = False,
+    ):
         self.database = conn.database
+        self._after_commit = after_commit
+        self._use_outbox = use_outbox
+        self._delivered_upto = 0  # outbox rows up to here reached Redis
+        self._deleted_upto = 0
+        self._finishing: set[asyncio.Task[None]] = set()
         self.counters = WriteCounters()
         self._conn = conn
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
@@ -82,17 +100,17 @@ class WriteBatcher:
         self,
         plan: WritePlan,
         deadline: float | None,
-        on_commit: Callable[[WriteOutcome], None] | None = None,
+        tags_of: TagsOf | None = None,
     ) -> WriteOutcome:
         """Queue ``plan`` and wait for the COMMIT that holds it.
 
-        ``on_commit`` runs on the event loop right after that COMMIT, before
-        any caller is answered and even if this caller has gone away: the
-        place to invalidate what the write changed.
+        ``tags_of`` names the cache tags a committed outcome invalidates; they
+        are handed to ``after_commit`` (and recorded in the outbox) before
+        any caller of the transaction is answered, even if this one left.
         """
         if self._closing:
             raise errors.Unavailable(f"{self.database}: the service is shutting down")
-        job = _Job(plan, deadline, asyncio.get_running_loop().create_future(), on_commit)
+        job = _Job(plan, deadline, asyncio.get_running_loop().create_future(), tags_of)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -112,6 +130,7 @@ class WriteBatcher:
         self._closing = True
         while not self._queue.empty() or self._group is not None:
             await asyncio.sleep(0.01)
+        await asyncio.gather(*self._finishing, return_exceptions=True)
         if self._runner is not None:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
@@ -166,15 +185,34 @@ class WriteBatcher:
             self._group = None
         self._answer(group)
 
+    def delivered(self, upto: int) -> None:
+        """Outbox rows up to ``upto`` reached Redis: a later transaction deletes them."""
+        self._delivered_upto = max(self._delivered_upto, upto)
+
     def _answer(self, group: _Group) -> None:
         committed = [r for r in group.results if isinstance(r, WriteOutcome)]
         if committed:
             self.counters.transactions += 1
             self.counters.batches += len(committed)
             self.counters.rows += sum(sum(r.rows_affected) for r in committed)
-        for job, result in zip(group.jobs, group.results, strict=True):
-            if isinstance(result, WriteOutcome) and job.on_commit is not None:
-                job.on_commit(result)
+        if not group.tags or self._after_commit is None:
+            self._settle(group)
+            return
+        # Delivering the tags waits on Redis; the next group need not wait for it.
+        task = asyncio.ensure_future(self._deliver_then_settle(group, self._after_commit))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def _deliver_then_settle(self, group: _Group, after_commit: AfterCommit) -> None:
+        upto = group.outbox_id
+        receipt = (lambda: self.delivered(upto)) if upto else None
+        try:
+            await after_commit(list(group.tags), receipt)
+        except Exception:  # the write is committed: its callers must hear so
+            log.exception("invalidating after a commit on %s failed", self.database)
+        self._settle(group)
+
+    def _settle(self, group: _Group) -> None:
         for job, result in zip(group.jobs, group.results, strict=True):
             if job.future.done():
                 continue
@@ -220,7 +258,10 @@ class WriteBatcher:
             for index in pending:
                 if not self._run_job(raw, group, index):
                     return index
+            tags, deleted = self._record_tags(raw, group, pending)
             self._control(raw, "COMMIT")
+            group.tags.update(tags)
+            self._deleted_upto = max(self._deleted_upto, deleted)
             return None
         except BaseException:
             if raw.in_transaction:
@@ -228,6 +269,29 @@ class WriteBatcher:
             raise
         finally:
             group.current = None
+
+    def _record_tags(
+        self, raw: sqlite3.Connection, group: _Group, pending: list[int]
+    ) -> tuple[dict[str, None], int]:
+        """The tags the committed jobs change, written to the outbox in their transaction."""
+        tags: dict[str, None] = {}
+        for index in pending:
+            job, result = group.jobs[index], group.results[index]
+            if job.tags_of is not None and isinstance(result, WriteOutcome):
+                tags.update(dict.fromkeys(job.tags_of(result)))
+        if not self._use_outbox:
+            return tags, 0
+        guard = self._conn.guard
+        guard.trusted = True
+        try:
+            deleted = self._delivered_upto
+            if deleted > self._deleted_upto:
+                outbox.forget_delivered(raw, deleted)
+            if tags:
+                group.outbox_id = outbox.record(raw, tags)
+        finally:
+            guard.trusted = False
+        return tags, deleted
 
     def _run_job(self, raw: sqlite3.Connection, group: _Group, index: int) -> bool:
         """Run one job in its savepoint; False when its failure ended the transaction."""

@@ -931,6 +931,8 @@ class CacheTierStats(_message.Message):
     EVICTIONS_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
     BYTES_FIELD_NUMBER: _builtins.int
+    BYPASSES_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     tier: _builtins.str
     """tier is "l1" or "l2"."""
     hits: _builtins.int
@@ -945,6 +947,14 @@ class CacheTierStats(_message.Message):
     """entries is the number of entries held now."""
     bytes: _builtins.int
     """bytes is the size of the entries held now."""
+    bypasses: _builtins.int
+    """bypasses is the number of reads that skipped this tier (Redis down,
+    invalidations held, or the tier switched off).
+    """
+    state: _builtins.str
+    """state is "on" or "off" for l1; the circuit breaker's state for l2
+    ("closed", "open"), noting held invalidations.
+    """
     def __init__(
         self,
         *,
@@ -955,10 +965,12 @@ class CacheTierStats(_message.Message):
         evictions: _builtins.int = ...,
         entries: _builtins.int = ...,
         bytes: _builtins.int = ...,
+        bypasses: _builtins.int = ...,
+        state: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "entries", b"entries", "evictions", b"evictions", "hit_rate", b"hit_rate", "hits", b"hits", "misses", b"misses", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypasses", b"bypasses", "bytes", b"bytes", "entries", b"entries", "evictions", b"evictions", "hit_rate", b"hit_rate", "hits", b"hits", "misses", b"misses", "state", b"state", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

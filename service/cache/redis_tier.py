@@ -1,0 +1,256 @@
+"""The Redis tier: entries and tag tokens in Redis, shared by every replica.
+
+Keys live under ``<key_prefix>:<epoch>:`` where the epoch is derived from the
+server's ``run_id`` and ``master_replid``: a Redis that restarts (perhaps
+from an old snapshot) or fails over gets a new epoch, so nothing written
+before is read again. Every new connection checks the epoch; one that finds
+it changed fails its first command, so no command runs under the old prefix.
+
+One round trip per hit: ``MGET`` of the entry and its tags' tokens. Lua only
+where a write is conditional: minting missing tokens with a load lease, and
+storing an entry only while its tokens are still those read before the query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from service.cache.tokens import Snapshot, new_token
+
+# KEYS: the tags' token keys, then the lease key. ARGV: a token stem, the token
+# ttl (ms), the lease ttl (ms), the lease owner. Returns the tokens, then 1 if
+# the lease was taken.
+_SNAPSHOT = """
+local n = #KEYS - 1
+local out = {}
+for i = 1, n do
+  local token = redis.call('GET', KEYS[i])
+  if not token then
+    token = ARGV[1] .. i
+    redis.call('SET', KEYS[i], token, 'PX', ARGV[2])
+  end
+  out[i] = token
+end
+if redis.call('SET', KEYS[n + 1], ARGV[4], 'NX', 'PX', ARGV[3]) then
+  out[n + 1] = 1
+else
+  out[n + 1] = 0
+end
+return out
+"""
+
+# KEYS: the entry key, the lease key, then the tags' token keys. ARGV: the
+# entry, its ttl (ms), the lease owner, then the tokens read before the query.
+_STORE = """
+local owner = redis.call('GET', KEYS[2])
+if owner == ARGV[3] then redis.call('DEL', KEYS[2]) end
+for i = 3, #KEYS do
+  if redis.call('GET', KEYS[i]) ~= ARGV[i + 1] then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
+class RedisUnavailable(Exception):
+    """Redis did not answer in time, refused, or was replaced."""
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """How to reach Redis and how long things live there."""
+
+    url: str
+    key_prefix: str = "dataaccess"
+    socket_timeout: float = 0.25
+    connect_timeout: float = 0.25
+    health_check_interval: float = 5.0
+    token_ttl: float = 7 * 86_400.0
+    lease_ttl: float = 2.0
+    max_connections: int = 64
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """An entry as Redis holds it."""
+
+    value: bytes
+    snapshot: dict[str, str]
+    fresh_until: float  # wall clock, shared by replicas
+
+    @property
+    def fresh(self) -> bool:
+        """Whether its ttl has not run out."""
+        return time.time() < self.fresh_until
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """One ``MGET``: the entry if there is one, and the tags' tokens now."""
+
+    entry: StoredEntry | None
+    tokens: dict[str, str | None]
+
+    def current(self) -> bool:
+        """Whether the entry's tokens are all still the tags' tokens."""
+        return self.entry is not None and self.entry.snapshot == self.tokens
+
+
+class RedisTier:
+    """Entries, tokens, leases and the invalidation channel in one Redis."""
+
+    def __init__(self, settings: RedisSettings, on_epoch_change: Callable[[], None]) -> None:
+        self.settings = settings
+        self.channel = f"{settings.key_prefix}:invalidations"
+        self.epoch: str | None = None
+        self.epoch_changes = 0
+        self._on_epoch_change = on_epoch_change
+        self.client = aioredis.Redis.from_url(
+            settings.url,
+            socket_timeout=settings.socket_timeout,
+            socket_connect_timeout=settings.connect_timeout,
+            health_check_interval=int(settings.health_check_interval),
+            retry=Retry(NoBackoff(), 0),
+            max_connections=settings.max_connections,
+            redis_connect_func=self._check_epoch,
+        )
+        self._snapshot = self.client.register_script(_SNAPSHOT)
+        self._store = self.client.register_script(_STORE)
+
+    @property
+    def prefix(self) -> str:
+        """Where this epoch's keys live."""
+        return f"{self.settings.key_prefix}:{self.epoch or 'unknown'}:"
+
+    async def lookup(self, key: str, tags: Sequence[str]) -> Lookup:
+        """The entry for ``key`` and its tags' tokens, in one round trip."""
+        prefix = self.prefix
+        raw = await self._call(
+            self.client.mget([f"{prefix}e:{key}", *(f"{prefix}t:{tag}" for tag in tags)])
+        )
+        tokens = {tag: _text(token) for tag, token in zip(tags, raw[1:], strict=True)}
+        return Lookup(_decode_entry(raw[0]), tokens)
+
+    async def tokens(self, tags: Sequence[str]) -> dict[str, str | None]:
+        """The tags' tokens now."""
+        prefix = self.prefix
+        raw = await self._call(self.client.mget([f"{prefix}t:{tag}" for tag in tags]))
+        return {tag: _text(token) for tag, token in zip(tags, raw, strict=True)}
+
+    async def snapshot(
+        self, key: str, tags: Sequence[str], owner: str
+    ) -> tuple[dict[str, str], bool]:
+        """The tags' tokens (minting missing ones) and whether ``owner`` took the load lease."""
+        prefix, s = self.prefix, self.settings
+        keys = [*(f"{prefix}t:{tag}" for tag in tags), f"{prefix}l:{key}"]
+        args: list[str | int] = [new_token() + ".", _ms(s.token_ttl), _ms(s.lease_ttl), owner]
+        raw = await self._call(self._snapshot(keys=keys, args=args))
+        tokens = {tag: _text(token) or "" for tag, token in zip(tags, raw, strict=False)}
+        return tokens, int(raw[-1]) == 1
+
+    async def store(
+        self,
+        key: str,
+        snapshot: Snapshot,
+        value: bytes,
+        fresh_for: float,
+        keep_for: float,
+        owner: str,
+    ) -> bool:
+        """Store the entry if its tokens are still current; release the lease either way."""
+        prefix = self.prefix
+        tags = list(snapshot)
+        entry = _encode_entry(value, snapshot, time.time() + fresh_for)
+        keys = [f"{prefix}e:{key}", f"{prefix}l:{key}", *(f"{prefix}t:{tag}" for tag in tags)]
+        args: list[bytes | str | int] = [entry, _ms(keep_for), owner, *(snapshot[t] for t in tags)]
+        return int(await self._call(self._store(keys=keys, args=args))) == 1
+
+    async def bump(self, tags: Sequence[str]) -> dict[str, str]:
+        """Give ``tags`` new tokens and tell every replica, in one round trip."""
+        tokens = {tag: new_token() for tag in tags}
+        if not tokens:
+            return tokens
+        prefix, ttl = self.prefix, _ms(self.settings.token_ttl)
+        pipe = self.client.pipeline(transaction=False)
+        for tag, token in tokens.items():
+            pipe.set(f"{prefix}t:{tag}", token, px=ttl)
+        pipe.publish(self.channel, json.dumps(tokens))
+        await self._call(pipe.execute())
+        return tokens
+
+    async def ping(self) -> None:
+        """Raise RedisUnavailable unless Redis answers."""
+        await self._call(self.client.ping())
+
+    async def close(self) -> None:
+        """Close every connection."""
+        await self.client.aclose()
+
+    async def _call(self, work: Any) -> Any:
+        # A hard bound on top of the socket timeout: a command queued behind a
+        # hung one must not wait longer than the hung one does.
+        try:
+            async with asyncio.timeout(self.settings.socket_timeout * 2 + 0.05):
+                return await work
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _check_epoch(self, conn: Connection) -> None:
+        """On every new connection: is this still the Redis whose keys we trust?"""
+        await conn.on_connect()
+        await conn.send_command("INFO")
+        info = _parse_info(await conn.read_response())
+        identity = f"{info.get('run_id', '')}/{info.get('master_replid', '')}"
+        epoch = hashlib.sha256(identity.encode()).hexdigest()[:12]
+        if self.epoch == epoch:
+            return
+        first = self.epoch is None
+        self.epoch = epoch
+        if first:
+            return
+        self.epoch_changes += 1
+        self._on_epoch_change()
+        raise RedisConnectionError("Redis was restarted or replaced: moved to a fresh key prefix")
+
+
+def _encode_entry(value: bytes, snapshot: Snapshot, fresh_until: float) -> bytes:
+    header = json.dumps([fresh_until, dict(snapshot)], separators=(",", ":")).encode()
+    return header + b"\n" + value
+
+
+def _decode_entry(raw: bytes | None) -> StoredEntry | None:
+    if raw is None:
+        return None
+    header, _, value = raw.partition(b"\n")
+    try:
+        fresh_until, snapshot = json.loads(header)
+    except ValueError:
+        return None
+    return StoredEntry(value, snapshot, float(fresh_until))
+
+
+def _parse_info(raw: bytes | str) -> dict[str, str]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {name: value.strip() for name, value in pairs}
+
+
+def _text(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode()
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))

@@ -1,0 +1,93 @@
+"""The invalidation channel: keeps this process's tokens, and so L1, coherent across replicas.
+
+Every write and ``Invalidate`` publishes the tags' new tokens; the listener
+applies them here at once. While it is not subscribed, invalidations may be
+missed, so L1 is not served; every (re)subscription starts from an empty L1.
+A Redis that hangs (SIGSTOP, a dropped network) is found by pings that get
+no answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from service.cache.redis_tier import RedisTier, RedisUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class InvalidationListener:
+    """Subscribes to the channel and hands every published token set to ``on_tokens``."""
+
+    def __init__(
+        self,
+        tier: RedisTier,
+        on_tokens: Callable[[dict[str, str]], None],
+        on_lost: Callable[[], None],
+        ping_interval: float = 0.5,
+    ) -> None:
+        self.subscribed = False
+        self.resubscriptions = 0
+        self._tier = tier
+        self._on_tokens = on_tokens
+        self._on_lost = on_lost
+        self._ping_interval = ping_interval
+
+    async def run(self) -> None:
+        """Listen until cancelled, resubscribing after every failure."""
+        while True:
+            try:
+                await self._listen()
+            except (RedisError, RedisUnavailable, OSError, TimeoutError, ValueError) as exc:
+                log.warning("invalidation channel lost: %s", exc)
+            finally:
+                self._lose()
+            await asyncio.sleep(self._ping_interval)
+
+    def _lose(self) -> None:
+        if self.subscribed:
+            self.subscribed = False
+            self._on_lost()
+
+    async def _listen(self) -> None:
+        pubsub = self._tier.client.pubsub()
+        try:
+            await pubsub.subscribe(self._tier.channel)
+            await self._confirmed(pubsub)
+            # Anything published before the confirmation may be lost: start empty.
+            self._on_lost()
+            self.subscribed = True
+            self.resubscriptions += 1
+            await self._receive(pubsub)
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _confirmed(self, pubsub: Any) -> None:
+        until = time.monotonic() + 2 * self._ping_interval + 1
+        while time.monotonic() < until:
+            message = await pubsub.get_message(timeout=self._ping_interval)
+            if message is not None and message["type"] == "subscribe":
+                return
+        raise TimeoutError("no subscription confirmation")
+
+    async def _receive(self, pubsub: Any) -> None:
+        heard = pinged = time.monotonic()
+        while True:
+            message = await pubsub.get_message(timeout=self._ping_interval)
+            now = time.monotonic()
+            if message is not None:
+                heard = now
+                if message["type"] == "message":
+                    self._on_tokens(json.loads(message["data"]))
+            if now - heard > 3 * self._ping_interval:
+                raise TimeoutError("Redis stopped answering pings")
+            if now - pinged >= self._ping_interval:
+                pinged = now
+                await pubsub.ping()
