@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -223,3 +225,80 @@ def _wait_serving(port: int, process: subprocess.Popen[bytes], log: Path) -> Non
         except OSError:
             time.sleep(0.05)
     raise AssertionError(f"server did not listen: {log.read_text()}")
+
+
+class RedisProcess:
+    """A real ``redis-server`` on a free loopback port, in a temp dir, stopped by its pid."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Where the service should find it."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start it (loading dump.rdb from its dir if one is there) and wait for PING."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise AssertionError("redis-server is missing: `make test` installs it")
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir)]
+        args += ["--save", "", "--appendonly", "no", "--maxmemory", "256mb"]
+        args += ["--maxmemory-policy", "allkeys-lru"]
+        with (self.workdir / "redis.log").open("ab") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.cli("PING") == "PONG":
+                return
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not answer PING")
+
+    def cli(self, *command: str) -> str:
+        """One command through a raw socket (RESP), its reply as text ('' if none)."""
+        payload = f"*{len(command)}\r\n" + "".join(f"${len(c)}\r\n{c}\r\n" for c in command)
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+                sock.sendall(payload.encode())
+                reply = sock.recv(1 << 16).decode(errors="replace")
+        except OSError:
+            return ""
+        return reply[1:].split("\r\n", 1)[0] if reply[:1] in "+-:" else reply
+
+    def save(self) -> None:
+        """Write its dataset to dump.rdb now (a snapshot to come back with)."""
+        assert self.cli("SAVE") == "OK"
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` (SIGSTOP, SIGCONT, SIGKILL) to it."""
+        assert self.process is not None
+        os.kill(self.process.pid, signum)
+
+    def kill(self) -> None:
+        """SIGKILL it and reap it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+    def stop(self) -> None:
+        """Stop it for good, even if it was paused."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
+        self.kill()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A started redis-server, stopped by its pid after the test."""
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = RedisProcess(workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

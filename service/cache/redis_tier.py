@@ -30,9 +30,11 @@ from redis.retry import Retry
 
 from service.cache.tokens import Snapshot, new_token
 
-# KEYS: the tags' token keys, then the lease key. ARGV: a token stem, the token
-# ttl (ms), the lease ttl (ms), the lease owner. Returns the tokens, then 1 if
-# the lease was taken.
+# KEYS: the tags' token keys, then the lease key's stem. ARGV: a token stem,
+# the token ttl (ms), the lease ttl (ms), the lease owner. Returns the tokens,
+# then 1 if the lease was taken. The lease is per key AND tokens, so a load on
+# newer tokens never waits for one on older tokens, and it is left to expire
+# after the entry is stored: a late caller on the same tokens then finds it.
 _SNAPSHOT = """
 local n = #KEYS - 1
 local out = {}
@@ -44,7 +46,8 @@ for i = 1, n do
   end
   out[i] = token
 end
-if redis.call('SET', KEYS[n + 1], ARGV[4], 'NX', 'PX', ARGV[3]) then
+local lease = KEYS[n + 1] .. redis.sha1hex(table.concat(out, ','))
+if redis.call('SET', lease, ARGV[4], 'NX', 'PX', ARGV[3]) then
   out[n + 1] = 1
 else
   out[n + 1] = 0
@@ -52,12 +55,10 @@ end
 return out
 """
 
-# KEYS: the entry key, the lease key, then the tags' token keys. ARGV: the
-# entry, its ttl (ms), the lease owner, then the tokens read before the query.
+# KEYS: the entry key, then the tags' token keys. ARGV: the entry, its ttl
+# (ms), then the tokens read before the query.
 _STORE = """
-local owner = redis.call('GET', KEYS[2])
-if owner == ARGV[3] then redis.call('DEL', KEYS[2]) end
-for i = 3, #KEYS do
+for i = 2, #KEYS do
   if redis.call('GET', KEYS[i]) ~= ARGV[i + 1] then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -155,28 +156,28 @@ class RedisTier:
     ) -> tuple[dict[str, str], bool]:
         """The tags' tokens (minting missing ones) and whether ``owner`` took the load lease."""
         prefix, s = self.prefix, self.settings
-        keys = [*(f"{prefix}t:{tag}" for tag in tags), f"{prefix}l:{key}"]
+        keys = [*(f"{prefix}t:{tag}" for tag in tags), f"{prefix}l:{key}:"]
         args: list[str | int] = [new_token() + ".", _ms(s.token_ttl), _ms(s.lease_ttl), owner]
         raw = await self._call(self._snapshot(keys=keys, args=args))
         tokens = {tag: _text(token) or "" for tag, token in zip(tags, raw, strict=False)}
         return tokens, int(raw[-1]) == 1
 
     async def store(
-        self,
-        key: str,
-        snapshot: Snapshot,
-        value: bytes,
-        fresh_for: float,
-        keep_for: float,
-        owner: str,
+        self, key: str, snapshot: Snapshot, value: bytes, fresh_for: float, keep_for: float
     ) -> bool:
-        """Store the entry if its tokens are still current; release the lease either way."""
+        """Store the entry if its tokens are still those read before the query."""
         prefix = self.prefix
         tags = list(snapshot)
         entry = _encode_entry(value, snapshot, time.time() + fresh_for)
-        keys = [f"{prefix}e:{key}", f"{prefix}l:{key}", *(f"{prefix}t:{tag}" for tag in tags)]
-        args: list[bytes | str | int] = [entry, _ms(keep_for), owner, *(snapshot[t] for t in tags)]
+        keys = [f"{prefix}e:{key}", *(f"{prefix}t:{tag}" for tag in tags)]
+        args: list[bytes | str | int] = [entry, _ms(keep_for), *(snapshot[t] for t in tags)]
         return int(await self._call(self._store(keys=keys, args=args))) == 1
+
+    async def release_lease(self, key: str, snapshot: Snapshot) -> None:
+        """Let another caller load now (this load failed)."""
+        tokens = ",".join(snapshot.values())
+        lease = f"{self.prefix}l:{key}:{hashlib.sha1(tokens.encode()).hexdigest()}"
+        await self._call(self.client.delete(lease))
 
     async def bump(self, tags: Sequence[str]) -> dict[str, str]:
         """Give ``tags`` new tokens and tell every replica, in one round trip."""

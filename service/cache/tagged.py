@@ -21,6 +21,7 @@ the cache at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -185,7 +186,7 @@ class TagCache:
         return await self._single_flight(
             key,
             snapshot,
-            lambda: self._load(key, snapshot, loader, policy, None, ""),
+            lambda: self._load(key, snapshot, loader, policy, None),
             policy.refresh,
         )
 
@@ -213,7 +214,7 @@ class TagCache:
         return await self._single_flight(
             key,
             snapshot,
-            lambda: self._load(key, snapshot, loader, policy, redis, owner, leased),
+            lambda: self._load(key, snapshot, loader, policy, redis, leased),
             policy.refresh,
         )
 
@@ -271,7 +272,6 @@ class TagCache:
         loader: Loader,
         policy: EntryPolicy,
         redis: RedisTier | None,
-        owner: str,
         leased: bool = True,
     ) -> Answer:
         """Run the query once and store the answer under the tokens read before it."""
@@ -280,12 +280,18 @@ class TagCache:
             if found is not None:
                 return found
         self.loads += 1
-        value = await loader()
+        try:
+            value = await loader()
+        except BaseException:
+            if redis is not None and leased:
+                with contextlib.suppress(RedisUnavailable):
+                    await redis.release_lease(key, snapshot)
+            raise
         stored = True
         if redis is not None:
             try:
                 keep = policy.ttl + policy.stale_while_revalidate
-                stored = await redis.store(key, snapshot, value, policy.ttl, keep, owner)
+                stored = await redis.store(key, snapshot, value, policy.ttl, keep)
             except RedisUnavailable as exc:
                 self._failed(exc)
                 stored = False
@@ -322,6 +328,11 @@ class TagCache:
         flight_key = (key, tuple(sorted(snapshot.items())))
         for _ in range(2):
             flight = self._flights.get(flight_key)
+            if flight is None and not refresh:
+                # A load on these very tokens may have just finished and stored its answer.
+                entry = self.local.get(key)
+                if entry is not None and entry.snapshot == snapshot:
+                    return entry.value, HIT_LOCAL
             if flight is None or refresh or flight.task.cancelled():
                 flight = self._start(flight_key, load)
             try:
