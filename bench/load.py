@@ -28,7 +28,8 @@ def event_row(i: int) -> pb.Row:
     )
 
 
-def _insert(rows: list[pb.Row]) -> pb.BatchInsertRequest:
+def insert_request(rows: list[pb.Row]) -> pb.BatchInsertRequest:
+    """A BatchInsert of ``rows`` into events."""
     return pb.BatchInsertRequest(
         database="events", table="events", columns=["day", "kind", "value", "payload"], rows=rows
     )
@@ -37,7 +38,8 @@ def _insert(rows: list[pb.Row]) -> pb.BatchInsertRequest:
 async def batch_insert(port: int, batches: int, batch_rows: int) -> dict[str, float]:
     """Serial BatchInserts of ``batch_rows`` rows."""
     requests = [
-        _insert([event_row(b * batch_rows + i) for i in range(batch_rows)]) for b in range(batches)
+        insert_request([event_row(b * batch_rows + i) for i in range(batch_rows)])
+        for b in range(batches)
     ]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.DataAccessStub(channel)
@@ -55,7 +57,7 @@ async def concurrent_inserts(port: int, writers: int, each: int) -> dict[str, fl
 
         async def writer(w: int) -> None:
             for i in range(each):
-                await stub.BatchInsert(_insert([event_row(w * each + i)]), timeout=60)
+                await stub.BatchInsert(insert_request([event_row(w * each + i)]), timeout=60)
 
         before = await stub.Stats(pb.StatsRequest())
         started = time.perf_counter()

@@ -11,97 +11,19 @@ import argparse
 import json
 import os
 import platform
-import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-import yaml
+from bench.cached import L1_HIT, REDIS_HIT, Plan, bench_cached
+from bench.harness import ROOT, Row, serving
 
-ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
-
-
-@dataclass
-class Row:
-    """One line of the table: a figure, its comparison, and the goal for their ratio."""
-
-    scenario: str
-    ours: list[float]
-    theirs: list[float]
-    unit: str
-    against: str
-    goal: float | None
-
-    def ratios(self) -> list[float]:
-        return [a / b for a, b in zip(self.ours, self.theirs, strict=True)]
-
-    def line(self) -> str:
-        r = self.ratios()
-        med = statistics.median(r)
-        goal = "-" if self.goal is None else f">= {self.goal:g}"
-        verdict = "" if self.goal is None else "met" if med >= self.goal else "NOT met"
-        return (
-            f"| {self.scenario} | {statistics.median(self.ours):,.0f} {self.unit} | "
-            f"{self.against}: {statistics.median(self.theirs):,.0f} {self.unit} | "
-            f"{med:.2f} ({min(r):.2f}-{max(r):.2f}) | {goal} | {verdict} |"
-        )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def serving(workdir: Path, sqlite: dict[str, Any], limits: dict[str, Any]) -> Iterator[int]:
-    """``python -m service`` on a fresh events database; yields its port."""
-    data = workdir / f"data-{time.monotonic_ns()}"
-    data.mkdir()
-    config = {
-        "data_dir": str(data),
-        "databases": [
-            {"name": "events", "path": "events.db", "migrations": str(ROOT / "schema" / "events")}
-        ],
-        "sqlite": sqlite,
-        "limits": limits,
-    }
-    path = data / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DATAACCESS_CONFIG": str(path),
-        "DATAACCESS_LISTEN": f"127.0.0.1:{port}",
-        "DATAACCESS_LOG_LEVEL": "WARNING",
-    }
-    process = subprocess.Popen([sys.executable, "-m", "service"], env=env)
-    try:
-        _wait(port, process)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(30)
-
-
-def _wait(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("bench: the server did not start")
 
 
 def load(scenario: str, port: int, *numbers: int) -> dict[str, float]:
@@ -177,22 +99,41 @@ def main() -> None:
     """Run the benchmarks, print the table, write it under bench/results/."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds and rows (~1 min)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        help="run only the steps whose name contains NAME (repeatable; the table is not saved): "
+        + ", ".join(STEPS),
+    )
     args = parser.parse_args()
-    rounds, batches, each = (3, 10, 10) if args.quick else (5, 50, 40)
+    names = [n for n in STEPS if not args.only or any(o in n for o in args.only)]
+    if not names:
+        parser.error(f"--only: no step matches {args.only}; the steps are {', '.join(STEPS)}")
     with tempfile.TemporaryDirectory(prefix="dataaccess-bench-") as tmp:
-        workdir = Path(tmp)
-        steps: list[Callable[[], Row | list[Row]]] = [
-            lambda: bench_batch_insert(workdir, rounds, batches),
-            lambda: bench_group_commit(workdir, rounds, each),
-        ]
         rows: list[Row] = []
-        for step in steps:
-            result = step()
-            rows += result if isinstance(result, list) else [result]
-    _report(rows, quick=args.quick)
+        for name in names:
+            rows += STEPS[name](Path(tmp), args.quick)
+    _report(rows, quick=args.quick, save=not args.only)
 
 
-def _report(rows: list[Row], *, quick: bool) -> None:
+def _batch_insert(workdir: Path, quick: bool) -> list[Row]:
+    return [bench_batch_insert(workdir, *((3, 10) if quick else (5, 50)))]
+
+
+def _group_commit(workdir: Path, quick: bool) -> list[Row]:
+    return bench_group_commit(workdir, *((3, 10) if quick else (5, 40)))
+
+
+STEPS: dict[str, Callable[[Path, bool], list[Row]]] = {
+    "batch_insert": _batch_insert,
+    "group_commit": _group_commit,
+    "cached_l1": lambda workdir, quick: bench_cached(workdir, L1_HIT, Plan.for_run(quick)),
+    "cached_redis": lambda workdir, quick: bench_cached(workdir, REDIS_HIT, Plan.for_run(quick)),
+}
+
+
+def _report(rows: list[Row], *, quick: bool, save: bool) -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
@@ -206,8 +147,11 @@ def _report(rows: list[Row], *, quick: bool) -> None:
         "| --- | --- | --- | --- | --- | --- |",
         *[row.line() for row in rows],
     ]
-    text = "\n".join([head, "", *table])
+    text = "\n".join([head, "", *table, *_warnings(rows)])
     print(text)
+    if not save:
+        print("(--only: not written to bench/results/)", file=sys.stderr)
+        return
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.md").write_text(text + "\n")
     (RESULTS / "latest.json").write_text(
@@ -216,6 +160,22 @@ def _report(rows: list[Row], *, quick: bool) -> None:
         )
         + "\n"
     )
+
+
+def _warnings(rows: list[Row]) -> list[str]:
+    """One line under the table for each scenario with rows whose figures are not what they name."""
+    invalid: dict[str, int] = {}
+    parent = ""
+    for row in rows:
+        parent = parent if row.scenario.startswith(" ") else row.scenario
+        if row.invalid is not None:
+            invalid[parent] = invalid.get(parent, 0) + 1
+    lines = [
+        f"WARNING: {name}: {count} row(s) invalid, see the last column; "
+        "their figures do not measure what the rows name."
+        for name, count in invalid.items()
+    ]
+    return ["", *lines] if lines else []
 
 
 if __name__ == "__main__":
