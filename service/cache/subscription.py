@@ -29,7 +29,7 @@ class InvalidationListener:
     def __init__(
         self,
         tier: RedisTier,
-        on_tokens: Callable[[dict[str, str]], None],
+        on_tokens: Callable[[dict[str, str]], object],
         on_lost: Callable[[], None],
         ping_interval: float = 0.5,
     ) -> None:

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from service.cache.breaker import CircuitBreaker
+from service.cache.gate import Receipt, RedisGate
 from service.cache.local import Entry, LocalCache, TierCounters
 from service.cache.redis_tier import RedisSettings, RedisTier, RedisUnavailable, StoredEntry
 from service.cache.subscription import InvalidationListener
@@ -37,7 +38,6 @@ from service.cache.tokens import Snapshot, TagTokens
 log = logging.getLogger(__name__)
 HIT_LOCAL, HIT_REDIS, MISS, STALE, BYPASS = "hit_local", "hit_redis", "miss", "stale", "bypass"
 Loader = Callable[[], Awaitable[bytes]]
-Receipt = Callable[[], None]  # told when an invalidation reached every replica
 Answer = tuple[bytes, str]
 FlightKey = tuple[str, tuple[tuple[str, str], ...]]
 _POLL_SECONDS = 0.01
@@ -111,39 +111,41 @@ class TagCache:
         self.tokens = TagTokens(settings.max_tags)
         self.local = LocalCache(settings.l1_max_entries, settings.l1_max_bytes)
         self.l2_counters = TierCounters()
-        self.breaker = CircuitBreaker(settings.breaker_failures)
         self.loads = 0
         self.redis: RedisTier | None = None
         self.listener: InvalidationListener | None = None
+        self.gate: RedisGate | None = None
         if settings.redis is not None:
             self.redis = RedisTier(settings.redis, self._forget_local)
             self.listener = InvalidationListener(
-                self.redis, self._tokens_published, self._forget_local
+                self.redis, self.tokens.replace, self._forget_local
+            )
+            breaker = CircuitBreaker(settings.breaker_failures)
+            self.gate = RedisGate(
+                self.redis, breaker, settings.breaker_reset, self.tokens.replace, self._forget_local
             )
         self._flights: dict[FlightKey, _Flight] = {}
         self._refreshing: set[str] = set()
-        self._pending_tags: dict[str, None] = {}
-        self._pending_receipts: dict[str, Receipt] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._recovery: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start listening for invalidations; a Redis that is down now is not fatal."""
-        if self.redis is None or self.listener is None:
+        if self.redis is None or self.listener is None or self.gate is None:
             return
         self._tasks.append(asyncio.ensure_future(self.listener.run()))
         try:
             await self.redis.ping()
         except RedisUnavailable as exc:
             log.warning("Redis unavailable at start, reads bypass the cache: %s", exc)
-            self._trip()
+            self.gate.trip()
 
     async def close(self) -> None:
         """Stop the background tasks and close Redis."""
-        tasks = [*self._tasks, *([self._recovery] if self._recovery else [])]
-        for task in tasks:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.gate is not None:
+            await self.gate.close()
         if self.redis is not None:
             await self.redis.close()
 
@@ -171,7 +173,8 @@ class TagCache:
         try:
             return await self._through_redis(self.redis, key, tags, loader, policy)
         except RedisUnavailable as exc:
-            self._failed(exc)
+            assert self.gate is not None
+            self.gate.failed(exc)
             self.l2_counters.bypasses += 1
             return await loader(), BYPASS
 
@@ -293,7 +296,8 @@ class TagCache:
                 keep = policy.ttl + policy.stale_while_revalidate
                 stored = await redis.store(key, snapshot, value, policy.ttl, keep)
             except RedisUnavailable as exc:
-                self._failed(exc)
+                assert self.gate is not None
+                self.gate.failed(exc)
                 stored = False
         if stored and self.tokens.is_current(snapshot) and self._l1_usable():
             now = time.monotonic()
@@ -376,7 +380,7 @@ class TagCache:
 
     async def invalidate(self, tags: Sequence[str]) -> None:
         """Invalidate ``tags`` now; CacheUnavailable if Redis could not be told (fail closed)."""
-        if not await self._deliver(tags, None, None):
+        if not await self._deliver(tags, None, ""):
             raise CacheUnavailable("Redis is unavailable: the invalidation is held; retry")
 
     async def invalidate_committed(
@@ -389,95 +393,29 @@ class TagCache:
         """
         await self._deliver(tags, receipt, source)
 
-    def hold(self, tags: Iterable[str], receipt: Receipt | None, source: str | None) -> None:
+    def hold(self, tags: Iterable[str], receipt: Receipt | None, source: str) -> None:
         """Keep tags whose invalidation is not delivered yet: the cache is bypassed until it is."""
-        self._pending_tags.update(dict.fromkeys(tags))
-        if receipt is not None:
-            self._pending_receipts[source or ""] = receipt
-        self._ensure_recovery()
+        if self.gate is not None:
+            self.gate.hold(tags, receipt, source)
 
-    async def _deliver(
-        self, tags: Sequence[str], receipt: Receipt | None, source: str | None
-    ) -> bool:
+    async def _deliver(self, tags: Sequence[str], receipt: Receipt | None, source: str) -> bool:
         unique = list(dict.fromkeys(tags))
         self.tokens.bump(unique)  # this process stops serving them at once, whatever Redis does
-        if self.redis is None:
+        if self.gate is None:
             if receipt is not None:
                 receipt()
             return True
-        if self.redis_usable:
-            try:
-                self.tokens.replace(await self.redis.bump(unique))
-                self.breaker.record_success()
-                if receipt is not None:
-                    receipt()
-                return True
-            except RedisUnavailable as exc:
-                self._failed(exc)
-        self.hold(unique, receipt, source)
-        return False
+        return await self.gate.deliver(unique, receipt, source)
 
     @property
     def redis_usable(self) -> bool:
-        """Whether Redis may be used: the breaker is closed and nothing is held."""
-        return self.breaker.closed and not self._pending_tags
-
-    def _failed(self, exc: Exception) -> None:
-        if self.breaker.record_failure():
-            log.warning(
-                "Redis failed %d times in a row, bypassing it: %s",
-                self.breaker.failure_threshold,
-                exc,
-            )
-            self._trip()
-
-    def _trip(self) -> None:
-        self.breaker.trip()
-        self._forget_local()
-        self._ensure_recovery()
+        """Whether Redis may be used now."""
+        return self.gate is not None and self.gate.usable
 
     def _forget_local(self) -> None:
         """L1 and the tokens here can no longer be trusted: start empty."""
         self.local.clear()
         self.tokens.clear()
-
-    def _tokens_published(self, tokens: dict[str, str]) -> None:
-        self.tokens.replace(tokens)
-
-    def _ensure_recovery(self) -> None:
-        if self.redis is not None and (self._recovery is None or self._recovery.done()):
-            self._recovery = asyncio.ensure_future(self._recover(self.redis))
-
-    async def _recover(self, redis: RedisTier) -> None:
-        """Probe Redis and deliver what is held, until the cache may be used again."""
-        while not self.redis_usable:
-            await asyncio.sleep(
-                _POLL_SECONDS if self.breaker.closed else self.settings.breaker_reset
-            )
-            try:
-                await redis.ping()
-                await self._drain(redis)
-            except RedisUnavailable as exc:
-                if self.breaker.closed:
-                    self._failed(exc)
-                else:
-                    self.breaker.trip()
-                continue
-            if not self.breaker.closed and not self._pending_tags:
-                self._forget_local()
-                self.breaker.close()
-                log.info("Redis is back; held invalidations delivered")
-
-    async def _drain(self, redis: RedisTier) -> None:
-        tags, receipts = list(self._pending_tags), dict(self._pending_receipts)
-        if tags:
-            self.tokens.replace(await redis.bump(tags))
-        for tag in tags:
-            self._pending_tags.pop(tag, None)
-        for source, receipt in receipts.items():
-            if self._pending_receipts.get(source) is receipt:
-                del self._pending_receipts[source]
-            receipt()
 
     # Stats
 
@@ -498,7 +436,7 @@ class TagCache:
         ]
         if self.redis is not None:
             r = self.l2_counters
-            state = self.breaker.state + (" (holding invalidations)" if self._pending_tags else "")
+            state = self.gate.state if self.gate is not None else ""
             tiers.append(TierSnapshot("l2", r.hits, r.misses, r.evictions, 0, 0, r.bypasses, state))
         return tiers
 

@@ -1,0 +1,129 @@
+"""Whether the cache may use Redis now: the circuit breaker, held invalidations, recovery.
+
+Reads use Redis only while the breaker is closed AND no invalidation is
+held. An invalidation that could not reach Redis is held (its receipt kept,
+by source) and a background task probes Redis, delivers what is held and
+closes the breaker; until then every read bypasses the cache, since Redis
+may still hold entries those invalidations would have made stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Sequence
+
+from service.cache.breaker import CircuitBreaker
+from service.cache.redis_tier import RedisTier, RedisUnavailable
+
+log = logging.getLogger(__name__)
+Receipt = Callable[[], None]  # told when an invalidation reached Redis
+_POLL_SECONDS = 0.01
+
+
+class RedisGate:
+    """Decides when Redis is used, and delivers invalidations held back."""
+
+    def __init__(
+        self,
+        redis: RedisTier,
+        breaker: CircuitBreaker,
+        reset_seconds: float,
+        on_tokens: Callable[[dict[str, str]], object],
+        on_distrust: Callable[[], None],
+    ) -> None:
+        self.breaker = breaker
+        self._redis = redis
+        self._reset_seconds = reset_seconds
+        self._on_tokens = on_tokens  # new tokens that reached Redis
+        self._on_distrust = on_distrust  # what this process holds can no longer be trusted
+        self._held_tags: dict[str, None] = {}
+        self._held_receipts: dict[str, Receipt] = {}
+        self._recovery: asyncio.Task[None] | None = None
+
+    @property
+    def usable(self) -> bool:
+        """Whether Redis may be used: the breaker is closed and nothing is held."""
+        return self.breaker.closed and not self._held_tags
+
+    @property
+    def state(self) -> str:
+        """The breaker's state, noting held invalidations."""
+        return self.breaker.state + (" (holding invalidations)" if self._held_tags else "")
+
+    async def deliver(self, tags: Sequence[str], receipt: Receipt | None, source: str) -> bool:
+        """Replace the tags' tokens in Redis, or hold them; whether they were delivered."""
+        if self.usable:
+            try:
+                self._on_tokens(await self._redis.bump(tags))
+                self.breaker.record_success()
+                if receipt is not None:
+                    receipt()
+                return True
+            except RedisUnavailable as exc:
+                self.failed(exc)
+        self.hold(tags, receipt, source)
+        return False
+
+    def hold(self, tags: Iterable[str], receipt: Receipt | None, source: str) -> None:
+        """Keep tags whose invalidation is not delivered; receipts of a source supersede."""
+        self._held_tags.update(dict.fromkeys(tags))
+        if receipt is not None:
+            self._held_receipts[source] = receipt
+        self._ensure_recovery()
+
+    def failed(self, exc: Exception) -> None:
+        """A call to Redis failed; enough in a row open the breaker."""
+        if self.breaker.record_failure():
+            log.warning(
+                "Redis failed %d times in a row, bypassing it: %s",
+                self.breaker.failure_threshold,
+                exc,
+            )
+            self.trip()
+
+    def trip(self) -> None:
+        """Stop using Redis now and probe it until it answers."""
+        self.breaker.trip()
+        self._on_distrust()
+        self._ensure_recovery()
+
+    async def close(self) -> None:
+        """Stop probing."""
+        if self._recovery is not None:
+            self._recovery.cancel()
+            await asyncio.gather(self._recovery, return_exceptions=True)
+
+    def _ensure_recovery(self) -> None:
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.ensure_future(self._recover())
+
+    async def _recover(self) -> None:
+        """Probe Redis and deliver what is held, until the cache may be used again."""
+        while not self.usable:
+            closed = self.breaker.closed
+            await asyncio.sleep(_POLL_SECONDS if closed else self._reset_seconds)
+            try:
+                await self._redis.ping()
+                await self._deliver_held()
+            except RedisUnavailable as exc:
+                if self.breaker.closed:
+                    self.failed(exc)
+                else:
+                    self.breaker.trip()
+                continue
+            if not self.breaker.closed and not self._held_tags:
+                self._on_distrust()
+                self.breaker.close()
+                log.info("Redis is back; held invalidations delivered")
+
+    async def _deliver_held(self) -> None:
+        tags, receipts = list(self._held_tags), dict(self._held_receipts)
+        if tags:
+            self._on_tokens(await self._redis.bump(tags))
+        for tag in tags:
+            self._held_tags.pop(tag, None)
+        for source, receipt in receipts.items():
+            if self._held_receipts.get(source) is receipt:
+                del self._held_receipts[source]
+            receipt()
