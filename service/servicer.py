@@ -220,6 +220,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
                     bytes=t.bytes,
                     bypasses=t.bypasses,
                     state=t.state,
+                    loads=report.loads,
                     hit_rate=t.hits / (t.hits + t.misses) if t.hits + t.misses else 0.0,
                 )
                 for t in report.cache
@@ -273,26 +274,40 @@ def _read_request(request: pb.QueryRequest) -> ReadRequest:
     if request.max_rows < 0:
         raise errors.InvalidArgument("max_rows must not be negative", field="max_rows")
     routed = request.HasField("route_key")
+    cache = request.cache
     return ReadRequest(
         database=request.database,
         sql=request.sql,
         params=params_from_proto(request.params, request.named_params),
         max_rows=request.max_rows,
-        cache_tags=list(request.cache.tags),
+        cache_tags=list(cache.tags),
         route_key=from_proto(request.route_key, "route_key") if routed else None,
         routed=routed,
-        cache_mode=_CACHE_MODE.get(request.cache.mode, "use"),
-        ttl_seconds=request.cache.ttl.ToTimedelta().total_seconds(),
-        stale_while_revalidate=request.cache.stale_while_revalidate.ToTimedelta().total_seconds(),
-        merge=MergeSpec(
-            order_by=request.merge.order_by,
-            limit=request.merge.limit,
-            group_by=list(request.merge.group_by),
-            aggregates=[
-                (a.column, _AGGREGATE.get(a.function, "unspecified"))
-                for a in request.merge.aggregates
-            ],
-        ),
+        cache_mode=_CACHE_MODE.get(cache.mode, "use"),
+        ttl_seconds=_seconds(cache, "ttl"),
+        stale_while_revalidate=_seconds(cache, "stale_while_revalidate"),
+        merge=_merge_spec(request.merge) if request.HasField("merge") else MergeSpec(),
+    )
+
+
+def _seconds(cache: pb.CacheOptions, name: str) -> float:
+    """A CacheOptions duration in seconds: 0 when unset, never negative."""
+    if not cache.HasField(name):  # type: ignore[arg-type]
+        return 0.0
+    seconds = float(getattr(cache, name).ToTimedelta().total_seconds())
+    if seconds < 0:
+        raise errors.InvalidArgument(f"cache.{name} must not be negative", field=f"cache.{name}")
+    return seconds
+
+
+def _merge_spec(merge: pb.Merge) -> MergeSpec:
+    return MergeSpec(
+        order_by=merge.order_by,
+        limit=merge.limit,
+        group_by=list(merge.group_by),
+        aggregates=[
+            (a.column, _AGGREGATE.get(a.function, "unspecified")) for a in merge.aggregates
+        ],
     )
 
 

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from dataaccess_client.v1 import data_access_pb2 as pb
-from tests.conftest import Running, plain_rows, row, started
+from tests.conftest import Running, failure_of, plain_rows, row, started
 
 COUNT_ITEMS = "SELECT count(*) FROM items"
 STATUS = {
@@ -191,3 +191,15 @@ async def test_extra_cache_tags_are_part_of_the_entry(running: Running) -> None:
         conn.execute("UPDATE parents SET name = 'uno' WHERE id = 1")
     await running.stub.Invalidate(pb.InvalidateRequest(tags=["user:1"]))
     assert await _read(running, sql, cache=tagged) == ([("uno",)], "miss")
+
+
+async def test_a_negative_ttl_is_refused_naming_the_field(running: Running) -> None:
+    failure = await failure_of(
+        running.stub.Query(
+            pb.QueryRequest(
+                database="kitchen", sql=COUNT_ITEMS, cache=pb.CacheOptions(ttl={"seconds": -1})
+            )
+        )
+    )
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert failure.fields == ["cache.ttl"]

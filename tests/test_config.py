@@ -101,6 +101,10 @@ def test_no_config_is_the_embedded_default(tmp_path: Path, monkeypatch: pytest.M
         ({"limits": {"max_rowz": 1}}, "limits: unknown key 'max_rowz'"),
         ({"sqlite": {"synchronous": "SOMETIMES"}}, "sqlite.synchronous"),
         ({"shutdown_grace_seconds": 45}, "below Kubernetes' 30 s"),
+        ({"cache": {"breaker_failures": 0}}, "cache.breaker_failures: must be above 0"),
+        ({"cache": {"l1_validation_window_seconds": -1}}, "cache.l1_validation_window"),
+        ({"cache": {"redis_timeout": 1}}, "cache: unknown key 'redis_timeout'"),
+        ({"redis_url": "127.0.0.1:6379"}, "redis_url: expected redis://"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, change: dict[str, Any], message: str) -> None:
@@ -121,3 +125,12 @@ def test_bad_config_stops_the_server_with_one_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == ["dataaccess: config: unknown key 'colour'"]
+
+
+def test_the_cache_section_is_read(tmp_path: Path) -> None:
+    config = build_config(
+        tmp_path, _doc(tmp_path, cache={"l1_validation_window_seconds": 0, "breaker_failures": 5})
+    )
+    assert config.cache.l1_validation_window_seconds == 0
+    assert config.cache.breaker_failures == 5
+    assert config.cache.redis_socket_timeout_seconds == 0.25

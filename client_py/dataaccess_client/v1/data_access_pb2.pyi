@@ -933,6 +933,7 @@ class CacheTierStats(_message.Message):
     BYTES_FIELD_NUMBER: _builtins.int
     BYPASSES_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    LOADS_FIELD_NUMBER: _builtins.int
     tier: _builtins.str
     """tier is "l1" or "l2"."""
     hits: _builtins.int
@@ -955,6 +956,10 @@ class CacheTierStats(_message.Message):
     """state is "on" or "off" for l1; the circuit breaker's state for l2
     ("closed", "open"), noting held invalidations.
     """
+    loads: _builtins.int
+    """loads is the number of queries the cache ran to answer misses: one per
+    group of concurrent identical misses (the same on every tier's row).
+    """
     def __init__(
         self,
         *,
@@ -967,10 +972,11 @@ class CacheTierStats(_message.Message):
         bytes: _builtins.int = ...,
         bypasses: _builtins.int = ...,
         state: _builtins.str = ...,
+        loads: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypasses", b"bypasses", "bytes", b"bytes", "entries", b"entries", "evictions", b"evictions", "hit_rate", b"hit_rate", "hits", b"hits", "misses", b"misses", "state", b"state", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypasses", b"bypasses", "bytes", b"bytes", "entries", b"entries", "evictions", b"evictions", "hit_rate", b"hit_rate", "hits", b"hits", "loads", b"loads", "misses", b"misses", "state", b"state", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
