@@ -10,6 +10,7 @@ import asyncio
 import functools
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
@@ -37,6 +38,7 @@ from service.values import Params, SqlRow, SqlValue
 HEALTHY, DEGRADED, CRITICAL = "healthy", "degraded", "critical"
 T = TypeVar("T")
 ALL_TAG = "all"  # every entry carries it, so Invalidate(all) is one bump
+_HOT_MAX_BYTES = 4096  # requests larger than this are not remembered by identity
 
 
 @dataclass(frozen=True)
@@ -148,9 +150,26 @@ class DataAccess:
         self._cache = cache
         self._cache_ttl = cache_ttl
         self._encode = encode
+        # Reads seen before, by the caller's own bytes: a repeat is answered from
+        # L1 without decoding the request, routing, tagging or keying it again.
+        self._hot: OrderedDict[bytes, tuple[str, EntryPolicy]] = OrderedDict()
+        self._hot_max = max(cache.local.max_entries, 1)
 
-    async def query(self, request: ReadRequest, deadline: float) -> EncodedRead:
-        """Answer a read from the cache, or run it and cache it under its tags."""
+    def cached(self, identity: bytes) -> EncodedRead | None:
+        """The L1 answer to a read seen before under ``identity``, when nothing else is needed."""
+        hot = self._hot.get(identity)
+        if hot is None:
+            return None
+        answer = self._cache.peek(*hot)
+        return EncodedRead(*answer) if answer is not None else None
+
+    async def query(
+        self, request: ReadRequest, deadline: float, identity: bytes = b""
+    ) -> EncodedRead:
+        """Answer a read from the cache, or run it and cache it under its tags.
+
+        ``identity`` (the request's bytes) lets ``cached`` answer its repeats.
+        """
         members = self._router.members(request.database, request.route_key, request.routed)
         self._check_sql(request.sql)
         tags = await self._cache_tags(members, request, deadline)
@@ -171,7 +190,15 @@ class DataAccess:
             [db.name for db in members], request, (request.merge, sorted(request.cache_tags))
         )
         payload, status = await self._cache.get_or_load(key, tags, load, policy)
+        if identity and request.cache_mode == "use" and len(identity) <= _HOT_MAX_BYTES:
+            self._remember(identity, key, policy)
         return EncodedRead(payload, status)
+
+    def _remember(self, identity: bytes, key: str, policy: EntryPolicy) -> None:
+        self._hot[identity] = (key, policy)
+        self._hot.move_to_end(identity)
+        if len(self._hot) > self._hot_max:
+            self._hot.popitem(last=False)
 
     async def _cache_tags(
         self, members: Sequence[Database], request: ReadRequest, deadline: float

@@ -16,6 +16,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -116,10 +117,15 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
         return time.monotonic() + budget
 
     @_answers_errors
-    async def Query(  # type: ignore[override]  # bytes: see add_to_server
-        self, request: pb.QueryRequest, context: Context
+    async def Query(  # type: ignore[override]  # bytes in and out: see add_to_server
+        self, request: bytes, context: Context
     ) -> bytes:
-        answer = await self._access.query(_read_request(request), self._deadline(context))
+        answer = self._access.cached(request)
+        if answer is None:
+            parsed = _parse_query(request)
+            answer = await self._access.query(
+                _read_request(parsed), self._deadline(context), request
+            )
         # Fields of concatenated messages merge: the cached bytes plus the status.
         return answer.payload + _STATUS_SUFFIX[answer.cache_status]
 
@@ -235,11 +241,13 @@ def add_to_server(servicer: DataAccessServicer, server: grpc.aio.Server) -> None
 
     The generated registration would encode a QueryResponse; a cache hit
     already holds the encoded answer, so Query's serializer passes bytes.
+    Query's request arrives as bytes too: a repeat is answered by identity.
     """
     service = pb.DESCRIPTOR.services_by_name["DataAccess"]
     handlers = {}
     for method in service.methods:
         request_type = getattr(pb, method.input_type.name)
+        deserialize = _keep_bytes if method.name == "Query" else request_type.FromString
         serialize = (
             _pass_bytes
             if method.name == "Query"
@@ -252,13 +260,24 @@ def add_to_server(servicer: DataAccessServicer, server: grpc.aio.Server) -> None
         )
         handlers[method.name] = make(
             getattr(servicer, method.name),
-            request_deserializer=request_type.FromString,
+            request_deserializer=deserialize,
             response_serializer=serialize,
         )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
     server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
+
+
+def _keep_bytes(request: bytes) -> bytes:
+    return request
+
+
+def _parse_query(request: bytes) -> pb.QueryRequest:
+    try:
+        return pb.QueryRequest.FromString(request)
+    except DecodeError as exc:
+        raise errors.InvalidArgument(f"the request is not a QueryRequest: {exc}") from exc
 
 
 def _pass_bytes(answer: bytes | pb.QueryResponse) -> bytes:

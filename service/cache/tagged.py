@@ -160,6 +160,15 @@ class TagCache:
             self._refresh_later(key, tags, loader, policy)
         return answer
 
+    def peek(self, key: str, policy: EntryPolicy) -> Answer | None:
+        """L1's fresh answer for ``key`` when it may be served with no other work, else None."""
+        if self.redis is not None and not self.redis_usable:
+            return None
+        if not self._l1_usable():
+            return None
+        answer = self._from_local(key, policy, self.redis)
+        return answer if answer is not None and answer[1] == HIT_LOCAL else None
+
     async def _get_or_load(
         self, key: str, tags: Sequence[str], loader: Loader, policy: EntryPolicy
     ) -> Answer:
