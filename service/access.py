@@ -152,15 +152,15 @@ class DataAccess:
         self._encode = encode
         # Reads seen before, by the caller's own bytes: a repeat is answered from
         # L1 without decoding the request, routing, tagging or keying it again.
-        self._hot: OrderedDict[bytes, tuple[str, EntryPolicy]] = OrderedDict()
+        self._hot: OrderedDict[bytes, tuple[str, list[str], EntryPolicy]] = OrderedDict()
         self._hot_max = max(cache.local.max_entries, 1)
 
-    def cached(self, identity: bytes) -> EncodedRead | None:
-        """The L1 answer to a read seen before under ``identity``, when nothing else is needed."""
+    async def cached(self, identity: bytes) -> EncodedRead | None:
+        """The cached answer to a read seen before under ``identity``, if there is one now."""
         hot = self._hot.get(identity)
         if hot is None:
             return None
-        answer = self._cache.peek(*hot)
+        answer = await self._cache.find(*hot)
         return EncodedRead(*answer) if answer is not None else None
 
     async def query(
@@ -191,11 +191,11 @@ class DataAccess:
         )
         payload, status = await self._cache.get_or_load(key, tags, load, policy)
         if identity and request.cache_mode == "use" and len(identity) <= _HOT_MAX_BYTES:
-            self._remember(identity, key, policy)
+            self._remember(identity, key, tags, policy)
         return EncodedRead(payload, status)
 
-    def _remember(self, identity: bytes, key: str, policy: EntryPolicy) -> None:
-        self._hot[identity] = (key, policy)
+    def _remember(self, identity: bytes, key: str, tags: list[str], policy: EntryPolicy) -> None:
+        self._hot[identity] = (key, tags, policy)
         self._hot.move_to_end(identity)
         if len(self._hot) > self._hot_max:
             self._hot.popitem(last=False)

@@ -120,7 +120,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
     async def Query(  # type: ignore[override]  # bytes in and out: see add_to_server
         self, request: bytes, context: Context
     ) -> bytes:
-        answer = self._access.cached(request)
+        answer = await self._access.cached(request)
         if answer is None:
             parsed = _parse_query(request)
             answer = await self._access.query(

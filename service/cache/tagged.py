@@ -160,14 +160,39 @@ class TagCache:
             self._refresh_later(key, tags, loader, policy)
         return answer
 
-    def peek(self, key: str, policy: EntryPolicy) -> Answer | None:
-        """L1's fresh answer for ``key`` when it may be served with no other work, else None."""
-        if self.redis is not None and not self.redis_usable:
+    async def find(self, key: str, tags: Sequence[str], policy: EntryPolicy) -> Answer | None:
+        """A current, fresh answer from L1 or Redis, or None; never loads.
+
+        For repeats of a read whose key and tags are known; anything else
+        (a miss, stale-while-revalidate, Redis not usable) is left to
+        ``get_or_load``.
+        """
+        if policy.refresh or policy.stale_while_revalidate:
             return None
-        if not self._l1_usable():
+        if self.redis is None:
+            return self._from_local(key, policy, None) if self.local.enabled else None
+        if not self.redis_usable:
             return None
-        answer = self._from_local(key, policy, self.redis)
-        return answer if answer is not None and answer[1] == HIT_LOCAL else None
+        try:
+            return await self._find_through_redis(self.redis, key, tags, policy)
+        except RedisUnavailable:
+            return None  # get_or_load meets the failure again and counts it
+
+    async def _find_through_redis(
+        self, redis: RedisTier, key: str, tags: Sequence[str], policy: EntryPolicy
+    ) -> Answer | None:
+        l1 = self._l1_usable()
+        if l1:
+            served = self._from_local(key, policy, redis)
+            if served is None and (entry := self.local.get(key)) is not None:
+                served = await self._revalidate(redis, entry, policy)
+            if served is not None:
+                return served
+        changes = self.tokens.changes
+        found = await redis.lookup(key, tags)
+        if found.current() and found.entry is not None and found.entry.fresh:
+            return self._from_redis(key, found.entry, policy, changes, l1)
+        return None
 
     async def _get_or_load(
         self, key: str, tags: Sequence[str], loader: Loader, policy: EntryPolicy
