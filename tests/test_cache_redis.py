@@ -413,6 +413,6 @@ def _commands(redis: RedisProcess) -> dict[str, str]:
         if line.startswith("cmdstat_"):
             name, _, rest = line[len("cmdstat_") :].partition(":")
             calls[name] = rest.split(",")[0]
-    calls.pop("info", None)
-    calls.pop("config", None)
+    for housekeeping in ("info", "config", "hello", "ping", "client|setinfo", "subscribe"):
+        calls.pop(housekeeping, None)  # connections and the channel's pings, not Invalidate
     return calls

@@ -70,6 +70,59 @@ class RedisUnavailable(Exception):
     """Redis did not answer in time, refused, or was replaced."""
 
 
+class EpochChanged(RedisConnectionError):
+    """This connection found a Redis other than the one the command's keys were built for."""
+
+
+class MgetBatcher:
+    """Coalesces the MGETs issued in one pass of the event loop into one pipelined round trip.
+
+    Under concurrent reads many hits look up at once: one write and one
+    read for all of them costs far less than one each. Each MGET stays
+    atomic on its own; a failure fails every caller of the batch.
+    """
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._queue: list[tuple[list[str], asyncio.Future[list[Any]]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def mget(self, keys: list[str]) -> list[Any]:
+        """The values of ``keys`` (None where missing)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        if not self._queue:
+            loop.call_soon(self._flush)
+        self._queue.append((keys, future))
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        task = asyncio.ensure_future(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[list[str], asyncio.Future[list[Any]]]]) -> None:
+        try:
+            if len(batch) == 1:
+                results = [await self._client.mget(batch[0][0])]
+            else:
+                pipe = self._client.pipeline(transaction=False)
+                for keys, _ in batch:
+                    pipe.mget(keys)
+                results = await pipe.execute()
+        except BaseException as exc:  # every caller must hear, whatever happened
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+
 @dataclass(frozen=True)
 class RedisSettings:
     """How to reach Redis and how long things live there."""
@@ -128,8 +181,14 @@ class RedisTier:
             max_connections=settings.max_connections,
             redis_connect_func=self._check_epoch,
         )
+        self._mget = MgetBatcher(self.client)
         self._snapshot = self.client.register_script(_SNAPSHOT)
         self._store = self.client.register_script(_STORE)
+
+    @property
+    def keyspace(self) -> tuple[str, str]:
+        """The epoch ('' while unknown) and the prefix that keys built now carry."""
+        return self.epoch or "", self.prefix
 
     @property
     def prefix(self) -> str:
@@ -138,27 +197,27 @@ class RedisTier:
 
     async def lookup(self, key: str, tags: Sequence[str]) -> Lookup:
         """The entry for ``key`` and its tags' tokens, in one round trip."""
-        prefix = self.prefix
+        epoch, prefix = self.keyspace
         raw = await self._call(
-            self.client.mget([f"{prefix}e:{key}", *(f"{prefix}t:{tag}" for tag in tags)])
+            epoch, self._mget.mget([f"{prefix}e:{key}", *(f"{prefix}t:{tag}" for tag in tags)])
         )
         tokens = {tag: _text(token) for tag, token in zip(tags, raw[1:], strict=True)}
         return Lookup(_decode_entry(raw[0]), tokens)
 
     async def tokens(self, tags: Sequence[str]) -> dict[str, str | None]:
         """The tags' tokens now."""
-        prefix = self.prefix
-        raw = await self._call(self.client.mget([f"{prefix}t:{tag}" for tag in tags]))
+        epoch, prefix = self.keyspace
+        raw = await self._call(epoch, self._mget.mget([f"{prefix}t:{tag}" for tag in tags]))
         return {tag: _text(token) for tag, token in zip(tags, raw, strict=True)}
 
     async def snapshot(
         self, key: str, tags: Sequence[str], owner: str
     ) -> tuple[dict[str, str], bool]:
         """The tags' tokens (minting missing ones) and whether ``owner`` took the load lease."""
-        prefix, s = self.prefix, self.settings
+        (epoch, prefix), s = self.keyspace, self.settings
         keys = [*(f"{prefix}t:{tag}" for tag in tags), f"{prefix}l:{key}:"]
         args: list[str | int] = [new_token() + ".", _ms(s.token_ttl), _ms(s.lease_ttl), owner]
-        raw = await self._call(self._snapshot(keys=keys, args=args))
+        raw = await self._call(epoch, self._snapshot(keys=keys, args=args))
         tokens = {tag: _text(token) or "" for tag, token in zip(tags, raw, strict=False)}
         return tokens, int(raw[-1]) == 1
 
@@ -166,48 +225,62 @@ class RedisTier:
         self, key: str, snapshot: Snapshot, value: bytes, fresh_for: float, keep_for: float
     ) -> bool:
         """Store the entry if its tokens are still those read before the query."""
-        prefix = self.prefix
+        epoch, prefix = self.keyspace
         tags = list(snapshot)
         entry = _encode_entry(value, snapshot, time.time() + fresh_for)
         keys = [f"{prefix}e:{key}", *(f"{prefix}t:{tag}" for tag in tags)]
         args: list[bytes | str | int] = [entry, _ms(keep_for), *(snapshot[t] for t in tags)]
-        return int(await self._call(self._store(keys=keys, args=args))) == 1
+        return int(await self._call(epoch, self._store(keys=keys, args=args))) == 1
 
     async def release_lease(self, key: str, snapshot: Snapshot) -> None:
         """Let another caller load now (this load failed)."""
         tokens = ",".join(snapshot.values())
         lease = f"{self.prefix}l:{key}:{hashlib.sha1(tokens.encode()).hexdigest()}"
-        await self._call(self.client.delete(lease))
+        await self._call(self.keyspace[0], self.client.delete(lease))
 
     async def bump(self, tags: Sequence[str]) -> dict[str, str]:
         """Give ``tags`` new tokens and tell every replica, in one round trip."""
         tokens = {tag: new_token() for tag in tags}
         if not tokens:
             return tokens
-        prefix, ttl = self.prefix, _ms(self.settings.token_ttl)
+        (epoch, prefix), ttl = self.keyspace, _ms(self.settings.token_ttl)
         pipe = self.client.pipeline(transaction=False)
         for tag, token in tokens.items():
             pipe.set(f"{prefix}t:{tag}", token, px=ttl)
         pipe.publish(self.channel, json.dumps(tokens))
-        await self._call(pipe.execute())
+        await self._call(epoch, pipe.execute())
         return tokens
 
     async def ping(self) -> None:
-        """Raise RedisUnavailable unless Redis answers."""
-        await self._call(self.client.ping())
+        """Raise RedisUnavailable unless Redis answers (learning its epoch on the way)."""
+        await self._call(None, self._ping())
+
+    async def _ping(self) -> None:
+        try:
+            await self.client.ping()
+        except EpochChanged:  # a PING has no keys: ask again on the new epoch
+            await self.client.ping()
 
     async def close(self) -> None:
         """Close every connection."""
         await self.client.aclose()
 
-    async def _call(self, work: Any) -> Any:
-        # A hard bound on top of the socket timeout: a command queued behind a
-        # hung one must not wait longer than the hung one does.
+    async def _call(self, built_for: str | None, work: Any) -> Any:
+        """Await ``work``, built with the keys of epoch ``built_for`` (None: no keys).
+
+        Bounded by the socket and connect timeouts; the pool never makes a
+        command wait for a connection (past max_connections it refuses). If
+        the epoch moved meanwhile, the command may have run on a connection
+        to the new Redis with the old keys: its answer is not trusted (and a
+        bump must be delivered again under the new keys).
+        """
         try:
-            async with asyncio.timeout(self.settings.socket_timeout * 2 + 0.05):
-                return await work
+            result = await work
         except (RedisError, OSError, TimeoutError) as exc:
             raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        if built_for is not None and built_for != (self.epoch or ""):
+            raise RedisUnavailable("Redis was replaced during the call")
+        return result
 
     async def _check_epoch(self, conn: Connection) -> None:
         """On every new connection: is this still the Redis whose keys we trust?"""
@@ -220,11 +293,11 @@ class RedisTier:
             return
         first = self.epoch is None
         self.epoch = epoch
-        if first:
-            return
-        self.epoch_changes += 1
-        self._on_epoch_change()
-        raise RedisConnectionError("Redis was restarted or replaced: moved to a fresh key prefix")
+        if not first:
+            self.epoch_changes += 1
+            self._on_epoch_change()
+        # The command about to run was built for the keys of another epoch.
+        raise EpochChanged("Redis was restarted or replaced: moved to a fresh key prefix")
 
 
 def _encode_entry(value: bytes, snapshot: Snapshot, fresh_until: float) -> bytes:
