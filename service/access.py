@@ -38,7 +38,8 @@ from service.values import Params, SqlRow, SqlValue
 HEALTHY, DEGRADED, CRITICAL = "healthy", "degraded", "critical"
 T = TypeVar("T")
 ALL_TAG = "all"  # every entry carries it, so Invalidate(all) is one bump
-_HOT_MAX_BYTES = 4096  # requests larger than this are not remembered by identity
+_HOT_MAX_REQUEST = 4096  # requests larger than this are not remembered by identity
+_HOT_MAX_BYTES = 8 * 1024 * 1024  # all remembered requests together
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ class DataAccess:
         # L1 without decoding the request, routing, tagging or keying it again.
         self._hot: OrderedDict[bytes, tuple[str, list[str], EntryPolicy]] = OrderedDict()
         self._hot_max = max(cache.local.max_entries, 1)
+        self._hot_bytes = 0
 
     async def cached(self, identity: bytes) -> EncodedRead | None:
         """The cached answer to a read seen before under ``identity``, if there is one now."""
@@ -189,16 +191,26 @@ class DataAccess:
         key = cache_key(
             [db.name for db in members], request, (request.merge, sorted(request.cache_tags))
         )
-        payload, status = await self._cache.get_or_load(key, tags, load, policy)
-        if identity and request.cache_mode == "use" and len(identity) <= _HOT_MAX_BYTES:
+        try:
+            payload, status = await self._cache.get_or_load(key, tags, load, policy)
+        except errors.DeadlineExceeded:
+            if time.monotonic() >= deadline:
+                raise
+            # This caller joined a load bound by another caller's shorter deadline.
+            retry = replace(policy, refresh=True)
+            payload, status = await self._cache.get_or_load(key, tags, load, retry)
+        if identity and request.cache_mode == "use" and len(identity) <= _HOT_MAX_REQUEST:
             self._remember(identity, key, tags, policy)
         return EncodedRead(payload, status)
 
     def _remember(self, identity: bytes, key: str, tags: list[str], policy: EntryPolicy) -> None:
+        if identity not in self._hot:
+            self._hot_bytes += len(identity)
         self._hot[identity] = (key, tags, policy)
         self._hot.move_to_end(identity)
-        if len(self._hot) > self._hot_max:
-            self._hot.popitem(last=False)
+        while len(self._hot) > self._hot_max or self._hot_bytes > _HOT_MAX_BYTES:
+            forgotten, _ = self._hot.popitem(last=False)
+            self._hot_bytes -= len(forgotten)
 
     async def _cache_tags(
         self, members: Sequence[Database], request: ReadRequest, deadline: float

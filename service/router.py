@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from service import errors
 from service.config import Config, GroupConfig, RouteConfig
@@ -26,17 +26,11 @@ class Router:
     def __init__(
         self,
         config: Config,
-        after_commit_for: Callable[[str], AfterCommit] | None = None,
+        after_commit: AfterCommit | None = None,
         use_outbox: bool = False,
     ) -> None:
         self.databases = {
-            db.name: Database(
-                db,
-                config.sqlite,
-                config.limits,
-                after_commit_for(db.name) if after_commit_for is not None else None,
-                use_outbox,
-            )
+            db.name: Database(db, config.sqlite, config.limits, after_commit, use_outbox)
             for db in config.databases
         }
         self.groups = {group.name: group for group in config.groups}

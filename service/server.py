@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -42,7 +41,7 @@ class DataAccessServer:
         self.config = config
         self.cache = TagCache(cache_settings(config))
         self.router = Router(
-            config, self._after_commit_for, use_outbox=config.redis_url is not None
+            config, self.cache.invalidate_committed, use_outbox=config.redis_url is not None
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._server: grpc.aio.Server | None = None
@@ -77,19 +76,13 @@ class DataAccessServer:
         log.info("serving", extra={"listen": self.config.listen, "port": self.port})
         return self.port
 
-    def _after_commit_for(
-        self, database: str
-    ) -> Callable[[list[str], Callable[[], None] | None], Awaitable[None]]:
-        return functools.partial(self.cache.invalidate_committed, source=database)
-
     def _hold_undelivered(self) -> None:
         """Invalidations a previous run committed but may not have delivered: deliver first."""
         for database in self.router.databases.values():
-            tags, last = database.undelivered
+            tags, rows = database.undelivered
             if tags:
                 log.info("holding undelivered invalidations", extra={"database": database.name})
-                receipt = functools.partial(database.writer.delivered, last)
-                self.cache.hold(tags, receipt, database.name)
+                self.cache.hold(tags, functools.partial(database.writer.delivered, rows))
 
     def _options(self) -> list[tuple[str, int]]:
         size = self.config.limits.max_message_bytes

@@ -203,3 +203,19 @@ async def test_a_negative_ttl_is_refused_naming_the_field(running: Running) -> N
     )
     assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
     assert failure.fields == ["cache.ttl"]
+
+
+async def test_a_caller_joining_a_load_with_a_shorter_deadline_still_gets_its_answer(
+    running: Running,
+) -> None:
+    slow = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) "
+        "SELECT count(*) FROM c"
+    )
+    request = pb.QueryRequest(database="kitchen", sql=slow)
+    hurried = asyncio.ensure_future(running.stub.Query(request, timeout=0.15))
+    await asyncio.sleep(0.05)
+    patient = asyncio.ensure_future(running.stub.Query(request, timeout=20))
+    failure = await failure_of(hurried)
+    assert failure.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert plain_rows(await patient) == [(3_000_000,)]

@@ -1,10 +1,12 @@
 """Whether the cache may use Redis now: the circuit breaker, held invalidations, recovery.
 
 Reads use Redis only while the breaker is closed AND no invalidation is
-held. An invalidation that could not reach Redis is held (its receipt kept,
-by source) and a background task probes Redis, delivers what is held and
-closes the breaker; until then every read bypasses the cache, since Redis
-may still hold entries those invalidations would have made stale.
+held. An invalidation that could not reach Redis is held (with its receipt)
+and a background task probes Redis, delivers what is held and closes the
+breaker; until then every read bypasses the cache, since Redis may still
+hold entries those invalidations would have made stale. A tag held again
+while its delivery is under way stays held: that later commit needs a
+bump of its own.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ class RedisGate:
         self._reset_seconds = reset_seconds
         self._on_tokens = on_tokens  # new tokens that reached Redis
         self._on_distrust = on_distrust  # what this process holds can no longer be trusted
-        self._held_tags: dict[str, None] = {}
-        self._held_receipts: dict[str, Receipt] = {}
+        self._held_tags: dict[str, int] = {}  # tag -> the hold it was last held by
+        self._held_receipts: list[Receipt] = []
+        self._holds = 0
         self._recovery: asyncio.Task[None] | None = None
 
     @property
@@ -51,7 +54,11 @@ class RedisGate:
         """The breaker's state, noting held invalidations."""
         return self.breaker.state + (" (holding invalidations)" if self._held_tags else "")
 
-    async def deliver(self, tags: Sequence[str], receipt: Receipt | None, source: str) -> bool:
+    def succeeded(self) -> None:
+        """A call to Redis succeeded: the run of failures ends."""
+        self.breaker.record_success()
+
+    async def deliver(self, tags: Sequence[str], receipt: Receipt | None) -> bool:
         """Replace the tags' tokens in Redis, or hold them; whether they were delivered."""
         if self.usable:
             try:
@@ -62,14 +69,15 @@ class RedisGate:
                 return True
             except RedisUnavailable as exc:
                 self.failed(exc)
-        self.hold(tags, receipt, source)
+        self.hold(tags, receipt)
         return False
 
-    def hold(self, tags: Iterable[str], receipt: Receipt | None, source: str) -> None:
-        """Keep tags whose invalidation is not delivered; receipts of a source supersede."""
-        self._held_tags.update(dict.fromkeys(tags))
+    def hold(self, tags: Iterable[str], receipt: Receipt | None) -> None:
+        """Keep tags whose invalidation is not delivered, and the receipt to call once it is."""
+        self._holds += 1
+        self._held_tags.update(dict.fromkeys(tags, self._holds))
         if receipt is not None:
-            self._held_receipts[source] = receipt
+            self._held_receipts.append(receipt)
         self._ensure_recovery()
 
     def failed(self, exc: Exception) -> None:
@@ -118,12 +126,14 @@ class RedisGate:
                 log.info("Redis is back; held invalidations delivered")
 
     async def _deliver_held(self) -> None:
-        tags, receipts = list(self._held_tags), dict(self._held_receipts)
-        if tags:
-            self._on_tokens(await self._redis.bump(tags))
-        for tag in tags:
-            self._held_tags.pop(tag, None)
-        for source, receipt in receipts.items():
-            if self._held_receipts.get(source) is receipt:
-                del self._held_receipts[source]
+        held, receipts = dict(self._held_tags), list(self._held_receipts)
+        tokens = await self._redis.bump(list(held)) if held else {}
+        # Only what was not held again meanwhile is delivered: a tag held by a
+        # later commit keeps waiting for a bump made after that commit.
+        delivered = [tag for tag, hold in held.items() if self._held_tags.get(tag) == hold]
+        for tag in delivered:
+            del self._held_tags[tag]
+        self._on_tokens({tag: tokens[tag] for tag in delivered})
+        del self._held_receipts[: len(receipts)]
+        for receipt in receipts:
             receipt()

@@ -172,15 +172,19 @@ class RedisTier:
         self.epoch: str | None = None
         self.epoch_changes = 0
         self._on_epoch_change = on_epoch_change
-        self.client = aioredis.Redis.from_url(
+        # A blocking pool: past max_connections a command waits (at most the
+        # socket timeout) for a connection instead of failing at once.
+        pool = aioredis.BlockingConnectionPool.from_url(
             settings.url,
+            max_connections=settings.max_connections,
+            timeout=settings.socket_timeout,
             socket_timeout=settings.socket_timeout,
             socket_connect_timeout=settings.connect_timeout,
             health_check_interval=int(settings.health_check_interval),
             retry=Retry(NoBackoff(), 0),
-            max_connections=settings.max_connections,
             redis_connect_func=self._check_epoch,
         )
+        self.client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         self._mget = MgetBatcher(self.client)
         self._snapshot = self.client.register_script(_SNAPSHOT)
         self._store = self.client.register_script(_STORE)

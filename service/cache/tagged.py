@@ -125,7 +125,7 @@ class TagCache:
                 self.redis, breaker, settings.breaker_reset, self.tokens.replace, self._forget_local
             )
         self._flights: dict[FlightKey, _Flight] = {}
-        self._refreshing: set[str] = set()
+        self._refreshing: dict[str, asyncio.Task[Answer]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -141,9 +141,11 @@ class TagCache:
 
     async def close(self) -> None:
         """Stop the background tasks and close Redis."""
-        for task in self._tasks:
+        loads = [flight.task for flight in self._flights.values()]
+        tasks = [*self._tasks, *self._refreshing.values(), *loads]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.gate is not None:
             await self.gate.close()
         if self.redis is not None:
@@ -173,10 +175,14 @@ class TagCache:
             return self._from_local(key, policy, None) if self.local.enabled else None
         if not self.redis_usable:
             return None
+        assert self.gate is not None
         try:
-            return await self._find_through_redis(self.redis, key, tags, policy)
-        except RedisUnavailable:
-            return None  # get_or_load meets the failure again and counts it
+            answer = await self._find_through_redis(self.redis, key, tags, policy)
+        except RedisUnavailable as exc:
+            self.gate.failed(exc)
+            return None
+        self.gate.succeeded()
+        return answer
 
     async def _find_through_redis(
         self, redis: RedisTier, key: str, tags: Sequence[str], policy: EntryPolicy
@@ -191,8 +197,10 @@ class TagCache:
         changes = self.tokens.changes
         found = await redis.lookup(key, tags)
         if found.current() and found.entry is not None and found.entry.fresh:
+            if l1:
+                self.local.counters.misses += 1
             return self._from_redis(key, found.entry, policy, changes, l1)
-        return None
+        return None  # get_or_load counts the misses
 
     async def _get_or_load(
         self, key: str, tags: Sequence[str], loader: Loader, policy: EntryPolicy
@@ -204,13 +212,15 @@ class TagCache:
         if not self.redis_usable:
             self.l2_counters.bypasses += 1
             return await loader(), BYPASS
+        assert self.gate is not None
         try:
-            return await self._through_redis(self.redis, key, tags, loader, policy)
+            answer = await self._through_redis(self.redis, key, tags, loader, policy)
         except RedisUnavailable as exc:
-            assert self.gate is not None
             self.gate.failed(exc)
             self.l2_counters.bypasses += 1
             return await loader(), BYPASS
+        self.gate.succeeded()
+        return answer
 
     async def _local_only(
         self, key: str, tags: Sequence[str], loader: Loader, policy: EntryPolicy
@@ -312,7 +322,7 @@ class TagCache:
         leased: bool = True,
     ) -> Answer:
         """Run the query once and store the answer under the tokens read before it."""
-        if redis is not None and not leased:
+        if redis is not None and not leased and not policy.refresh:
             found = await self._wait_for_other_replica(redis, key, snapshot)
             if found is not None:
                 return found
@@ -369,7 +379,8 @@ class TagCache:
             if flight is None and not refresh:
                 # A load on these very tokens may have just finished and stored its answer.
                 entry = self.local.get(key)
-                if entry is not None and entry.snapshot == snapshot:
+                fresh = entry is not None and time.monotonic() < entry.fresh_until
+                if entry is not None and fresh and entry.snapshot == snapshot:
                     return entry.value, HIT_LOCAL
             if flight is None or refresh or flight.task.cancelled():
                 flight = self._start(flight_key, load)
@@ -399,12 +410,12 @@ class TagCache:
         """Start one background refresh of a key just served STALE."""
         if key in self._refreshing:
             return
-        self._refreshing.add(key)
         refresh = EntryPolicy(policy.ttl, policy.stale_while_revalidate, refresh=True)
         task = asyncio.ensure_future(self.get_or_load(key, tags, loader, refresh))
+        self._refreshing[key] = task
 
         def done(finished: asyncio.Task[Answer]) -> None:
-            self._refreshing.discard(key)
+            self._refreshing.pop(key, None)
             if not finished.cancelled() and finished.exception() is not None:
                 log.warning("background refresh failed: %s", finished.exception())
 
@@ -414,32 +425,29 @@ class TagCache:
 
     async def invalidate(self, tags: Sequence[str]) -> None:
         """Invalidate ``tags`` now; CacheUnavailable if Redis could not be told (fail closed)."""
-        if not await self._deliver(tags, None, ""):
+        if not await self._deliver(tags, None):
             raise CacheUnavailable("Redis is unavailable: the invalidation is held; retry")
 
-    async def invalidate_committed(
-        self, tags: Sequence[str], receipt: Receipt | None, source: str
-    ) -> None:
+    async def invalidate_committed(self, tags: Sequence[str], receipt: Receipt | None) -> None:
         """After a commit: deliver, or hold until Redis is back, bypassing the cache meanwhile.
 
-        ``receipt`` is called once the tags reached Redis; receipts from one
-        ``source`` supersede its earlier ones.
+        ``receipt`` is called once the tags reached Redis.
         """
-        await self._deliver(tags, receipt, source)
+        await self._deliver(tags, receipt)
 
-    def hold(self, tags: Iterable[str], receipt: Receipt | None, source: str) -> None:
+    def hold(self, tags: Iterable[str], receipt: Receipt | None) -> None:
         """Keep tags whose invalidation is not delivered yet: the cache is bypassed until it is."""
         if self.gate is not None:
-            self.gate.hold(tags, receipt, source)
+            self.gate.hold(tags, receipt)
 
-    async def _deliver(self, tags: Sequence[str], receipt: Receipt | None, source: str) -> bool:
+    async def _deliver(self, tags: Sequence[str], receipt: Receipt | None) -> bool:
         unique = list(dict.fromkeys(tags))
         self.tokens.bump(unique)  # this process stops serving them at once, whatever Redis does
         if self.gate is None:
             if receipt is not None:
                 receipt()
             return True
-        return await self.gate.deliver(unique, receipt, source)
+        return await self.gate.deliver(unique, receipt)
 
     @property
     def redis_usable(self) -> bool:

@@ -33,7 +33,7 @@ class Database:
         self.name = config.name
         self._after_commit = after_commit
         self._use_outbox = use_outbox
-        self.undelivered: tuple[list[str], int] = ([], 0)
+        self.undelivered: tuple[list[str], list[int]] = ([], [])
         self.config = config
         self._settings = settings
         self._limits = limits

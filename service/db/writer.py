@@ -60,7 +60,7 @@ class _Group:
     results: list[WriteOutcome | errors.DataAccessError | None] = field(default_factory=list)
     current: _Job | None = None
     tags: dict[str, None] = field(default_factory=dict)
-    outbox_id: int = 0
+    outbox_ids: list[int] = field(default_factory=list)
 
 
 class WriteBatcher:
@@ -77,8 +77,7 @@ class WriteBatcher:
         self.database = conn.database
         self._after_commit = after_commit
         self._use_outbox = use_outbox
-        self._delivered_upto = 0  # outbox rows up to here reached Redis
-        self._deleted_upto = 0
+        self._delivered_rows: list[int] = []  # outbox rows whose tags reached Redis
         self._finishing: set[asyncio.Task[None]] = set()
         self.counters = WriteCounters()
         self._conn = conn
@@ -185,9 +184,9 @@ class WriteBatcher:
             self._group = None
         self._answer(group)
 
-    def delivered(self, upto: int) -> None:
-        """Outbox rows up to ``upto`` reached Redis: a later transaction deletes them."""
-        self._delivered_upto = max(self._delivered_upto, upto)
+    def delivered(self, row_ids: Sequence[int]) -> None:
+        """The tags of these outbox rows reached Redis: a later transaction deletes them."""
+        self._delivered_rows.extend(row_ids)
 
     def _answer(self, group: _Group) -> None:
         committed = [r for r in group.results if isinstance(r, WriteOutcome)]
@@ -204,8 +203,8 @@ class WriteBatcher:
         task.add_done_callback(self._finishing.discard)
 
     async def _deliver_then_settle(self, group: _Group, after_commit: AfterCommit) -> None:
-        upto = group.outbox_id
-        receipt = (lambda: self.delivered(upto)) if upto else None
+        rows = group.outbox_ids
+        receipt = (lambda: self.delivered(rows)) if rows else None
         try:
             await after_commit(list(group.tags), receipt)
         except Exception:  # the write is committed: its callers must hear so
@@ -258,10 +257,11 @@ class WriteBatcher:
             for index in pending:
                 if not self._run_job(raw, group, index):
                     return index
-            tags, deleted = self._record_tags(raw, group, pending)
+            tags, row_id, deleted = self._record_tags(raw, group, pending)
             self._control(raw, "COMMIT")
             group.tags.update(tags)
-            self._deleted_upto = max(self._deleted_upto, deleted)
+            group.outbox_ids += [row_id] if row_id else []
+            del self._delivered_rows[:deleted]
             return None
         except BaseException:
             if raw.in_transaction:
@@ -272,26 +272,29 @@ class WriteBatcher:
 
     def _record_tags(
         self, raw: sqlite3.Connection, group: _Group, pending: list[int]
-    ) -> tuple[dict[str, None], int]:
-        """The tags the committed jobs change, written to the outbox in their transaction."""
+    ) -> tuple[dict[str, None], int, int]:
+        """The tags the jobs change, written to the outbox in their transaction.
+
+        Also deletes the rows delivered so far; returns the tags, the new
+        row's id (0: none) and how many delivered rows were deleted.
+        """
         tags: dict[str, None] = {}
         for index in pending:
             job, result = group.jobs[index], group.results[index]
             if job.tags_of is not None and isinstance(result, WriteOutcome):
                 tags.update(dict.fromkeys(job.tags_of(result)))
         if not self._use_outbox:
-            return tags, 0
+            return tags, 0, 0
         guard = self._conn.guard
         guard.trusted = True
         try:
-            deleted = self._delivered_upto
-            if deleted > self._deleted_upto:
-                outbox.forget_delivered(raw, deleted)
-            if tags:
-                group.outbox_id = outbox.record(raw, tags)
+            delivered = self._delivered_rows[:]
+            if delivered:
+                outbox.forget_delivered(raw, delivered)
+            row_id = outbox.record(raw, tags) if tags else 0
         finally:
             guard.trusted = False
-        return tags, deleted
+        return tags, row_id, len(delivered)
 
     def _run_job(self, raw: sqlite3.Connection, group: _Group, index: int) -> bool:
         """Run one job in its savepoint; False when its failure ended the transaction."""
