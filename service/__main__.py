@@ -11,6 +11,7 @@ from service.config import Config, ConfigError
 from service.db.migrate import MigrationError
 from service.logs import setup_logging
 from service.server import StartError, migrate, serve
+from service.telemetry import Telemetry
 
 USAGE = "usage: python -m service [serve|migrate]"
 
@@ -27,19 +28,23 @@ def main(argv: list[str]) -> int:
         if command == "migrate":
             migrate(config)
         else:
-            asyncio.run(_serve_until_signalled(config))
+            telemetry = Telemetry.from_env(os.environ)
+            try:
+                asyncio.run(_serve_until_signalled(config, telemetry))
+            finally:
+                telemetry.shutdown()
     except (ConfigError, MigrationError, StartError) as exc:
         print(f"dataaccess: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-async def _serve_until_signalled(config: Config) -> None:
+async def _serve_until_signalled(config: Config, telemetry: Telemetry) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await serve(config, stop)
+    await serve(config, stop, telemetry)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+from opentelemetry import trace
+
 from service import errors
 from service.cache.keys import cache_key
 from service.cache.tagged import CacheUnavailable, EntryPolicy, TagCache, TierSnapshot
@@ -31,11 +33,13 @@ from service.db.reads import (
     open_stream,
 )
 from service.db.writes import InsertRequest, StatementPlan, WriteOutcome, WritePlan, plan_insert
+from service.fingerprint import fingerprint
 from service.merge import MergeSpec, merge_rows
 from service.router import Router, pick_member
 from service.values import Params, SqlRow, SqlValue
 
 HEALTHY, DEGRADED, CRITICAL = "healthy", "degraded", "critical"
+DB_SYSTEM = "sqlite"
 T = TypeVar("T")
 ALL_TAG = "all"  # every entry carries it, so Invalidate(all) is one bump
 _HOT_MAX_REQUEST = 4096  # requests larger than this are not remembered by identity
@@ -145,7 +149,9 @@ class DataAccess:
         cache: TagCache,
         cache_ttl: float,
         encode: Callable[[ReadResult], bytes],
+        tracer: trace.Tracer | None = None,
     ) -> None:
+        self._tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
         self._router = router
         self._limits = limits
         self._cache = cache
@@ -234,9 +240,13 @@ class DataAccess:
     ) -> ReadResult:
         """Run a read on its databases, within the row and byte limits."""
         cap = min(request.max_rows or self._limits.max_rows, self._limits.max_rows)
-        parts = await _first_error_cancels_all(
-            [self._fetch(db, request, cap, deadline) for db in members]
-        )
+        names = [db.name for db in members]
+        with self._tracer.start_as_current_span(
+            "router", attributes={"dataaccess.target": request.database, "db.namespace": names}
+        ):
+            parts = await _first_error_cancels_all(
+                [self._fetch(db, request, cap, deadline) for db in members]
+            )
         columns = _same_columns(members, [part.columns for part in parts])
         rows = merge_rows(columns, [part.rows for part in parts], request.merge)
         more = any(part.more for part in parts) or len(rows) > cap
@@ -258,12 +268,28 @@ class DataAccess:
         self, database: Database, request: ReadRequest, cap: int, deadline: float
     ) -> Fetched:
         async with database.pool.reader(deadline) as conn:
-            return await conn.run(
-                lambda raw: fetch_rows(
-                    raw, conn.guard, request.sql, request.params, cap, self._limits.max_result_bytes
-                ),
-                deadline,
-            )
+            with self._tracer.start_as_current_span(
+                "db.query",
+                kind=trace.SpanKind.CLIENT,
+                attributes={
+                    "db.system.name": DB_SYSTEM,
+                    "db.namespace": database.name,
+                    "db.query.text": fingerprint(request.sql),
+                },
+            ) as span:
+                fetched = await conn.run(
+                    lambda raw: fetch_rows(
+                        raw,
+                        conn.guard,
+                        request.sql,
+                        request.params,
+                        cap,
+                        self._limits.max_result_bytes,
+                    ),
+                    deadline,
+                )
+                span.set_attribute("db.response.returned_rows", len(fetched.rows))
+                return fetched
 
     def _group_tags(
         self, members: Sequence[Database], parts: Sequence[Fetched], extra: Sequence[str]

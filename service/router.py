@@ -11,6 +11,8 @@ import hashlib
 import logging
 from collections.abc import Sequence
 
+from opentelemetry import trace
+
 from service import errors
 from service.config import Config, GroupConfig, RouteConfig
 from service.db.database import Database
@@ -28,9 +30,10 @@ class Router:
         config: Config,
         after_commit: AfterCommit | None = None,
         use_outbox: bool = False,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.databases = {
-            db.name: Database(db, config.sqlite, config.limits, after_commit, use_outbox)
+            db.name: Database(db, config.sqlite, config.limits, after_commit, use_outbox, tracer)
             for db in config.databases
         }
         self.groups = {group.name: group for group in config.groups}

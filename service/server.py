@@ -25,6 +25,7 @@ from service.config import Config
 from service.db.migrate import CorruptDatabase, apply_migrations
 from service.router import Router
 from service.servicer import DataAccessServicer, add_to_server, encode_read
+from service.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DataAccess"].full_name
@@ -37,11 +38,16 @@ class StartError(Exception):
 class DataAccessServer:
     """One running dataaccess server."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, telemetry: Telemetry | None = None) -> None:
         self.config = config
-        self.cache = TagCache(cache_settings(config))
+        self.telemetry = telemetry or Telemetry.off()
+        tracer = self.telemetry.tracer
+        self.cache = TagCache(cache_settings(config), tracer)
         self.router = Router(
-            config, self.cache.invalidate_committed, use_outbox=config.redis_url is not None
+            config,
+            self.cache.invalidate_committed,
+            use_outbox=config.redis_url is not None,
+            tracer=tracer,
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._server: grpc.aio.Server | None = None
@@ -53,10 +59,17 @@ class DataAccessServer:
         await self.router.open()
         self._hold_undelivered()
         await self.cache.start()
-        server = grpc.aio.server(options=self._options())
+        server = grpc.aio.server(
+            options=self._options(), interceptors=self.telemetry.server_interceptors()
+        )
         config = self.config
         access = DataAccess(
-            self.router, config.limits, self.cache, config.cache_ttl_seconds, encode_read
+            self.router,
+            config.limits,
+            self.cache,
+            config.cache_ttl_seconds,
+            encode_read,
+            self.telemetry.tracer,
         )
         add_to_server(DataAccessServicer(access, config.limits), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -142,9 +155,9 @@ def migrate(config: Config) -> None:
             log.info("migrated", extra={"database": database.name, "migration": name})
 
 
-async def serve(config: Config, stop: asyncio.Event) -> None:
+async def serve(config: Config, stop: asyncio.Event, telemetry: Telemetry | None = None) -> None:
     """Serve until ``stop`` is set, then stop gracefully."""
-    server = DataAccessServer(config)
+    server = DataAccessServer(config, telemetry)
     await server.start()
     try:
         await stop.wait()

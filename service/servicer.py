@@ -99,7 +99,9 @@ async def _abort(context: Context, error: errors.DataAccessError) -> NoReturn:
         detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
         status.details.append(detail)
     assert status.code != code_pb2.OK
-    await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
+    # abort (not abort_with_status): the tracing interceptor's context records it on the span.
+    aborting = rpc_status.to_status(status)
+    await context.abort(aborting.code, aborting.details, aborting.trailing_metadata)
     raise AssertionError("abort_with_status returned")  # pragma: no cover
 
 

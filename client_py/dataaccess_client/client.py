@@ -22,7 +22,7 @@ from typing import TypeVar
 import grpc
 from grpc import aio
 
-from dataaccess_client import _convert, _policy
+from dataaccess_client import _convert, _policy, _tracing
 from dataaccess_client._models import (
     CacheMode,
     HealthResult,
@@ -61,7 +61,9 @@ class AsyncClient:
             timeout=timeout, retries=retries, backoff=backoff, token=token
         )
         options = _policy.channel_options(channel_options)
-        self._channel = aio.insecure_channel(target, options=options)
+        self._channel = aio.insecure_channel(
+            target, options=options, interceptors=_tracing.aio_interceptors()
+        )
         self._stub = pb_grpc.DataAccessStub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:
@@ -239,7 +241,7 @@ class Client:
         )
         options = _policy.channel_options(channel_options)
         self._channel = grpc.insecure_channel(target, options=options)
-        self._stub = pb_grpc.DataAccessStub(self._channel)
+        self._stub = pb_grpc.DataAccessStub(_tracing.traced(self._channel))
 
     def __enter__(self) -> Client:
         return self

@@ -28,10 +28,18 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from opentelemetry import trace
+
 from service.cache.breaker import CircuitBreaker
 from service.cache.gate import Receipt, RedisGate
 from service.cache.local import Entry, LocalCache, TierCounters
-from service.cache.redis_tier import RedisSettings, RedisTier, RedisUnavailable, StoredEntry
+from service.cache.redis_tier import (
+    Lookup,
+    RedisSettings,
+    RedisTier,
+    RedisUnavailable,
+    StoredEntry,
+)
 from service.cache.subscription import InvalidationListener
 from service.cache.tokens import Snapshot, TagTokens
 
@@ -106,8 +114,9 @@ class _Flight:
 class TagCache:
     """Tag-invalidated answers in L1 and, when configured, Redis."""
 
-    def __init__(self, settings: CacheSettings) -> None:
+    def __init__(self, settings: CacheSettings, tracer: trace.Tracer | None = None) -> None:
         self.settings = settings
+        self._tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
         self.tokens = TagTokens(settings.max_tags)
         self.local = LocalCache(settings.l1_max_entries, settings.l1_max_bytes)
         self.l2_counters = TierCounters()
@@ -172,7 +181,7 @@ class TagCache:
         if policy.refresh or policy.stale_while_revalidate:
             return None
         if self.redis is None:
-            return self._from_local(key, policy, None) if self.local.enabled else None
+            return await self._l1_lookup(key, policy, None) if self.local.enabled else None
         if not self.redis_usable:
             return None
         assert self.gate is not None
@@ -189,13 +198,11 @@ class TagCache:
     ) -> Answer | None:
         l1 = self._l1_usable()
         if l1:
-            served = self._from_local(key, policy, redis)
-            if served is None and (entry := self.local.get(key)) is not None:
-                served = await self._revalidate(redis, entry, policy)
+            served = await self._l1_lookup(key, policy, redis)
             if served is not None:
                 return served
         changes = self.tokens.changes
-        found = await redis.lookup(key, tags)
+        found = await self._l2_lookup(redis, key, tags)
         if found.current() and found.entry is not None and found.entry.fresh:
             if l1:
                 self.local.counters.misses += 1
@@ -210,22 +217,20 @@ class TagCache:
                 return await loader(), BYPASS
             return await self._local_only(key, tags, loader, policy)
         if not self.redis_usable:
-            self.l2_counters.bypasses += 1
-            return await loader(), BYPASS
+            return await self._bypass(loader)
         assert self.gate is not None
         try:
             answer = await self._through_redis(self.redis, key, tags, loader, policy)
         except RedisUnavailable as exc:
             self.gate.failed(exc)
-            self.l2_counters.bypasses += 1
-            return await loader(), BYPASS
+            return await self._bypass(loader)
         self.gate.succeeded()
         return answer
 
     async def _local_only(
         self, key: str, tags: Sequence[str], loader: Loader, policy: EntryPolicy
     ) -> Answer:
-        served = None if policy.refresh else self._from_local(key, policy, None)
+        served = None if policy.refresh else await self._l1_lookup(key, policy, None)
         if served is not None:
             return served
         self.local.counters.misses += 1
@@ -242,14 +247,12 @@ class TagCache:
     ) -> Answer:
         l1 = self._l1_usable()
         if l1 and not policy.refresh:
-            served = self._from_local(key, policy, redis)
-            if served is None and (entry := self.local.get(key)) is not None:
-                served = await self._revalidate(redis, entry, policy)
+            served = await self._l1_lookup(key, policy, redis)
             if served is not None:
                 return served
             self.local.counters.misses += 1
         changes = self.tokens.changes
-        found = await redis.lookup(key, tags)
+        found = await self._l2_lookup(redis, key, tags)
         if not policy.refresh and found.current() and found.entry is not None:
             served = self._from_redis(key, found.entry, policy, changes, l1)
             if served is not None:
@@ -264,6 +267,34 @@ class TagCache:
             lambda: self._load(key, snapshot, loader, policy, redis, leased),
             policy.refresh,
         )
+
+    async def _l1_lookup(
+        self, key: str, policy: EntryPolicy, redis: RedisTier | None
+    ) -> Answer | None:
+        """L1's answer (confirmed with Redis past the validation window), in a span."""
+        with self._tracer.start_as_current_span("cache.l1") as span:
+            served = self._from_local(key, policy, redis)
+            if served is None and redis is not None and (entry := self.local.get(key)):
+                served = await self._revalidate(redis, entry, policy)
+            span.set_attribute("cache.result", _result(served))
+            return served
+
+    async def _l2_lookup(self, redis: RedisTier, key: str, tags: Sequence[str]) -> Lookup:
+        """Redis's entry and the tags' tokens, in a span."""
+        with self._tracer.start_as_current_span("cache.l2") as span:
+            found = await redis.lookup(key, tags)
+            fresh = found.entry is not None and found.entry.fresh
+            span.set_attribute(
+                "cache.result", "miss" if not found.current() else "hit" if fresh else "stale"
+            )
+            return found
+
+    async def _bypass(self, loader: Loader) -> Answer:
+        """Redis may not be used now: run the query without the cache."""
+        self.l2_counters.bypasses += 1
+        with self._tracer.start_as_current_span("cache.l2") as span:
+            span.set_attribute("cache.result", "bypass")
+        return await loader(), BYPASS
 
     def _from_local(self, key: str, policy: EntryPolicy, redis: RedisTier | None) -> Answer | None:
         """L1's answer if its tokens are current here (and recently confirmed in Redis)."""
@@ -487,3 +518,9 @@ class TagCache:
         self.local.counters = TierCounters()
         self.l2_counters = TierCounters()
         self.loads = 0
+
+
+def _result(served: Answer | None) -> str:
+    if served is None:
+        return "miss"
+    return "stale" if served[1] == STALE else "hit"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 
+from opentelemetry import trace
+
 from service import errors
 from service.config import DatabaseConfig, Limits, SqliteSettings
 from service.db import outbox
@@ -29,8 +31,10 @@ class Database:
         limits: Limits,
         after_commit: AfterCommit | None = None,
         use_outbox: bool = False,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.name = config.name
+        self._tracer = tracer
         self._after_commit = after_commit
         self._use_outbox = use_outbox
         self.undelivered: tuple[list[str], list[int]] = ([], [])
@@ -51,7 +55,7 @@ class Database:
             max_lifetime=limits.reader_max_lifetime_seconds,
             validate_after_idle=limits.reader_validate_after_idle_seconds,
         )
-        self.pool = ReaderPool(config.name, policy, self._open_reader)
+        self.pool = ReaderPool(config.name, policy, self._open_reader, tracer)
 
     def read_shape(self, sql: str) -> StatementShape | None:
         """The tables ``sql`` reads, if a reader of this database prepared it before."""
@@ -98,6 +102,7 @@ class Database:
                 256 if self._limits.group_commit else 1,
                 self._after_commit,
                 self._use_outbox,
+                self._tracer,
             )
             await self._writer.start()
             await self.pool.open()

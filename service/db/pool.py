@@ -18,6 +18,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import trace
+
 from service import errors
 from service.db.connection import SqliteConnection
 
@@ -53,8 +55,15 @@ class PoolPolicy:
 class ReaderPool:
     """N reader connections to one database, lent one at a time."""
 
-    def __init__(self, database: str, policy: PoolPolicy, open_reader: Opener) -> None:
+    def __init__(
+        self,
+        database: str,
+        policy: PoolPolicy,
+        open_reader: Opener,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
         self.database = database
+        self._tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
         self.size = policy.size
         self._policy = policy
         self._open_reader = open_reader
@@ -82,7 +91,11 @@ class ReaderPool:
     @asynccontextmanager
     async def reader(self, deadline: float | None = None) -> AsyncIterator[SqliteConnection]:
         """Lend an idle reader until the block ends, whatever way it ends."""
-        conn = await self._acquire(deadline)
+        with self._tracer.start_as_current_span("pool.acquire") as span:
+            span.set_attribute("db.namespace", self.database)
+            started = time.monotonic()
+            conn = await self._acquire(deadline)
+            span.set_attribute("dataaccess.pool.wait_ms", (time.monotonic() - started) * 1000)
         try:
             yield conn
         finally:

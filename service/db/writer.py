@@ -16,6 +16,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+
 from service import errors
 from service.db import outbox
 from service.db.connection import SqliteConnection
@@ -37,6 +39,7 @@ class _Job:
     deadline: float | None
     future: asyncio.Future[WriteOutcome]
     tags_of: TagsOf | None = None
+    caller: trace.SpanContext | None = None  # the span of the RPC that queued it
     cancelled: bool = False
 
     def stopped(self) -> bool:
@@ -73,8 +76,10 @@ class WriteBatcher:
         max_group: int = 256,
         after_commit: AfterCommit | None = None,
         use_outbox: bool = False,
+        tracer: trace.Tracer | None = None,
     ):
         self.database = conn.database
+        self._tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
         self._after_commit = after_commit
         self._use_outbox = use_outbox
         self._delivered_rows: list[int] = []  # outbox rows whose tags reached Redis
@@ -109,7 +114,13 @@ class WriteBatcher:
         """
         if self._closing:
             raise errors.Unavailable(f"{self.database}: the service is shutting down")
-        job = _Job(plan, deadline, asyncio.get_running_loop().create_future(), tags_of)
+        job = _Job(
+            plan,
+            deadline,
+            asyncio.get_running_loop().create_future(),
+            tags_of,
+            trace.get_current_span().get_span_context(),
+        )
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -173,6 +184,25 @@ class WriteBatcher:
     async def _commit(self, jobs: list[_Job]) -> None:
         group = _Group(jobs, [None] * len(jobs))
         self._group = group
+        # One transaction serves many calls: a child of the first, linked to all.
+        callers = [job.caller for job in jobs if job.caller is not None and job.caller.is_valid]
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(callers[0])) if callers else None
+        with self._tracer.start_as_current_span(
+            "db.write_batch",
+            context=parent,
+            kind=trace.SpanKind.CLIENT,
+            links=[trace.Link(caller) for caller in callers],
+            attributes={
+                "db.system.name": "sqlite",
+                "db.namespace": self.database,
+                "db.operation.name": "write_batch",
+                "db.operation.batch.size": len(jobs),
+            },
+        ) as span:
+            await self._commit_in_span(group, span)
+
+    async def _commit_in_span(self, group: _Group, span: trace.Span) -> None:
+        jobs = group.jobs
         try:
             await self._conn.run(lambda raw: self._commit_group(raw, group))
         except errors.DataAccessError as exc:
@@ -182,6 +212,10 @@ class WriteBatcher:
             group.results = [errors.Internal(f"{self.database}: {exc}")] * len(jobs)
         finally:
             self._group = None
+        committed = [r for r in group.results if isinstance(r, WriteOutcome)]
+        span.set_attribute("dataaccess.rows_written", sum(sum(r.rows_affected) for r in committed))
+        if len(committed) < len(jobs):
+            span.set_status(trace.StatusCode.ERROR, f"{len(jobs) - len(committed)} writes failed")
         self._answer(group)
 
     def delivered(self, row_ids: Sequence[int]) -> None:

@@ -1,0 +1,84 @@
+"""OpenTelemetry set up from its own ``OTEL_*`` variables, and the spans of each tier.
+
+Nothing is exported unless an OTLP endpoint is set
+(``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``);
+then spans go over OTLP/gRPC (what Jaeger ingests) in batches, with the
+service name, resource attributes and sampler the standard variables give.
+The server span of every call comes from the gRPC instrumentation's aio
+interceptor and continues the caller's W3C ``traceparent``; the health
+service and anything in ``OTEL_PYTHON_GRPC_EXCLUDED_SERVICES`` are left
+out. Redis calls are traced by the redis instrumentation. SQLite has none
+that sees aiosqlite's threads, so the database spans are made here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+log = logging.getLogger(__name__)
+DEFAULT_EXCLUDED = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")
+DB_SYSTEM = "sqlite"
+
+
+@dataclass
+class Telemetry:
+    """The tracer every tier uses, and the provider to flush at exit (None: not exporting)."""
+
+    tracer: trace.Tracer
+    provider: TracerProvider | None = None
+    excluded_services: tuple[str, ...] = DEFAULT_EXCLUDED
+
+    @classmethod
+    def off(cls) -> Telemetry:
+        """No tracing: spans cost next to nothing and go nowhere."""
+        return cls(trace.NoOpTracerProvider().get_tracer(__name__))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Telemetry:
+        """Export over OTLP when ``environ`` names an endpoint, else ``off()``."""
+        endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
+        disabled = environ.get("OTEL_SDK_DISABLED", "").lower() == "true"
+        if not endpoint or disabled or environ.get("OTEL_TRACES_EXPORTER", "otlp") == "none":
+            return cls.off()
+        # The SDK reads its own variables (sampler, resource, exporter endpoint,
+        # headers, timeouts, batch sizes) from the process environment.
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+        resource = Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME", "dataaccess")})
+        provider = TracerProvider(resource=resource)
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        RedisInstrumentor().instrument(tracer_provider=provider)
+        excluded = environ.get("OTEL_PYTHON_GRPC_EXCLUDED_SERVICES")
+        services = tuple(s.strip() for s in excluded.split(",") if s.strip()) if excluded else ()
+        log.info("exporting traces", extra={"endpoint": endpoint})
+        return cls(provider.get_tracer("dataaccess"), provider, DEFAULT_EXCLUDED + services)
+
+    def server_interceptors(self) -> list[Any]:
+        """The interceptor that makes each call's server span (none when not exporting)."""
+        if self.provider is None:
+            return []
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+
+        traced = filters.negate(
+            filters.any_of(*(filters.service_name(name) for name in self.excluded_services))
+        )
+        return [aio_server_interceptor(tracer_provider=self.provider, filter_=traced)]  # type: ignore[no-untyped-call]
+
+    def shutdown(self) -> None:
+        """Export what is buffered, then stop (and stop tracing Redis calls)."""
+        if self.provider is not None:
+            from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+            RedisInstrumentor().uninstrument()
+            self.provider.shutdown()
