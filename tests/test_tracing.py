@@ -55,6 +55,17 @@ async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
         await server.stop(0)
 
 
+async def _traced_service(start: Any, document: dict[str, Any], receiver_port: int) -> Any:
+    """``python -m service`` exporting its spans to the receiver, quickly."""
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver_port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+        "OTEL_SERVICE_NAME": "dataaccess-test",
+    }
+    return await asyncio.to_thread(start, document, env)
+
+
 def _traceparent() -> tuple[str, bytes, bytes]:
     trace_id, span_id = secrets.token_bytes(16), secrets.token_bytes(8)
     return f"00-{trace_id.hex()}-{span_id.hex()}-01", trace_id, span_id
@@ -89,16 +100,7 @@ async def test_a_query_is_traced_through_every_tier_in_the_callers_trace(
 ) -> None:
     found, port = receiver
     document["groups"] = [{"name": "history", "members": ["archive", "live"]}]
-    server = await asyncio.to_thread(
-        service_process,
-        document,
-        {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-            "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            "OTEL_BSP_SCHEDULE_DELAY": "50",
-            "OTEL_SERVICE_NAME": "dataaccess-test",
-        },
-    )
+    server = await _traced_service(service_process, document, port)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.DataAccessStub(channel)
         header, trace_id, caller = _traceparent()
@@ -140,15 +142,7 @@ async def test_writes_errors_and_health_checks_in_traces(
     tmp_path: Path, document: dict[str, Any], receiver: tuple[Receiver, int], service_process: Any
 ) -> None:
     found, port = receiver
-    server = await asyncio.to_thread(
-        service_process,
-        document,
-        {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-            "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            "OTEL_BSP_SCHEDULE_DELAY": "50",
-        },
-    )
+    server = await _traced_service(service_process, document, port)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.DataAccessStub(channel)
         header, trace_id, _ = _traceparent()
@@ -191,15 +185,7 @@ async def test_redis_calls_are_traced_under_the_cache(
 ) -> None:
     found, port = receiver
     document = {**document, "redis_url": redis_server.url, "l1_max_entries": 0}
-    server = await asyncio.to_thread(
-        service_process,
-        document,
-        {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-            "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            "OTEL_BSP_SCHEDULE_DELAY": "50",
-        },
-    )
+    server = await _traced_service(service_process, document, port)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.DataAccessStub(channel)
         await stub.Query(pb.QueryRequest(database="kitchen", sql="SELECT 3"))
@@ -224,15 +210,7 @@ async def test_the_client_package_carries_the_callers_trace_into_the_service(
     tmp_path: Path, document: dict[str, Any], receiver: tuple[Receiver, int], service_process: Any
 ) -> None:
     found, port = receiver
-    server = await asyncio.to_thread(
-        service_process,
-        document,
-        {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-            "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            "OTEL_BSP_SCHEDULE_DELAY": "50",
-        },
-    )
+    server = await _traced_service(service_process, document, port)
     trace_id, span_id = secrets.randbits(128), secrets.randbits(64)
     caller = otel_trace.NonRecordingSpan(
         otel_trace.SpanContext(
