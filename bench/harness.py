@@ -110,10 +110,12 @@ def serving(
     sqlite: dict[str, Any],
     limits: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    env_extra: dict[str, str] | None = None,
 ) -> Iterator[int]:
     """``python -m service`` on a fresh events database; yields its port.
 
-    ``extra`` adds top-level config keys (``redis_url``, ``l1_max_entries``, ...).
+    ``extra`` adds top-level config keys (``redis_url``, ``l1_max_entries``, ...);
+    ``env_extra`` adds environment variables (``OTEL_*``).
     """
     data = workdir / f"data-{time.monotonic_ns()}"
     data.mkdir()
@@ -136,6 +138,7 @@ def serving(
         "DATAACCESS_CONFIG": str(path),
         "DATAACCESS_LISTEN": f"127.0.0.1:{port}",
         "DATAACCESS_LOG_LEVEL": "WARNING",
+        **(env_extra or {}),
     }
     with running([sys.executable, "-m", "service"], port, "the server", env):
         yield port

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.cached import L1_HIT, REDIS_HIT, Plan, bench_cached
+from bench.cached import L1_HIT, REDIS_HIT, Plan, bench_cached, bench_tracing
 from bench.harness import ROOT, Row, serving
 
 RESULTS = ROOT / "results"
@@ -130,6 +130,7 @@ STEPS: dict[str, Callable[[Path, bool], list[Row]]] = {
     "group_commit": _group_commit,
     "cached_l1": lambda workdir, quick: bench_cached(workdir, L1_HIT, Plan.for_run(quick)),
     "cached_redis": lambda workdir, quick: bench_cached(workdir, REDIS_HIT, Plan.for_run(quick)),
+    "tracing": lambda workdir, quick: bench_tracing(workdir, Plan.for_run(quick)),
 }
 
 
