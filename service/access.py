@@ -31,11 +31,13 @@ from service.db.reads import (
     fetch_chunk,
     fetch_rows,
     open_stream,
+    query_plan,
 )
 from service.db.writes import InsertRequest, StatementPlan, WriteOutcome, WritePlan, plan_insert
 from service.fingerprint import fingerprint
 from service.merge import MergeSpec, merge_rows
 from service.router import Router, pick_member
+from service.stats import Advisory, SlowStatement, StatementFigures, StatementStats
 from service.values import Params, SqlRow, SqlValue
 
 HEALTHY, DEGRADED, CRITICAL = "healthy", "degraded", "critical"
@@ -61,6 +63,7 @@ class ReadRequest:
     ttl_seconds: float = 0.0
     merge: MergeSpec = field(default_factory=MergeSpec)
     stale_while_revalidate: float = 0.0
+    caller: str = ""  # who asked (the peer), for N+1 advisories
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,9 @@ class StatsReport:
     writes: Sequence[WriteSnapshot]
     cache: Sequence[TierSnapshot] = ()
     loads: int = 0
+    statements: Sequence[StatementFigures] = ()
+    slowest: Sequence[SlowStatement] = ()
+    advisories: Sequence[Advisory] = ()
 
 
 class DataAccess:
@@ -152,6 +158,7 @@ class DataAccess:
         tracer: trace.Tracer | None = None,
     ) -> None:
         self._tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
+        self.statements = StatementStats()
         self._router = router
         self._limits = limits
         self._cache = cache
@@ -277,6 +284,7 @@ class DataAccess:
                     "db.query.text": fingerprint(request.sql),
                 },
             ) as span:
+                started = time.monotonic()
                 fetched = await conn.run(
                     lambda raw: fetch_rows(
                         raw,
@@ -289,7 +297,11 @@ class DataAccess:
                     deadline,
                 )
                 span.set_attribute("db.response.returned_rows", len(fetched.rows))
-                return fetched
+        ms = (time.monotonic() - started) * 1000
+        self.statements.record(
+            database.name, request.sql, request.params, ms, len(fetched.rows), request.caller
+        )
+        return fetched
 
     def _group_tags(
         self, members: Sequence[Database], parts: Sequence[Fetched], extra: Sequence[str]
@@ -432,21 +444,44 @@ class DataAccess:
         status = HEALTHY if healthy == len(checks) else CRITICAL if healthy == 0 else DEGRADED
         return HealthReport(status, score, checks)
 
-    def stats(self, reset: bool) -> StatsReport:
-        """Pool and write counters; ``reset`` clears them after reading."""
+    async def stats(self, reset: bool) -> StatsReport:
+        """Cache, pool, statement and write figures; ``reset`` clears them after reading."""
         databases = [db for db in self._router.databases.values() if db.failure is None]
+        await self._explain_new_statements(time.monotonic() + 2.0)
         report = StatsReport(
             pools=[db.pool.snapshot() for db in databases],
             writes=[WriteSnapshot(db.name, **vars(db.writer.counters)) for db in databases],
             cache=self._cache.tiers(),
             loads=self._cache.loads,
+            statements=self.statements.figures(),
+            slowest=self.statements.slowest(),
+            advisories=self.statements.advisories(),
         )
         if reset:
+            self.statements.reset()
             self._cache.reset_counters()
             for db in databases:
                 db.pool.reset_stats()
                 db.writer.reset_counters()
         return report
+
+    async def _explain_new_statements(self, deadline: float) -> None:
+        """Look at the query plan of statements seen since the last Stats, for full scans."""
+        for name, shape, sql, params in self.statements.unexplained()[:64]:
+            database = self._router.databases.get(name)
+            if database is None or database.failure is not None or time.monotonic() > deadline:
+                continue
+            try:
+                plan = await self._query_plan(database, sql, params, deadline)
+            except errors.DataAccessError:
+                plan = []
+            self.statements.explained(name, shape, plan, database.schema.columns_of)
+
+    async def _query_plan(
+        self, database: Database, sql: str, params: Params, deadline: float
+    ) -> list[str]:
+        async with database.pool.reader(deadline) as conn:
+            return await conn.run(lambda raw: query_plan(raw, conn.guard, sql, params), deadline)
 
     async def _probe(self, database: Database) -> Check:
         started = time.monotonic()

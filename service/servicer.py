@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -27,6 +27,7 @@ from service.access import DataAccess, ReadRequest, ReadResult, WriteOptions, Wr
 from service.config import Limits
 from service.db.writes import InsertRequest
 from service.merge import MergeSpec
+from service.stats import SlowStatement
 from service.values import from_proto, params_from_proto, row_from_proto, rows_to_proto
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ _CACHE_STATUS = {
 _STATUS_SUFFIX = {
     name: pb.QueryResponse(cache_status=status).SerializeToString()
     for name, status in _CACHE_STATUS.items()
+}
+_ADVISORY = {
+    "n_plus_one": pb.ADVISORY_KIND_N_PLUS_ONE,
+    "full_scan": pb.ADVISORY_KIND_FULL_SCAN,
 }
 _ON_CONFLICT = {
     pb.ON_CONFLICT_UNSPECIFIED: "abort",
@@ -126,7 +131,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
         if answer is None:
             parsed = _parse_query(request)
             answer = await self._access.query(
-                _read_request(parsed), self._deadline(context), request
+                _read_request(parsed, context.peer()), self._deadline(context), request
             )
         # Fields of concatenated messages merge: the cached bytes plus the status.
         return answer.payload + _STATUS_SUFFIX[answer.cache_status]
@@ -135,7 +140,9 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
         self, request: pb.QueryRequest, context: Context
     ) -> AsyncIterator[pb.QueryResponse]:
         try:
-            chunks = self._access.query_stream(_read_request(request), self._deadline(context))
+            chunks = self._access.query_stream(
+                _read_request(request, context.peer()), self._deadline(context)
+            )
             async for chunk in chunks:
                 yield _query_response(chunk)
         except errors.DataAccessError as exc:
@@ -216,7 +223,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
 
     @_answers_errors
     async def Stats(self, request: pb.StatsRequest, context: Context) -> pb.StatsResponse:
-        report = self._access.stats(reset=request.reset)
+        report = await self._access.stats(reset=request.reset)
         return pb.StatsResponse(
             cache=[
                 pb.CacheTierStats(
@@ -235,6 +242,18 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
             ],
             pools=[pb.PoolStats(**vars(pool)) for pool in report.pools],
             writes=[pb.WriteStats(**vars(write)) for write in report.writes],
+            statements=[pb.StatementStats(**vars(s)) for s in report.statements],
+            slow_queries=[_slow_query(s) for s in report.slowest],
+            advisories=[
+                pb.Advisory(
+                    kind=_ADVISORY[a.kind],
+                    database=a.database,
+                    fingerprint=a.fingerprint,
+                    message=a.message,
+                    suggested_index=a.suggested_index,
+                )
+                for a in report.advisories
+            ],
         )
 
 
@@ -271,6 +290,18 @@ def add_to_server(servicer: DataAccessServicer, server: grpc.aio.Server) -> None
     server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
 
 
+def _slow_query(slow: SlowStatement) -> pb.SlowQuery:
+    finished = timestamp_pb2.Timestamp()
+    finished.FromNanoseconds(int(slow.finished_at * 1e9))
+    return pb.SlowQuery(
+        database=slow.database,
+        fingerprint=slow.fingerprint,
+        duration_ms=slow.duration_ms,
+        rows=slow.rows,
+        finished_at=finished,
+    )
+
+
 def _keep_bytes(request: bytes) -> bytes:
     return request
 
@@ -291,7 +322,7 @@ def encode_read(result: ReadResult) -> bytes:
     return _query_response(result, with_status=False).SerializeToString()
 
 
-def _read_request(request: pb.QueryRequest) -> ReadRequest:
+def _read_request(request: pb.QueryRequest, caller: str = "") -> ReadRequest:
     if request.max_rows < 0:
         raise errors.InvalidArgument("max_rows must not be negative", field="max_rows")
     routed = request.HasField("route_key")
@@ -308,6 +339,7 @@ def _read_request(request: pb.QueryRequest) -> ReadRequest:
         ttl_seconds=_seconds(cache, "ttl"),
         stale_while_revalidate=_seconds(cache, "stale_while_revalidate"),
         merge=_merge_spec(request.merge) if request.HasField("merge") else MergeSpec(),
+        caller=caller,
     )
 
 

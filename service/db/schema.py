@@ -34,6 +34,11 @@ class Schema:
         """The table called ``name``, any case."""
         return self.tables.get(name.lower())
 
+    def columns_of(self, table: str) -> set[str]:
+        """The lower-cased column names of ``table`` (none if there is no such table)."""
+        info = self.table(table)
+        return set(info.columns) if info is not None else set()
+
     def changed_with(self, tables: frozenset[str]) -> frozenset[str]:
         """``tables`` and every table a foreign-key action on them can change, transitively."""
         changed, pending = set(tables), [t.lower() for t in tables]
