@@ -40,7 +40,6 @@ from service.router import Router, pick_member
 from service.stats import Advisory, SlowStatement, StatementFigures, StatementStats
 from service.values import Params, SqlRow, SqlValue
 
-HEALTHY, DEGRADED, CRITICAL = "healthy", "degraded", "critical"
 DB_SYSTEM = "sqlite"
 T = TypeVar("T")
 ALL_TAG = "all"  # every entry carries it, so Invalidate(all) is one bump
@@ -101,25 +100,6 @@ class WriteResult:
     rows_affected: Sequence[int]
     last_insert_rowid: int
     invalidated_tags: Sequence[str]
-
-
-@dataclass(frozen=True)
-class Check:
-    """One health check's outcome."""
-
-    name: str
-    status: str
-    message: str
-    duration_ms: float
-
-
-@dataclass(frozen=True)
-class HealthReport:
-    """The service's health: the worst check decides."""
-
-    status: str
-    score: float
-    checks: Sequence[Check] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -436,14 +416,6 @@ class DataAccess:
             raise errors.Unavailable(str(exc)) from exc
         return bumped
 
-    async def health(self) -> HealthReport:
-        """Probe every database with a timed query on one of its readers."""
-        checks = [await self._probe(db) for db in self._router.databases.values()]
-        healthy = sum(c.status == HEALTHY for c in checks)
-        score = healthy / len(checks) if checks else 0.0
-        status = HEALTHY if healthy == len(checks) else CRITICAL if healthy == 0 else DEGRADED
-        return HealthReport(status, score, checks)
-
     async def stats(self, reset: bool) -> StatsReport:
         """Cache, pool, statement and write figures; ``reset`` clears them after reading."""
         databases = [db for db in self._router.databases.values() if db.failure is None]
@@ -482,19 +454,6 @@ class DataAccess:
     ) -> list[str]:
         async with database.pool.reader(deadline) as conn:
             return await conn.run(lambda raw: query_plan(raw, conn.guard, sql, params), deadline)
-
-    async def _probe(self, database: Database) -> Check:
-        started = time.monotonic()
-        if database.failure is not None:
-            return Check(f"database:{database.name}", CRITICAL, database.failure.message, 0.0)
-        try:
-            async with database.pool.reader(started + 1.0) as conn:
-                await conn.run(lambda raw: raw.execute("SELECT 1").fetchall(), started + 1.0)
-        except errors.DataAccessError as exc:
-            return Check(f"database:{database.name}", CRITICAL, exc.message, _ms_since(started))
-        return Check(
-            f"database:{database.name}", HEALTHY, "probe query answered", _ms_since(started)
-        )
 
     def _written(
         self, outcomes: Sequence[tuple[Database, WriteOutcome]], extra_tags: Sequence[str]
@@ -550,7 +509,3 @@ def _next_chunk(
     stream: OpenStream, rows: int, max_bytes: int, _raw: sqlite3.Connection
 ) -> tuple[list[SqlRow], bool]:
     return fetch_chunk(stream, rows, max_bytes)
-
-
-def _ms_since(started: float) -> float:
-    return (time.monotonic() - started) * 1000

@@ -151,6 +151,8 @@ class Config:
     cache_ttl_seconds: float = 60.0
     log_level: str = "INFO"
     shutdown_grace_seconds: float = 20.0
+    health_interval_seconds: float = 2.0  # how often the standard health status is refreshed
+    health_deep_interval_seconds: float = 10.0  # a deep Health report is reused this long
     databases: tuple[DatabaseConfig, ...] = ()
     groups: tuple[GroupConfig, ...] = ()
     sqlite: SqliteSettings = field(default_factory=SqliteSettings)
@@ -159,6 +161,8 @@ class Config:
 
     def __post_init__(self) -> None:
         _require_non_negative("l1_max_entries", self.l1_max_entries)
+        _require_positive("health_interval_seconds", self.health_interval_seconds)
+        _require_non_negative("health_deep_interval_seconds", self.health_deep_interval_seconds)
         if self.redis_url is not None and not self.redis_url.startswith(
             ("redis://", "rediss://", "unix://")
         ):
@@ -200,6 +204,8 @@ TOP_KEYS = {
     "cache_ttl_seconds",
     "log_level",
     "shutdown_grace_seconds",
+    "health_interval_seconds",
+    "health_deep_interval_seconds",
     "databases",
     "groups",
     "sqlite",
@@ -236,6 +242,12 @@ def _build(document: dict[str, Any] | None, environ: Mapping[str, str], config_d
         shutdown_grace_seconds=float(
             environ.get("DATAACCESS_SHUTDOWN_GRACE_SECONDS")
             or doc.get("shutdown_grace_seconds", Config.shutdown_grace_seconds)
+        ),
+        health_interval_seconds=float(
+            doc.get("health_interval_seconds", Config.health_interval_seconds)
+        ),
+        health_deep_interval_seconds=float(
+            doc.get("health_deep_interval_seconds", Config.health_deep_interval_seconds)
         ),
         databases=databases,
         groups=tuple(_group(i, raw) for i, raw in enumerate(doc.get("groups") or [])),

@@ -23,6 +23,7 @@ from service.cache.redis_tier import RedisSettings
 from service.cache.tagged import CacheSettings, TagCache
 from service.config import Config
 from service.db.migrate import CorruptDatabase, apply_migrations
+from service.health import HealthChecker
 from service.router import Router
 from service.servicer import DataAccessServicer, add_to_server, encode_read
 from service.telemetry import Telemetry
@@ -51,6 +52,7 @@ class DataAccessServer:
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._server: grpc.aio.Server | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self.port = 0
 
     async def start(self) -> int:
@@ -71,7 +73,8 @@ class DataAccessServer:
             encode_read,
             self.telemetry.tracer,
         )
-        add_to_server(DataAccessServicer(access, config.limits), server)
+        checker = HealthChecker(self.router, self.cache, config.health_deep_interval_seconds)
+        add_to_server(DataAccessServicer(access, config.limits, checker), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -84,8 +87,10 @@ class DataAccessServer:
             raise StartError(f"listen: cannot bind {self.config.listen}: {exc}") from exc
         await server.start()
         self._server = server
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_serving(True)
+        self._watcher = asyncio.ensure_future(
+            checker.watch(self._set_serving, config.health_interval_seconds)
+        )
         log.info("serving", extra={"listen": self.config.listen, "port": self.port})
         return self.port
 
@@ -97,6 +102,16 @@ class DataAccessServer:
                 log.info("holding undelivered invalidations", extra={"database": database.name})
                 self.cache.hold(tags, functools.partial(database.writer.delivered, rows))
 
+    async def _set_serving(self, serving: bool) -> None:
+        """The standard health status of the server and of DataAccess."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
     def _options(self) -> list[tuple[str, int]]:
         size = self.config.limits.max_message_bytes
         return [
@@ -107,6 +122,10 @@ class DataAccessServer:
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish, then close the databases."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(self.config.shutdown_grace_seconds if grace is None else grace)

@@ -26,6 +26,7 @@ from service import errors
 from service.access import DataAccess, ReadRequest, ReadResult, WriteOptions, WriteResult
 from service.config import Limits
 from service.db.writes import InsertRequest
+from service.health import HealthChecker
 from service.merge import MergeSpec
 from service.stats import SlowStatement
 from service.values import from_proto, params_from_proto, row_from_proto, rows_to_proto
@@ -113,8 +114,9 @@ async def _abort(context: Context, error: errors.DataAccessError) -> NoReturn:
 class DataAccessServicer(pb_grpc.DataAccessServicer):
     """Serves dataaccess.v1.DataAccess over a DataAccess instance."""
 
-    def __init__(self, access: DataAccess, limits: Limits) -> None:
+    def __init__(self, access: DataAccess, limits: Limits, health: HealthChecker) -> None:
         self._access = access
+        self._health = health
         self._limits = limits
 
     def _deadline(self, context: Context) -> float:
@@ -206,7 +208,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
 
     @_answers_errors
     async def Health(self, request: pb.HealthRequest, context: Context) -> pb.HealthResponse:
-        report = await self._access.health()
+        report = await self._health.report(deep=request.deep)
         return pb.HealthResponse(
             status=_HEALTH[report.status],
             score=report.score,

@@ -58,8 +58,8 @@ class SqliteConnection:
         except (sqlite3.Error, ValueError, OverflowError) as exc:
             raise self._translate(exc, field) from exc
 
-    async def run_trusted(self, work: Work[T]) -> T:
-        """Run the service's own statements (schema, checkpoint) past the guard."""
+    async def run_trusted(self, work: Work[T], deadline: float | None = None) -> T:
+        """Run the service's own statements (schema, checkpoint, checks) past the guard."""
 
         def trusted(raw: sqlite3.Connection) -> T:
             self.guard.trusted = True
@@ -68,7 +68,7 @@ class SqliteConnection:
             finally:
                 self.guard.trusted = False
 
-        return await self.run(trusted)
+        return await self.run(trusted, deadline)
 
     async def _await_hop(self, hop: asyncio.Future[T], deadline: float | None) -> T:
         timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
