@@ -136,7 +136,9 @@ class DataAccess:
         cache_ttl: float,
         encode: Callable[[ReadResult], bytes],
         tracer: trace.Tracer | None = None,
+        on_query: Callable[[str, float], None] | None = None,
     ) -> None:
+        self._on_query = on_query  # (database, seconds) of every read SQLite ran
         self._tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
         self.statements = StatementStats()
         self._router = router
@@ -278,6 +280,8 @@ class DataAccess:
                 )
                 span.set_attribute("db.response.returned_rows", len(fetched.rows))
         ms = (time.monotonic() - started) * 1000
+        if self._on_query is not None:
+            self._on_query(database.name, ms / 1000)
         self.statements.record(
             database.name, request.sql, request.params, ms, len(fetched.rows), request.caller
         )

@@ -144,6 +144,7 @@ class Config:
     """Everything the server needs, validated."""
 
     listen: str = "127.0.0.1:50051"
+    metrics_listen: str | None = None  # host:port of the Prometheus endpoint; None: off
     data_dir: Path = Path("data")
     redis_url: str | None = None
     l1_max_entries: int = 10_000
@@ -197,6 +198,7 @@ class Config:
 
 TOP_KEYS = {
     "listen",
+    "metrics_listen",
     "data_dir",
     "redis_url",
     "l1_max_entries",
@@ -232,6 +234,9 @@ def _build(document: dict[str, Any] | None, environ: Mapping[str, str], config_d
     return Config(
         listen=environ.get("DATAACCESS_LISTEN") or str(doc.get("listen", Config.listen)),
         data_dir=data_dir,
+        metrics_listen=environ.get("DATAACCESS_METRICS_LISTEN")
+        or doc.get("metrics_listen")
+        or None,
         redis_url=environ.get("DATAACCESS_REDIS_URL") or doc.get("redis_url") or None,
         l1_max_entries=_int(
             "l1_max_entries", environ.get("DATAACCESS_L1_MAX_ENTRIES", doc.get("l1_max_entries"))

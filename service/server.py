@@ -24,6 +24,7 @@ from service.cache.tagged import CacheSettings, TagCache
 from service.config import Config
 from service.db.migrate import CorruptDatabase, apply_migrations
 from service.health import HealthChecker
+from service.metrics import Metrics
 from service.router import Router
 from service.servicer import DataAccessServicer, add_to_server, encode_read
 from service.telemetry import Telemetry
@@ -42,6 +43,8 @@ class DataAccessServer:
     def __init__(self, config: Config, telemetry: Telemetry | None = None) -> None:
         self.config = config
         self.telemetry = telemetry or Telemetry.off()
+        self.metrics = Metrics() if config.metrics_listen else None
+        self.metrics_port = 0
         tracer = self.telemetry.tracer
         self.cache = TagCache(cache_settings(config), tracer)
         self.router = Router(
@@ -61,9 +64,10 @@ class DataAccessServer:
         await self.router.open()
         self._hold_undelivered()
         await self.cache.start()
-        server = grpc.aio.server(
-            options=self._options(), interceptors=self.telemetry.server_interceptors()
-        )
+        interceptors = self.telemetry.server_interceptors()
+        if self.metrics is not None:
+            interceptors.insert(0, self.metrics.interceptor())
+        server = grpc.aio.server(options=self._options(), interceptors=interceptors)
         config = self.config
         access = DataAccess(
             self.router,
@@ -72,6 +76,7 @@ class DataAccessServer:
             config.cache_ttl_seconds,
             encode_read,
             self.telemetry.tracer,
+            self._observe_query,
         )
         checker = HealthChecker(self.router, self.cache, config.health_deep_interval_seconds)
         add_to_server(DataAccessServicer(access, config.limits, checker), server)
@@ -87,6 +92,9 @@ class DataAccessServer:
             raise StartError(f"listen: cannot bind {self.config.listen}: {exc}") from exc
         await server.start()
         self._server = server
+        if self.metrics is not None and config.metrics_listen:
+            self.metrics.watch(self.router, self.cache)
+            self.metrics_port = self.metrics.serve(config.metrics_listen)
         await self._set_serving(True)
         self._watcher = asyncio.ensure_future(
             checker.watch(self._set_serving, config.health_interval_seconds)
@@ -101,6 +109,10 @@ class DataAccessServer:
             if tags:
                 log.info("holding undelivered invalidations", extra={"database": database.name})
                 self.cache.hold(tags, functools.partial(database.writer.delivered, rows))
+
+    def _observe_query(self, database: str, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.query_seconds.labels(database).observe(seconds)
 
     async def _set_serving(self, serving: bool) -> None:
         """The standard health status of the server and of DataAccess."""
@@ -132,6 +144,8 @@ class DataAccessServer:
             self._server = None
         await self.router.close()
         await self.cache.close()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.close)  # waits out the HTTP server's poll
         log.info("stopped")
 
 

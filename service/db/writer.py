@@ -131,6 +131,11 @@ class WriteBatcher:
             job.cancelled = True
             raise
 
+    @property
+    def queued(self) -> int:
+        """Write calls waiting for a transaction now."""
+        return self._queue.qsize()
+
     def reset_counters(self) -> None:
         """Start counting commits from zero."""
         self.counters = WriteCounters()

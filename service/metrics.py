@@ -1,0 +1,237 @@
+"""Prometheus metrics on their own port: gRPC calls under go-grpc-prometheus' names,
+query latency, and the cache, pool and write-queue figures at scrape time.
+
+- ``grpc_server_started_total``, ``grpc_server_handled_total`` (with
+  ``grpc_code``), ``grpc_server_msg_received_total``,
+  ``grpc_server_msg_sent_total`` and the ``grpc_server_handling_seconds``
+  histogram, labelled ``grpc_type``, ``grpc_service``, ``grpc_method`` as
+  go-grpc-prometheus labels them (py-grpc-prometheus has no grpc.aio
+  support, hence this interceptor);
+- ``dataaccess_query_duration_seconds`` by database;
+- read at scrape time, so the hot path pays nothing:
+  ``dataaccess_cache_hits_total``, ``..._misses_total``,
+  ``..._bypasses_total``, ``..._evictions_total``, ``dataaccess_cache_entries``,
+  ``dataaccess_cache_bytes`` by tier; ``dataaccess_pool_connections``,
+  ``..._in_use``, ``..._waiters``, ``dataaccess_pool_timeouts_total`` by
+  database; ``dataaccess_write_queue_depth`` and
+  ``dataaccess_write_transactions_total`` by database.
+
+Counters follow Stats: a Stats ``reset`` restarts them, which Prometheus
+reads as a counter reset.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from service.cache.tagged import TagCache
+from service.router import Router
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    """The service's registry and the instruments the data path records into."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ["grpc_type", "grpc_service", "grpc_method"]
+        counter = _counter(self.registry)
+        self.started = counter("grpc_server_started_total", "RPCs started.", labels)
+        self.handled = counter(
+            "grpc_server_handled_total", "RPCs completed, by code.", [*labels, "grpc_code"]
+        )
+        self.received = counter("grpc_server_msg_received_total", "Messages received.", labels)
+        self.sent = counter("grpc_server_msg_sent_total", "Messages sent.", labels)
+        self.handling = Histogram(
+            "grpc_server_handling_seconds",
+            "Time to handle an RPC.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.query_seconds = Histogram(
+            "dataaccess_query_duration_seconds",
+            "Time SQLite took to run a read, by database.",
+            ["database"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._server: Any = None
+
+    def watch(self, router: Router, cache: TagCache) -> None:
+        """Report the cache, pool and write-queue figures of ``router`` and ``cache``."""
+        self.registry.register(_StateCollector(router, cache))
+
+    def serve(self, listen: str) -> int:
+        """Serve ``/metrics`` over HTTP on ``listen`` (host:port); the port bound."""
+        host, _, port = listen.rpartition(":")
+        self._server, _thread = start_http_server(int(port), host or "0.0.0.0", self.registry)
+        return int(self._server.server_port)
+
+    def close(self) -> None:
+        """Stop serving."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def interceptor(self) -> grpc.aio.ServerInterceptor:  # type: ignore[type-arg]
+        """The aio server interceptor that counts and times every call."""
+        return _GrpcMetrics(self)
+
+
+def _counter(registry: CollectorRegistry) -> Callable[[str, str, list[str]], Any]:
+    from prometheus_client import Counter
+
+    def make(name: str, doc: str, labels: list[str]) -> Any:
+        return Counter(name.removesuffix("_total"), doc, labels, registry=registry)
+
+    return make
+
+
+class _GrpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        service, _, method = details.method[1:].rpartition("/")
+        if handler.unary_unary is not None:
+            labels = ("unary", service, method)
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, labels),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            labels = ("server_stream", service, method)
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream, labels),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # no client-streaming methods are served
+
+    def _unary(self, behavior: Any, labels: tuple[str, str, str]) -> Any:
+        async def counted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = self._start(labels)
+            try:
+                response = await behavior(request, context)
+            except BaseException:
+                self._finish(labels, started, context, failed=True)
+                raise
+            self._m.sent.labels(*labels).inc()
+            self._finish(labels, started, context, failed=False)
+            return response
+
+        return counted
+
+    def _stream(self, behavior: Any, labels: tuple[str, str, str]) -> Any:
+        async def counted(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            started = self._start(labels)
+            sent = self._m.sent.labels(*labels)
+            try:
+                async for response in behavior(request, context):
+                    sent.inc()
+                    yield response
+            except BaseException:
+                self._finish(labels, started, context, failed=True)
+                raise
+            self._finish(labels, started, context, failed=False)
+
+        return counted
+
+    def _start(self, labels: tuple[str, str, str]) -> float:
+        self._m.started.labels(*labels).inc()
+        self._m.received.labels(*labels).inc()
+        return time.perf_counter()
+
+    def _finish(
+        self,
+        labels: tuple[str, str, str],
+        started: float,
+        context: grpc.aio.ServicerContext[Any, Any],
+        failed: bool,
+    ) -> None:
+        code = context.code() if hasattr(context, "code") else None
+        if code is None:
+            name = "UNKNOWN" if failed else "OK"
+        else:
+            name = code.name if isinstance(code, grpc.StatusCode) else grpc.StatusCode(code).name
+        self._m.handled.labels(*labels, name).inc()
+        self._m.handling.labels(*labels).observe(time.perf_counter() - started)
+
+
+class _StateCollector(Collector):
+    """The cache, pool and write figures, read when Prometheus scrapes."""
+
+    def __init__(self, router: Router, cache: TagCache) -> None:
+        self._router = router
+        self._cache = cache
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._cache_families()
+        yield from self._pool_families()
+
+    def _cache_families(self) -> Iterator[Any]:
+        tiers = {tier.tier: tier for tier in self._cache.tiers()}
+        for kind, name, doc in (
+            (CounterMetricFamily, "hits", "Cache lookups answered."),
+            (CounterMetricFamily, "misses", "Cache lookups not answered."),
+            (CounterMetricFamily, "bypasses", "Reads that skipped the tier."),
+            (CounterMetricFamily, "evictions", "Entries dropped for space."),
+            (GaugeMetricFamily, "entries", "Entries held."),
+            (GaugeMetricFamily, "bytes", "Bytes held."),
+        ):
+            yield _family(kind, f"dataaccess_cache_{name}", doc, "tier", tiers, name)
+
+    def _pool_families(self) -> Iterator[Any]:
+        databases = [d for d in self._router.databases.values() if d.failure is None]
+        snapshots = {d.name: d.pool.snapshot() for d in databases}
+        for name, doc, attr in (
+            ("connections", "Reader connections.", "size"),
+            ("in_use", "Reader connections lent out.", "in_use"),
+            ("waiters", "Calls waiting for a reader.", "waiters"),
+        ):
+            yield _family(
+                GaugeMetricFamily, f"dataaccess_pool_{name}", doc, "database", snapshots, attr
+            )
+        snapshot_list = list(snapshots.values())
+        timeouts = CounterMetricFamily(
+            "dataaccess_pool_timeouts", "Reader acquires that timed out.", labels=["database"]
+        )
+        depth = GaugeMetricFamily(
+            "dataaccess_write_queue_depth", "Write calls queued.", labels=["database"]
+        )
+        transactions = CounterMetricFamily(
+            "dataaccess_write_transactions", "Write transactions committed.", labels=["database"]
+        )
+        for database, snapshot in zip(databases, snapshot_list, strict=True):
+            timeouts.add_metric([database.name], snapshot.timeouts)
+            depth.add_metric([database.name], database.writer.queued)
+            transactions.add_metric([database.name], database.writer.counters.transactions)
+        yield from (timeouts, depth, transactions)
+
+
+def _family(kind: Any, name: str, doc: str, label: str, sources: dict[str, Any], attr: str) -> Any:
+    """A metric family with one sample per source, its ``attr`` labelled by the source's name."""
+    family = kind(name, doc, labels=[label])
+    for source_name, source in sources.items():
+        family.add_metric([source_name], getattr(source, attr))
+    return family
