@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 
 import grpc
@@ -192,6 +193,10 @@ async def serve(config: Config, stop: asyncio.Event, telemetry: Telemetry | None
     """Serve until ``stop`` is set, then stop gracefully."""
     server = DataAccessServer(config, telemetry)
     await server.start()
+    # Everything built so far lives as long as the process: keep it out of the
+    # collector's way, so a full collection walks only what requests made
+    # (measured: BatchInsert +30% once the imports had grown the heap).
+    gc.freeze()
     try:
         await stop.wait()
     finally:
