@@ -14,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 
 .PHONY: bench bench-quick
-.PHONY: help install run test test-fast lint fmt proto proto-check proto-lint proto-breaking redis-server clean
+.PHONY: help install run test test-fast lint fmt proto proto-check proto-lint proto-breaking redis-server kubectl k8s-validate clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -42,10 +42,19 @@ redis-server: ## install redis-server from Debian's packages when it is missing
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 	@redis-server --version
 
-test: $(STAMP) redis-server ## install what the tests need and run the whole suite
+kubectl: ## install kubectl (Debian's kubernetes-client) when it is missing, to render kustomize
+	@command -v kubectl >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null; }
+	@kubectl version --client 2>/dev/null | head -1
+
+k8s-validate: $(STAMP) kubectl ## render every overlay and validate it offline against Kubernetes 1.29 and 1.37
+	PATH=$(abspath $(VENV))/bin:$$PATH k8s/validate.sh k8s
+
+test: $(STAMP) redis-server kubectl ## install what the tests need and run the whole suite
 	$(PY) -m pytest
 
-test-fast: $(STAMP) redis-server ## the suite without the slow fault-injection tests
+test-fast: $(STAMP) redis-server kubectl ## the suite without the slow fault-injection tests
 	$(PY) -m pytest -m 'not slow'
 
 lint: $(STAMP) ## ruff and mypy --strict on service/ and the hand-written client
