@@ -30,11 +30,23 @@ install: $(STAMP) ## create .venv and install the service, the client and the de
 run: $(STAMP) ## start the server on the embedded default (SQLite under ./data, L1 cache)
 	$(PY) -m service
 
-bench: $(STAMP) ## benchmarks: each speed goal as a ratio measured side by side (a few minutes)
-	$(PY) -m bench.run
+# The peer (Datasette) and the chart's matplotlib live in a venv of their own.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
 
-bench-quick: $(STAMP) ## the benchmarks with fewer rounds and rows (about a minute)
-	$(PY) -m bench.run --quick
+$(BENCH_STAMP):
+	[ -x $(BENCH_VENV)/bin/python ] || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet 'datasette>=0.65' 'httpx>=0.27' 'matplotlib>=3.8'
+	touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP) redis-server ## benchmarks: each speed goal as a ratio measured side by side (about 10 minutes)
+	BENCH_PYTHON=$(BENCH_VENV)/bin/python $(PY) -m bench.run
+	$(BENCH_VENV)/bin/python -m bench.chart bench/results/latest.json bench/results/latest.png
+
+bench-quick: $(STAMP) $(BENCH_STAMP) redis-server ## the benchmarks with fewer rounds and rows (a few minutes)
+	BENCH_PYTHON=$(BENCH_VENV)/bin/python $(PY) -m bench.run --quick
+	$(BENCH_VENV)/bin/python -m bench.chart bench/results/latest.json bench/results/latest.png
 
 redis-server: ## install redis-server from Debian's packages when it is missing
 	@command -v redis-server >/dev/null || { \
@@ -96,5 +108,5 @@ proto-breaking: $(BUF) ## buf breaking against the proto on the main branch
 	  $(BUF) breaking proto --against '.git#branch=main,subdir=proto'; \
 	else echo "proto-breaking: no proto on main yet"; fi
 
-clean: ## remove the venv, tools and caches
-	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache
+clean: ## remove the venvs, tools and caches
+	rm -rf $(VENV) $(BENCH_VENV) .tools .mypy_cache .ruff_cache .pytest_cache

@@ -9,6 +9,14 @@
     Every answer's ``cache_status`` is counted; EXPECT (``HIT_LOCAL``,
     ``HIT_REDIS``, ... or ``ANY``) is the one each answer should carry.
 
+``points PORT ROWS SECONDS CONCURRENCY:COUNT ...``
+    uncached point reads (cache BYPASS) of random ids among ROWS.
+``group PORT COUNT``
+    median latency of a group Query over ``a`` and ``b`` (merged) against
+    the same two Queries one after the other, alternating.
+``invalidate PORT ENTRIES``
+    cache ENTRIES answers under one tag, then time Invalidate of that tag.
+
 Each prints one JSON object.
 """
 
@@ -16,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import statistics
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +46,8 @@ QUERY = pb.QueryRequest(
     params=[pb.Value(integer=10)],
 )
 SEED_ROWS = 10
+POINT = "SELECT id, day, kind, value FROM events WHERE id = ?"
+GROUPED = "SELECT kind, count(*) AS n, sum(value) AS total FROM events GROUP BY kind"
 ANY = "ANY"
 
 
@@ -69,9 +81,13 @@ class Sample:
 
 
 async def drive(
-    stub: pb_grpc.DataAccessStub, concurrency: int, count: int, seconds: float
+    stub: pb_grpc.DataAccessStub,
+    concurrency: int,
+    count: int,
+    seconds: float,
+    make: Callable[[], pb.QueryRequest] = lambda: QUERY,
 ) -> Sample:
-    """``concurrency`` tasks asking QUERY until ``count`` answers are in or ``seconds`` pass."""
+    """``concurrency`` tasks asking ``make()`` until ``count`` answers or ``seconds`` pass."""
     sample = Sample()
     issued = 0
     deadline = time.perf_counter() + seconds
@@ -82,7 +98,7 @@ async def drive(
             issued += 1
             started = time.perf_counter()
             try:
-                status = status_name((await stub.Query(QUERY, timeout=30)).cache_status)
+                status = status_name((await stub.Query(make(), timeout=30)).cache_status)
             except grpc.aio.AioRpcError as exc:
                 status = f"ERROR {exc.code().name}"
             sample.latencies.append(time.perf_counter() - started)
@@ -125,6 +141,86 @@ async def capture(port: int, path: Path) -> dict[str, Any]:
     return {"bytes": len(answer), "statuses": statuses}
 
 
+async def points(port: int, rows: int, seconds: float, plan: list[str]) -> dict[str, Any]:
+    """Uncached point reads of random ids among ``rows``, per ``CONCURRENCY:COUNT``."""
+    pick = random.Random(11)
+    bypass = pb.CacheOptions(mode=pb.CACHE_MODE_BYPASS)
+
+    def point() -> pb.QueryRequest:
+        key = pb.Value(integer=pick.randint(1, rows))
+        return pb.QueryRequest(database="events", sql=POINT, params=[key], cache=bypass)
+
+    out: dict[str, Any] = {}
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.DataAccessStub(channel)
+        for step in plan:
+            concurrency, count = (int(n) for n in step.split(":"))
+            await drive(stub, concurrency, max(concurrency * 4, count // 10), 1.0, point)
+            out[str(concurrency)] = (await drive(stub, concurrency, count, seconds, point)).summary(
+                "BYPASS"
+            )
+    return out
+
+
+async def group(port: int, count: int) -> dict[str, Any]:
+    """One group Query (a + b, merged) against the same two Queries one after the other."""
+    bypass = pb.CacheOptions(mode=pb.CACHE_MODE_BYPASS)
+    merge = pb.Merge(
+        group_by=["kind"],
+        aggregates=[
+            pb.Aggregate(column="n", function=pb.AGGREGATE_FUNCTION_COUNT),
+            pb.Aggregate(column="total", function=pb.AGGREGATE_FUNCTION_SUM),
+        ],
+    )
+    grouped = pb.QueryRequest(database="ab", sql=GROUPED, cache=bypass, merge=merge)
+    alone = [pb.QueryRequest(database=name, sql=GROUPED, cache=bypass) for name in ("a", "b")]
+    group_s: list[float] = []
+    serial_s: list[float] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.DataAccessStub(channel)
+        for i in range(count + 3):
+            started = time.perf_counter()
+            await stub.Query(grouped, timeout=60)
+            middle = time.perf_counter()
+            for request in alone:
+                await stub.Query(request, timeout=60)
+            if i >= 3:  # warmed up
+                group_s.append(middle - started)
+                serial_s.append(time.perf_counter() - middle)
+    return {
+        "group_ms": 1000 * statistics.median(group_s),
+        "serial_ms": 1000 * statistics.median(serial_s),
+    }
+
+
+async def invalidate(port: int, entries: int) -> dict[str, Any]:
+    """Cache ``entries`` answers under one tag, then time Invalidate of that tag."""
+    tagged = pb.CacheOptions(tags=["bench-scale"])
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.DataAccessStub(channel)
+        numbers = iter(range(entries))
+
+        async def fill() -> None:
+            for n in numbers:
+                request = pb.QueryRequest(
+                    database="events", sql="SELECT ?", params=[pb.Value(integer=n)], cache=tagged
+                )
+                await stub.Query(request, timeout=60)
+
+        await asyncio.gather(*(fill() for _ in range(min(32, entries))))
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            await stub.Invalidate(pb.InvalidateRequest(tags=["bench-scale"]), timeout=60)
+            times.append(time.perf_counter() - started)
+            await stub.Query(
+                pb.QueryRequest(
+                    database="events", sql="SELECT ?", params=[pb.Value(integer=0)], cache=tagged
+                )
+            )
+    return {"first_ms": 1000 * times[0], "median_ms": 1000 * statistics.median(times)}
+
+
 def main(argv: list[str]) -> None:
     """Run the command in ``argv`` and print its JSON."""
     command, port, *rest = argv
@@ -133,6 +229,13 @@ def main(argv: list[str]) -> None:
     elif command == "measure":
         expect, seconds, *plan = rest
         result = asyncio.run(measure(int(port), expect, float(seconds), plan))
+    elif command == "points":
+        rows, seconds, *plan = rest
+        result = asyncio.run(points(int(port), int(rows), float(seconds), plan))
+    elif command == "group":
+        result = asyncio.run(group(int(port), int(rest[0])))
+    elif command == "invalidate":
+        result = asyncio.run(invalidate(int(port), int(rest[0])))
     else:
         raise SystemExit(f"usage: python -m bench.query_load capture|measure PORT ... ({command}?)")
     print(json.dumps(result))

@@ -17,6 +17,7 @@ import yaml
 
 REPO_MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+TEMP_STORES = ("DEFAULT", "FILE", "MEMORY")
 
 
 class ConfigError(Exception):
@@ -31,6 +32,9 @@ class SqliteSettings:
     busy_timeout_ms: int = 5000
     cache_size_kib: int = 16384
     mmap_size_bytes: int = 268_435_456
+    # MEMORY keeps temporary tables and indexes off the disk; measured here it
+    # also makes large GROUP BY / ORDER BY sorts several times slower than FILE.
+    temp_store: str = "MEMORY"
     max_page_count: int = (
         0  # 0: no cap; else the database's size cap in pages (SQLITE_FULL past it)
     )
@@ -38,6 +42,8 @@ class SqliteSettings:
     def __post_init__(self) -> None:
         if self.synchronous not in SYNCHRONOUS_MODES:
             raise ConfigError(f"sqlite.synchronous: expected one of {', '.join(SYNCHRONOUS_MODES)}")
+        if self.temp_store not in TEMP_STORES:
+            raise ConfigError(f"sqlite.temp_store: expected one of {', '.join(TEMP_STORES)}")
         _require_non_negative("sqlite.busy_timeout_ms", self.busy_timeout_ms)
 
 

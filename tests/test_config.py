@@ -105,6 +105,7 @@ def test_no_config_is_the_embedded_default(tmp_path: Path, monkeypatch: pytest.M
         ({"cache": {"l1_validation_window_seconds": -1}}, "cache.l1_validation_window"),
         ({"cache": {"redis_timeout": 1}}, "cache: unknown key 'redis_timeout'"),
         ({"redis_url": "127.0.0.1:6379"}, "redis_url: expected redis://"),
+        ({"sqlite": {"temp_store": "RAM"}}, "sqlite.temp_store: expected one of"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, change: dict[str, Any], message: str) -> None:

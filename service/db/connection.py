@@ -186,7 +186,7 @@ def _prepare(
     raw.execute(f"PRAGMA busy_timeout={int(settings.busy_timeout_ms)}")
     raw.execute(f"PRAGMA cache_size=-{int(settings.cache_size_kib)}")
     raw.execute(f"PRAGMA mmap_size={int(settings.mmap_size_bytes)}")
-    raw.execute("PRAGMA temp_store=MEMORY")
+    raw.execute(f"PRAGMA temp_store={settings.temp_store}")
     raw.execute("PRAGMA foreign_keys=ON")
     if writer and settings.max_page_count:
         raw.execute(f"PRAGMA max_page_count={int(settings.max_page_count)}")
