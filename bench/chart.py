@@ -8,6 +8,7 @@ min-max as error bars, and each ratio with its goal written beside it.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -61,10 +62,24 @@ def _bars(axis: Any, rows: list[dict[str, Any]], unit_label: str) -> None:
     axis.legend(loc="lower left", fontsize=7)
 
 
+def _named(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows whose "  the same, ..." names carry the scenario they continue."""
+    parent, out = "", []
+    for row in rows:
+        name = row["scenario"]
+        if name.startswith(" "):
+            detail = name.strip().removeprefix("the same").strip(" ,") or row["against"]
+            name = f"{re.sub(r', (1 call|[0-9]+ concurrent).*$', '', parent)}: {detail}"
+        else:
+            parent = name
+        out.append(row | {"scenario": name})
+    return out
+
+
 def main(source: Path, target: Path) -> None:
     """Draw ``source``'s rows into ``target``."""
     results = json.loads(source.read_text())
-    rows = [r for r in results["rows"] if not r.get("invalid")]
+    rows = [r for r in _named(results["rows"]) if not r.get("invalid")]
     fast = [r for r in rows if r["unit"] != "ms"]
     slow = [r for r in rows if r["unit"] == "ms"]
     figure, (left, right) = plt.subplots(1, 2, figsize=(16, max(4, 0.45 * len(fast))))
