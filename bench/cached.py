@@ -56,7 +56,7 @@ class Plan:
     @classmethod
     def for_run(cls, quick: bool) -> Plan:
         if quick:
-            return cls(3, {1: 800, 32: 2500, 128: 2500}, 3.0)
+            return cls(3, {1: 300, 32: 1200, 128: 1200}, 1.5)
         return cls(5, {1: 1500, 32: 5000, 128: 5000}, 3.0)
 
     def steps(self) -> list[str]:

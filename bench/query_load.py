@@ -14,8 +14,8 @@
 ``group PORT COUNT``
     median latency of a group Query over ``a`` and ``b`` (merged) against
     the same two Queries one after the other, alternating.
-``invalidate PORT ENTRIES``
-    cache ENTRIES answers under one tag, then time Invalidate of that tag.
+``invalidate PORT ENTRIES TAG``
+    cache ENTRIES answers under TAG, then time Invalidate of TAG.
 
 Each prints one JSON object.
 """
@@ -193,9 +193,9 @@ async def group(port: int, count: int) -> dict[str, Any]:
     }
 
 
-async def invalidate(port: int, entries: int) -> dict[str, Any]:
-    """Cache ``entries`` answers under one tag, then time Invalidate of that tag."""
-    tagged = pb.CacheOptions(tags=["bench-scale"])
+async def invalidate(port: int, entries: int, tag: str) -> dict[str, Any]:
+    """Cache ``entries`` answers under ``tag``, then time Invalidate of that tag."""
+    tagged = pb.CacheOptions(tags=[tag])
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.DataAccessStub(channel)
         numbers = iter(range(entries))
@@ -211,7 +211,7 @@ async def invalidate(port: int, entries: int) -> dict[str, Any]:
         times = []
         for _ in range(5):
             started = time.perf_counter()
-            await stub.Invalidate(pb.InvalidateRequest(tags=["bench-scale"]), timeout=60)
+            await stub.Invalidate(pb.InvalidateRequest(tags=[tag]), timeout=60)
             times.append(time.perf_counter() - started)
             await stub.Query(
                 pb.QueryRequest(
@@ -235,7 +235,7 @@ def main(argv: list[str]) -> None:
     elif command == "group":
         result = asyncio.run(group(int(port), int(rest[0])))
     elif command == "invalidate":
-        result = asyncio.run(invalidate(int(port), int(rest[0])))
+        result = asyncio.run(invalidate(int(port), int(rest[0]), rest[1]))
     else:
         raise SystemExit(f"usage: python -m bench.query_load capture|measure PORT ... ({command}?)")
     print(json.dumps(result))

@@ -39,7 +39,7 @@ def _database_config(name: str, path: Path) -> dict[str, Any]:
 def bench_points(workdir: Path, quick: bool) -> list[Row]:
     """Uncached point queries: the service, stdlib sqlite3 in-process, and Datasette."""
     rows = 200_000 if quick else 1_000_000
-    rounds, count = (3, 3000) if quick else (5, 8000)
+    rounds, count, seconds = (3, 1500, "2") if quick else (5, 8000, "5")
     path = events_database(workdir / f"events-{rows}.db", rows)
     ours, stdlib, peer = [], [], []
     with ExitStack() as stack:
@@ -47,11 +47,11 @@ def bench_points(workdir: Path, quick: bool) -> list[Row]:
         port = stack.enter_context(serving(workdir, {}, {}, extra))
         datasette = _start_datasette(stack, path)
         for _ in range(rounds):
-            result = _load("points", str(port), str(rows), "5", f"32:{count}")
+            result = _load("points", str(port), str(rows), seconds, f"32:{count}")
             ours.append(float(result["32"]["per_second"]))
             stdlib.append(stdlib_point_queries(path, rows, 1.0))
             if datasette is not None:
-                peer.append(_datasette_rate(datasette, path.stem, rows, count))
+                peer.append(_datasette_rate(datasette, path.stem, rows, count, seconds))
     label = f"Uncached point query ({rows:,} rows), 32 concurrent calls"
     out = [Row(label, ours, stdlib, "req/s", "stdlib sqlite3 in-process, serial", None)]
     if peer:
@@ -69,9 +69,9 @@ def _start_datasette(stack: ExitStack, path: Path) -> int | None:
     return int(stack.enter_context(running(argv, port, "Datasette")))
 
 
-def _datasette_rate(port: int, database: str, rows: int, count: int) -> float:
+def _datasette_rate(port: int, database: str, rows: int, count: int, seconds: str) -> float:
     argv = [str(BENCH_PYTHON), "-m", "bench.http_load", str(port), database, str(rows)]
-    argv += ["5", f"32:{count}"]
+    argv += [seconds, f"32:{count}"]
     out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=900)
     result = json.loads(out.stdout)["32"]
     if result["errors"]:
@@ -98,7 +98,7 @@ def bench_group(workdir: Path, quick: bool) -> list[Row]:
         grouped, serial = [], []
         with serving(workdir, {"temp_store": temp_store}, {}, extra) as port:
             for _ in range(3 if quick else 5):
-                result = _load("group", str(port), "10" if quick else "20")
+                result = _load("group", str(port), "5" if quick else "20")
                 grouped.append(1000 / float(result["group_ms"]))
                 serial.append(1000 / float(result["serial_ms"]))
         title = f"Group query a + b merged (GROUP BY, 2 x {rows:,} rows), temp_store={temp_store}"
@@ -118,7 +118,7 @@ def bench_group(workdir: Path, quick: bool) -> list[Row]:
 
 def bench_scaling(workdir: Path, quick: bool) -> list[Row]:
     """Point-query latency by table size, and Invalidate time by dependent entries."""
-    sizes = (10_000, 100_000, 200_000) if quick else (10_000, 100_000, 1_000_000)
+    sizes = (10_000, 100_000) if quick else (10_000, 100_000, 1_000_000)
     entries = (1, 1_000, 10_000) if quick else (1, 1_000, 100_000)
     rounds = 3 if quick else 5
     latency: dict[int, list[float]] = {size: [] for size in sizes}
@@ -126,13 +126,15 @@ def bench_scaling(workdir: Path, quick: bool) -> list[Row]:
         path = events_database(workdir / f"events-{size}.db", size)
         with serving(workdir, {}, {}, {"databases": [_database_config("events", path)]}) as port:
             for _ in range(rounds):
-                result = _load("points", str(port), str(size), "3", "1:1500")
+                result = _load("points", str(port), str(size), "3", "1:500" if quick else "1:1500")
                 latency[size].append(float(result["1"]["p50_ms"]))
     invalidate: dict[int, list[float]] = {n: [] for n in entries}
-    for _ in range(3):  # filling 100k entries takes a while
-        for n in entries:
-            with serving(workdir, {}, {}, {"l1_max_entries": 2 * max(entries)}) as port:
-                invalidate[n].append(float(_load("invalidate", str(port), str(n))["first_ms"]))
+    room = {"l1_max_entries": 4 * sum(entries), "l1_max_bytes": 1 << 30}
+    with serving(workdir, {}, {}, room) as port:
+        for round_ in range(3):  # filling 100k entries takes a while
+            for n in entries:
+                result = _load("invalidate", str(port), str(n), f"scale-{round_}-{n}")
+                invalidate[n].append(float(result["first_ms"]))
     small = sizes[0]
     out = [
         Row(
