@@ -18,6 +18,7 @@ from typing import TypeVar
 from opentelemetry import trace
 
 from service import errors
+from service.auth import ANYONE, Principal
 from service.cache.keys import cache_key
 from service.cache.tagged import CacheUnavailable, EntryPolicy, TagCache, TierSnapshot
 from service.config import Limits
@@ -63,6 +64,17 @@ class ReadRequest:
     merge: MergeSpec = field(default_factory=MergeSpec)
     stale_while_revalidate: float = 0.0
     caller: str = ""  # who asked (the peer), for N+1 advisories
+
+
+@dataclass(frozen=True)
+class _HotRead:
+    """A read remembered by its request bytes: where its answer is, and whose it is."""
+
+    key: str
+    tags: list[str]
+    policy: EntryPolicy
+    target: str
+    members: list[str]
 
 
 @dataclass(frozen=True)
@@ -148,26 +160,32 @@ class DataAccess:
         self._encode = encode
         # Reads seen before, by the caller's own bytes: a repeat is answered from
         # L1 without decoding the request, routing, tagging or keying it again.
-        self._hot: OrderedDict[bytes, tuple[str, list[str], EntryPolicy]] = OrderedDict()
+        self._hot: OrderedDict[bytes, _HotRead] = OrderedDict()
         self._hot_max = max(cache.local.max_entries, 1)
         self._hot_bytes = 0
 
-    async def cached(self, identity: bytes) -> EncodedRead | None:
+    async def cached(self, identity: bytes, caller: Principal = ANYONE) -> EncodedRead | None:
         """The cached answer to a read seen before under ``identity``, if there is one now."""
         hot = self._hot.get(identity)
-        if hot is None:
-            return None
-        answer = await self._cache.find(*hot)
+        if hot is None or not caller.may("read", hot.target, hot.members):
+            return None  # the full path says why the caller may not
+        answer = await self._cache.find(hot.key, hot.tags, hot.policy)
         return EncodedRead(*answer) if answer is not None else None
 
     async def query(
-        self, request: ReadRequest, deadline: float, identity: bytes = b""
+        self,
+        request: ReadRequest,
+        deadline: float,
+        identity: bytes = b"",
+        caller: Principal = ANYONE,
     ) -> EncodedRead:
         """Answer a read from the cache, or run it and cache it under its tags.
 
         ``identity`` (the request's bytes) lets ``cached`` answer its repeats.
         """
         members = self._router.members(request.database, request.route_key, request.routed)
+        names = [db.name for db in members]
+        caller.require("read", request.database, names)
         self._check_sql(request.sql)
         tags = await self._cache_tags(members, request, deadline)
         if tags is None:
@@ -195,13 +213,13 @@ class DataAccess:
             retry = replace(policy, refresh=True)
             payload, status = await self._cache.get_or_load(key, tags, load, retry)
         if identity and request.cache_mode == "use" and len(identity) <= _HOT_MAX_REQUEST:
-            self._remember(identity, key, tags, policy)
+            self._remember(identity, _HotRead(key, tags, policy, request.database, names))
         return EncodedRead(payload, status)
 
-    def _remember(self, identity: bytes, key: str, tags: list[str], policy: EntryPolicy) -> None:
+    def _remember(self, identity: bytes, hot: _HotRead) -> None:
         if identity not in self._hot:
             self._hot_bytes += len(identity)
-        self._hot[identity] = (key, tags, policy)
+        self._hot[identity] = hot
         self._hot.move_to_end(identity)
         while len(self._hot) > self._hot_max or self._hot_bytes > _HOT_MAX_BYTES:
             forgotten, _ = self._hot.popitem(last=False)
@@ -297,10 +315,11 @@ class DataAccess:
         return tags + list(extra)
 
     async def query_stream(
-        self, request: ReadRequest, deadline: float
+        self, request: ReadRequest, deadline: float, caller: Principal = ANYONE
     ) -> AsyncIterator[ReadResult]:
         """Run a read and yield its rows in bounded chunks; the first carries the columns."""
         database = self._router.database(request.database)
+        caller.require("read", database.name)
         self._check_sql(request.sql)
         limits = self._limits
         async with database.pool.reader(deadline) as conn:
@@ -338,12 +357,20 @@ class DataAccess:
                 await conn.run(lambda raw: close_stream(stream))
 
     async def batch_insert(
-        self, database_name: str, request: InsertRequest, write: WriteOptions, deadline: float
+        self,
+        database_name: str,
+        request: InsertRequest,
+        write: WriteOptions,
+        deadline: float,
+        caller: Principal = ANYONE,
     ) -> WriteResult:
         """Insert rows atomically per database (a group routes each row), after the commit."""
         if self._router.is_group(database_name):
+            members = self._router.groups[database_name].members
+            caller.require("write", database_name, members)
             return await self._insert_routed(database_name, request, write, deadline)
         database = self._router.database(database_name)
+        caller.require("write", database.name)
         plan = plan_insert(request, database.schema, database.allowed)
         if not request.rows:
             return WriteResult((0,), 0, [])
@@ -378,9 +405,11 @@ class DataAccess:
         statements: Sequence[tuple[str, Sequence[SqlRow]]],
         write: WriteOptions,
         deadline: float,
+        caller: Principal = ANYONE,
     ) -> WriteResult:
         """Run DML statements in one transaction, answered after the commit."""
         database = self._router.database(database_name)
+        caller.require("write", database.name)
         if not statements:
             raise errors.InvalidArgument("at least one statement is needed", field="statements")
         for index, (sql, _) in enumerate(statements):

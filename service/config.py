@@ -8,6 +8,7 @@ with one line that names the key.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,25 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class TokenConfig:
+    """One bearer token: a name for logs, its SHA-256 (hex, never the token), its scopes."""
+
+    name: str
+    sha256: str
+    scopes: frozenset[str]
+
+    def __post_init__(self) -> None:
+        where = f"auth.tokens.{self.name}"
+        if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            raise ConfigError(f"{where}.sha256: expected 64 lower-case hex digits")
+        for scope in self.scopes:
+            if scope != "admin" and not re.fullmatch(r"(read|write):(\*|\w+)", scope):
+                raise ConfigError(
+                    f"{where}.scopes: {scope!r} is not read:NAME, write:NAME or admin"
+                )
+
+
+@dataclass(frozen=True)
 class DatabaseConfig:
     """One SQLite database the service serves."""
 
@@ -165,6 +185,7 @@ class Config:
     sqlite: SqliteSettings = field(default_factory=SqliteSettings)
     limits: Limits = field(default_factory=Limits)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    auth_tokens: tuple[TokenConfig, ...] = ()  # none: auth is off
 
     def __post_init__(self) -> None:
         _require_non_negative("l1_max_entries", self.l1_max_entries)
@@ -219,7 +240,9 @@ TOP_KEYS = {
     "sqlite",
     "limits",
     "cache",
+    "auth",
 }
+TOKEN_KEYS = {"name", "sha256", "scopes"}
 DATABASE_KEYS = {"name", "path", "migrations", "allowed_tables"}
 GROUP_KEYS = {"name", "members", "route"}
 ROUTE_KEYS = {"kind", "column", "bounds"}
@@ -265,7 +288,32 @@ def _build(document: dict[str, Any] | None, environ: Mapping[str, str], config_d
         sqlite=_section("sqlite", SqliteSettings, doc.get("sqlite")),
         limits=_section("limits", Limits, doc.get("limits")),
         cache=_section("cache", CacheConfig, doc.get("cache")),
+        auth_tokens=_tokens(doc.get("auth")),
     )
+
+
+def _tokens(raw: Any) -> tuple[TokenConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise ConfigError("auth: expected a mapping with tokens")
+    _reject_unknown("auth", raw, {"tokens"})
+    tokens = []
+    for i, token in enumerate(raw.get("tokens") or []):
+        if not isinstance(token, dict):
+            raise ConfigError(f"auth.tokens[{i}]: expected a mapping")
+        _reject_unknown(f"auth.tokens[{i}]", token, TOKEN_KEYS)
+        scopes = token.get("scopes") or []
+        if not isinstance(scopes, list):
+            raise ConfigError(f"auth.tokens[{i}].scopes: expected a list")
+        tokens.append(
+            TokenConfig(
+                name=_name(f"auth.tokens[{i}]", token),
+                sha256=str(token.get("sha256", "")),
+                scopes=frozenset(str(s) for s in scopes),
+            )
+        )
+    return tuple(tokens)
 
 
 def _embedded_databases(data_dir: Path, environ: Mapping[str, str]) -> tuple[DatabaseConfig, ...]:

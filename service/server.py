@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from dataaccess_client.v1 import data_access_pb2 as pb
 from service.access import DataAccess
+from service.auth import Authenticator
 from service.cache.redis_tier import RedisSettings
 from service.cache.tagged import CacheSettings, TagCache
 from service.config import Config
@@ -80,7 +81,8 @@ class DataAccessServer:
             self._observe_query,
         )
         checker = HealthChecker(self.router, self.cache, config.health_deep_interval_seconds)
-        add_to_server(DataAccessServicer(access, config.limits, checker), server)
+        auth = Authenticator(config.auth_tokens)
+        add_to_server(DataAccessServicer(access, config.limits, checker, auth), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server

@@ -24,6 +24,7 @@ from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
 from service import errors
 from service.access import DataAccess, ReadRequest, ReadResult, WriteOptions, WriteResult
+from service.auth import Authenticator, Principal
 from service.config import Limits
 from service.db.writes import InsertRequest
 from service.health import HealthChecker
@@ -114,10 +115,21 @@ async def _abort(context: Context, error: errors.DataAccessError) -> NoReturn:
 class DataAccessServicer(pb_grpc.DataAccessServicer):
     """Serves dataaccess.v1.DataAccess over a DataAccess instance."""
 
-    def __init__(self, access: DataAccess, limits: Limits, health: HealthChecker) -> None:
+    def __init__(
+        self,
+        access: DataAccess,
+        limits: Limits,
+        health: HealthChecker,
+        auth: Authenticator | None = None,
+    ) -> None:
         self._access = access
         self._health = health
+        self._auth = auth or Authenticator(())
         self._limits = limits
+
+    def _caller(self, context: Context) -> Principal:
+        """Who is calling (Unauthenticated first, before anything about the request)."""
+        return self._auth.principal(context.invocation_metadata())
 
     def _deadline(self, context: Context) -> float:
         remaining = context.time_remaining()
@@ -129,12 +141,13 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
     async def Query(  # type: ignore[override]  # bytes in and out: see add_to_server
         self, request: bytes, context: Context
     ) -> bytes:
-        answer = await self._access.cached(request)
+        caller = self._caller(context)
+        answer = await self._access.cached(request, caller)
         if answer is None:
             parsed = _parse_query(request)
-            answer = await self._access.query(
-                _read_request(parsed, context.peer()), self._deadline(context), request
-            )
+            deadline = self._deadline(context)
+            read = _read_request(parsed, context.peer())
+            answer = await self._access.query(read, deadline, request, caller)
         # Fields of concatenated messages merge: the cached bytes plus the status.
         return answer.payload + _STATUS_SUFFIX[answer.cache_status]
 
@@ -142,8 +155,9 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
         self, request: pb.QueryRequest, context: Context
     ) -> AsyncIterator[pb.QueryResponse]:
         try:
+            caller = self._caller(context)
             chunks = self._access.query_stream(
-                _read_request(request, context.peer()), self._deadline(context)
+                _read_request(request, context.peer()), self._deadline(context), caller
             )
             async for chunk in chunks:
                 yield _query_response(chunk)
@@ -159,6 +173,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
     async def BatchInsert(
         self, request: pb.BatchInsertRequest, context: Context
     ) -> pb.BatchInsertResponse:
+        caller = self._caller(context)
         insert = InsertRequest(
             table=request.table,
             columns=list(request.columns),
@@ -168,7 +183,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
             update_columns=list(request.update_columns),
         )
         result = await self._access.batch_insert(
-            request.database, insert, _write_options(request), self._deadline(context)
+            request.database, insert, _write_options(request), self._deadline(context), caller
         )
         return pb.BatchInsertResponse(
             rows_affected=sum(result.rows_affected),
@@ -180,6 +195,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
     async def BatchUpdate(
         self, request: pb.BatchUpdateRequest, context: Context
     ) -> pb.BatchUpdateResponse:
+        caller = self._caller(context)
         statements = [
             (
                 statement.sql,
@@ -191,7 +207,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
             for i, statement in enumerate(request.statements)
         ]
         result: WriteResult = await self._access.batch_update(
-            request.database, statements, _write_options(request), self._deadline(context)
+            request.database, statements, _write_options(request), self._deadline(context), caller
         )
         return pb.BatchUpdateResponse(
             rows_affected=result.rows_affected, invalidated_tags=result.invalidated_tags
@@ -201,6 +217,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
     async def Invalidate(
         self, request: pb.InvalidateRequest, context: Context
     ) -> pb.InvalidateResponse:
+        self._caller(context).require_admin("invalidate")
         tags = await self._access.invalidate(
             list(request.tags), list(request.databases), request.all
         )
@@ -208,6 +225,9 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
 
     @_answers_errors
     async def Health(self, request: pb.HealthRequest, context: Context) -> pb.HealthResponse:
+        caller = self._caller(context)
+        if request.deep:
+            caller.require_admin("ask for a deep health check")
         report = await self._health.report(deep=request.deep)
         return pb.HealthResponse(
             status=_HEALTH[report.status],
@@ -225,6 +245,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
 
     @_answers_errors
     async def Stats(self, request: pb.StatsRequest, context: Context) -> pb.StatsResponse:
+        self._caller(context).require_admin("read stats")
         report = await self._access.stats(reset=request.reset)
         return pb.StatsResponse(
             cache=[

@@ -106,6 +106,15 @@ def test_no_config_is_the_embedded_default(tmp_path: Path, monkeypatch: pytest.M
         ({"cache": {"redis_timeout": 1}}, "cache: unknown key 'redis_timeout'"),
         ({"redis_url": "127.0.0.1:6379"}, "redis_url: expected redis://"),
         ({"sqlite": {"temp_store": "RAM"}}, "sqlite.temp_store: expected one of"),
+        (
+            {"auth": {"tokens": [{"name": "t", "sha256": "abc", "scopes": []}]}},
+            "auth.tokens.t.sha256",
+        ),
+        (
+            {"auth": {"tokens": [{"name": "t", "sha256": "a" * 64, "scopes": ["root"]}]}},
+            "'root' is not read:NAME",
+        ),
+        ({"auth": {"users": []}}, "auth: unknown key 'users'"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, change: dict[str, Any], message: str) -> None:

@@ -239,6 +239,7 @@ def test_the_configmap_is_a_config_the_server_accepts(tmp_path: Path) -> None:
     built = Config.from_env({"DATAACCESS_CONFIG": str(path)})
     assert [db.name for db in built.databases] == ["live", "archive"]
     assert built.redis_url is not None and built.metrics_listen is not None
+    assert built.auth_tokens  # auth is on in production
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,156 @@
+"""Authentication and scopes: every RPC x every scope x {no token, wrong token, right token}."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dataaccess_client.v1 import data_access_pb2 as pb
+from tests.conftest import Running, row, started
+
+TOKENS = {
+    "reader": ["read:kitchen"],
+    "writer": ["write:kitchen"],
+    "admin": ["admin"],
+    "members": ["read:archive", "read:live"],
+}
+OK = grpc.StatusCode.OK
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+UNKNOWN = grpc.StatusCode.UNAUTHENTICATED
+
+
+def _secret(name: str) -> str:
+    return f"token-of-{name}-0123456789"
+
+
+@pytest.fixture
+async def secured(tmp_path: Path, document: dict[str, Any]) -> AsyncIterator[Running]:
+    document["groups"] = [{"name": "history", "members": ["archive", "live"]}]
+    document["auth"] = {
+        "tokens": [
+            {
+                "name": name,
+                "sha256": hashlib.sha256(_secret(name).encode()).hexdigest(),
+                "scopes": scopes,
+            }
+            for name, scopes in TOKENS.items()
+        ]
+    }
+    async with started(tmp_path, document) as running:
+        yield running
+
+
+Call = Callable[[Running, list[tuple[str, str]]], Any]
+
+
+async def _query(running: Running, metadata: list[tuple[str, str]]) -> Any:
+    request = pb.QueryRequest(database="kitchen", sql="SELECT count(*) FROM items")
+    return await running.stub.Query(request, metadata=metadata)
+
+
+async def _stream(running: Running, metadata: list[tuple[str, str]]) -> Any:
+    request = pb.QueryRequest(database="kitchen", sql="SELECT id FROM parents")
+    return [chunk async for chunk in running.stub.QueryStream(request, metadata=metadata)]
+
+
+async def _insert(running: Running, metadata: list[tuple[str, str]]) -> Any:
+    request = pb.BatchInsertRequest(
+        database="kitchen", table="items", columns=["qty"], rows=[row(1)]
+    )
+    return await running.stub.BatchInsert(request, metadata=metadata)
+
+
+async def _update(running: Running, metadata: list[tuple[str, str]]) -> Any:
+    statement = pb.Statement(sql="UPDATE items SET qty = qty + 1")
+    request = pb.BatchUpdateRequest(database="kitchen", statements=[statement])
+    return await running.stub.BatchUpdate(request, metadata=metadata)
+
+
+async def _invalidate(running: Running, metadata: list[tuple[str, str]]) -> Any:
+    return await running.stub.Invalidate(pb.InvalidateRequest(tags=["t"]), metadata=metadata)
+
+
+async def _stats(running: Running, metadata: list[tuple[str, str]]) -> Any:
+    return await running.stub.Stats(pb.StatsRequest(), metadata=metadata)
+
+
+async def _health(running: Running, metadata: list[tuple[str, str]]) -> Any:
+    return await running.stub.Health(pb.HealthRequest(), metadata=metadata)
+
+
+async def _deep_health(running: Running, metadata: list[tuple[str, str]]) -> Any:
+    return await running.stub.Health(pb.HealthRequest(deep=True), metadata=metadata)
+
+
+MATRIX: dict[str, tuple[Call, dict[str, grpc.StatusCode]]] = {
+    "Query": (_query, {"reader": OK, "writer": DENIED, "admin": DENIED, "members": DENIED}),
+    "QueryStream": (_stream, {"reader": OK, "writer": DENIED, "admin": DENIED, "members": DENIED}),
+    "BatchInsert": (_insert, {"reader": DENIED, "writer": OK, "admin": DENIED, "members": DENIED}),
+    "BatchUpdate": (_update, {"reader": DENIED, "writer": OK, "admin": DENIED, "members": DENIED}),
+    "Invalidate": (
+        _invalidate,
+        {"reader": DENIED, "writer": DENIED, "admin": OK, "members": DENIED},
+    ),
+    "Stats": (_stats, {"reader": DENIED, "writer": DENIED, "admin": OK, "members": DENIED}),
+    "Health": (_health, {"reader": OK, "writer": OK, "admin": OK, "members": OK}),
+    "Health(deep)": (
+        _deep_health,
+        {"reader": DENIED, "writer": DENIED, "admin": OK, "members": DENIED},
+    ),
+}
+
+
+async def _code(call: Call, running: Running, metadata: list[tuple[str, str]]) -> grpc.StatusCode:
+    try:
+        await call(running, metadata)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return OK
+
+
+@pytest.mark.parametrize("rpc", list(MATRIX))
+async def test_scope_matrix(secured: Running, rpc: str) -> None:
+    call, expected = MATRIX[rpc]
+    assert await _code(call, secured, []) == UNKNOWN
+    assert await _code(call, secured, [("authorization", "Bearer not-a-known-token")]) == UNKNOWN
+    assert (
+        await _code(call, secured, [("authorization", _secret("reader"))]) == UNKNOWN
+    )  # no scheme
+    for name, code in expected.items():
+        metadata = [("authorization", f"Bearer {_secret(name)}")]
+        assert await _code(call, secured, metadata) == code, name
+
+
+async def test_a_cached_answer_is_not_served_to_a_caller_without_the_scope(
+    secured: Running,
+) -> None:
+    reader = [("authorization", f"Bearer {_secret('reader')}")]
+    writer = [("authorization", f"Bearer {_secret('writer')}")]
+    for _ in range(3):  # warm the cache and the request-bytes fast path
+        await _query(secured, reader)
+    assert await _code(_query, secured, writer) == DENIED
+    assert await _code(_query, secured, []) == UNKNOWN
+
+
+async def test_a_group_needs_its_own_scope_or_every_members(secured: Running) -> None:
+    request = pb.QueryRequest(database="history", sql="SELECT count(*) AS n FROM production_runs")
+
+    async def group(running: Running, metadata: list[tuple[str, str]]) -> Any:
+        return await running.stub.Query(request, metadata=metadata)
+
+    members = [("authorization", f"Bearer {_secret('members')}")]
+    reader = [("authorization", f"Bearer {_secret('reader')}")]
+    assert await _code(group, secured, members) == OK
+    assert await _code(group, secured, reader) == DENIED
+
+
+async def test_the_standard_health_service_stays_open_for_probes(secured: Running) -> None:
+    stub = health_pb2_grpc.HealthStub(secured.channel)
+    answer = await stub.Check(health_pb2.HealthCheckRequest(service="dataaccess.v1.DataAccess"))
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
