@@ -111,6 +111,21 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """Serve over TLS; with ``client_ca_file``, callers must present a certificate it signed."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cert_file", "key_file", "client_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ConfigError(f"tls.{name}: {path} is not a readable file")
+
+
+@dataclass(frozen=True)
 class TokenConfig:
     """One bearer token: a name for logs, its SHA-256 (hex, never the token), its scopes."""
 
@@ -186,6 +201,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     cache: CacheConfig = field(default_factory=CacheConfig)
     auth_tokens: tuple[TokenConfig, ...] = ()  # none: auth is off
+    tls: TlsConfig | None = None  # none: plaintext (loopback, or a mesh that encrypts)
 
     def __post_init__(self) -> None:
         _require_non_negative("l1_max_entries", self.l1_max_entries)
@@ -241,6 +257,7 @@ TOP_KEYS = {
     "limits",
     "cache",
     "auth",
+    "tls",
 }
 TOKEN_KEYS = {"name", "sha256", "scopes"}
 DATABASE_KEYS = {"name", "path", "migrations", "allowed_tables"}
@@ -289,6 +306,24 @@ def _build(document: dict[str, Any] | None, environ: Mapping[str, str], config_d
         limits=_section("limits", Limits, doc.get("limits")),
         cache=_section("cache", CacheConfig, doc.get("cache")),
         auth_tokens=_tokens(doc.get("auth")),
+        tls=_tls(doc.get("tls"), config_dir),
+    )
+
+
+def _tls(raw: Any, config_dir: Path) -> TlsConfig | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError("tls: expected a mapping with cert_file and key_file")
+    _reject_unknown("tls", raw, {"cert_file", "key_file", "client_ca_file"})
+    for key in ("cert_file", "key_file"):
+        if key not in raw:
+            raise ConfigError(f"tls.{key}: missing")
+    ca = raw.get("client_ca_file")
+    return TlsConfig(
+        cert_file=_resolve(Path(str(raw["cert_file"])), config_dir),
+        key_file=_resolve(Path(str(raw["key_file"])), config_dir),
+        client_ca_file=_resolve(Path(str(ca)), config_dir) if ca else None,
     )
 
 

@@ -88,7 +88,7 @@ class DataAccessServer:
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
         try:
-            self.port = server.add_insecure_port(self.config.listen)
+            self.port = self._bind(server)
         except RuntimeError as exc:
             await self.router.close()
             await self.cache.close()
@@ -112,6 +112,19 @@ class DataAccessServer:
             if tags:
                 log.info("holding undelivered invalidations", extra={"database": database.name})
                 self.cache.hold(tags, functools.partial(database.writer.delivered, rows))
+
+    def _bind(self, server: grpc.aio.Server) -> int:
+        """Listen in plaintext, or over TLS (mutual when a client CA is configured)."""
+        tls = self.config.tls
+        if tls is None:
+            return server.add_insecure_port(self.config.listen)
+        ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+        credentials = grpc.ssl_server_credentials(
+            [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+        return server.add_secure_port(self.config.listen, credentials)
 
     def _observe_query(self, database: str, seconds: float) -> None:
         if self.metrics is not None:

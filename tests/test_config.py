@@ -115,6 +115,11 @@ def test_no_config_is_the_embedded_default(tmp_path: Path, monkeypatch: pytest.M
             "'root' is not read:NAME",
         ),
         ({"auth": {"users": []}}, "auth: unknown key 'users'"),
+        (
+            {"tls": {"cert_file": "/nonexistent.pem", "key_file": "/k.pem"}},
+            "tls.cert_file: /nonexistent.pem",
+        ),
+        ({"tls": {"cert_file": "/etc/hostname"}}, "tls.key_file: missing"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, change: dict[str, Any], message: str) -> None:

@@ -19,6 +19,7 @@ from dataaccess_client._models import (
     SqlValue,
     UpdateResult,
 )
+from dataaccess_client._policy import TlsFiles
 from dataaccess_client.client import AsyncClient, Client
 from dataaccess_client.errors import (
     Aborted,
@@ -43,6 +44,7 @@ from dataaccess_client.errors import (
 )
 
 __all__ = [
+    "TlsFiles",
     "Aborted",
     "AlreadyExists",
     "AsyncClient",

@@ -7,6 +7,7 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -98,3 +99,24 @@ def jittered(pause: float) -> float:
     """``pause`` capped, then spread over its upper half so clients do not retry in step."""
     capped = min(pause, _MAX_PAUSE)
     return capped / 2 + random.uniform(0, capped / 2)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """TLS for a channel: the CA that signed the server, and a client certificate for mTLS."""
+
+    ca_file: str | None = None  # None: the system's roots
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """The channel credentials these files make."""
+
+        def read(path: str | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca_file),
+            private_key=read(self.key_file),
+            certificate_chain=read(self.cert_file),
+        )

@@ -25,7 +25,7 @@ from rich.progress import (
 
 from dataaccess_client import _render
 from dataaccess_client._models import InsertResult, SqlValue
-from dataaccess_client._policy import TOKEN_ENV
+from dataaccess_client._policy import TOKEN_ENV, TlsFiles
 from dataaccess_client._row_files import RowReader, format_of, number_or_text
 from dataaccess_client.client import DEFAULT_TARGET, Client
 from dataaccess_client.errors import DataAccessClientError
@@ -161,6 +161,9 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token", default=env.get(TOKEN_ENV), help=f"bearer token (default: ${TOKEN_ENV})"
     )
+    parser.add_argument("--tls-ca", help="connect over TLS, trusting this CA bundle")
+    parser.add_argument("--tls-cert", help="client certificate for mutual TLS")
+    parser.add_argument("--tls-key", help="client key for mutual TLS")
     parser.add_argument("--json", action="store_true", help="print one line of JSON")
 
 
@@ -242,7 +245,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Output(console=Console(highlight=False), as_json=args.json)
     run: Command = args.run
     try:
-        with Client(args.target, timeout=args.timeout, token=args.token) as client:
+        tls = (
+            TlsFiles(args.tls_ca, args.tls_cert, args.tls_key)
+            if args.tls_ca or args.tls_cert
+            else None
+        )
+        with Client(args.target, timeout=args.timeout, token=args.token, tls=tls) as client:
             run(client, args, out)
     except (DataAccessClientError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -33,7 +33,7 @@ from dataaccess_client._models import (
     SqlInput,
     UpdateResult,
 )
-from dataaccess_client._policy import CallPolicy, ChannelOptions
+from dataaccess_client._policy import CallPolicy, ChannelOptions, TlsFiles
 from dataaccess_client.errors import from_rpc_error
 from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
@@ -56,14 +56,20 @@ class AsyncClient:
         backoff: float = 0.1,
         channel_options: ChannelOptions | None = None,
         token: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self._policy = CallPolicy.build(
             timeout=timeout, retries=retries, backoff=backoff, token=token
         )
         options = _policy.channel_options(channel_options)
-        self._channel = aio.insecure_channel(
-            target, options=options, interceptors=_tracing.aio_interceptors()
-        )
+        interceptors = _tracing.aio_interceptors()
+        if tls is None:
+            self._channel = aio.insecure_channel(target, options=options, interceptors=interceptors)
+        else:
+            credentials = tls.credentials()
+            self._channel = aio.secure_channel(
+                target, credentials, options=options, interceptors=interceptors
+            )
         self._stub = pb_grpc.DataAccessStub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:
@@ -235,12 +241,17 @@ class Client:
         backoff: float = 0.1,
         channel_options: ChannelOptions | None = None,
         token: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self._policy = CallPolicy.build(
             timeout=timeout, retries=retries, backoff=backoff, token=token
         )
         options = _policy.channel_options(channel_options)
-        self._channel = grpc.insecure_channel(target, options=options)
+        self._channel = (
+            grpc.insecure_channel(target, options=options)
+            if tls is None
+            else grpc.secure_channel(target, tls.credentials(), options=options)
+        )
         self._stub = pb_grpc.DataAccessStub(_tracing.traced(self._channel))
 
     def __enter__(self) -> Client:
