@@ -365,6 +365,7 @@ class DataAccess:
         caller: Principal = ANYONE,
     ) -> WriteResult:
         """Insert rows atomically per database (a group routes each row), after the commit."""
+        self._check_batch(len(request.rows), "rows")
         if self._router.is_group(database_name):
             members = self._router.groups[database_name].members
             caller.require("write", database_name, members)
@@ -412,6 +413,7 @@ class DataAccess:
         caller.require("write", database.name)
         if not statements:
             raise errors.InvalidArgument("at least one statement is needed", field="statements")
+        self._check_batch(sum(max(len(sets), 1) for _, sets in statements), "statements")
         for index, (sql, _) in enumerate(statements):
             self._check_sql(sql, f"statements[{index}].sql")
         plan = StatementPlan(statements)
@@ -503,6 +505,14 @@ class DataAccess:
         self, database: Database, reads: frozenset[str], extra: Sequence[str]
     ) -> list[str]:
         return [f"table:{database.name}.{table}" for table in sorted(reads)] + list(extra)
+
+    def _check_batch(self, rows: int, field_name: str) -> None:
+        if rows > self._limits.max_batch_rows:
+            raise errors.InvalidArgument(
+                f"{rows} rows in one call is over limits.max_batch_rows "
+                f"({self._limits.max_batch_rows}): split it",
+                field=field_name,
+            )
 
     def _check_sql(self, sql: str, field_name: str = "sql") -> None:
         if not sql.strip():

@@ -68,6 +68,9 @@ class Limits:
     reader_validate_after_idle_seconds: float = 30.0
     write_queue_size: int = 1024
     group_commit: bool = True  # False: one transaction per write RPC (for comparison only)
+    max_concurrent_rpcs: int = 1024  # past it, new calls get RESOURCE_EXHAUSTED at once
+    max_concurrent_per_caller: int = 256  # per token (or peer, with auth off)
+    max_batch_rows: int = 100_000  # rows in one BatchInsert, or param sets in one BatchUpdate
 
     def __post_init__(self) -> None:
         for name in ("max_rows", "max_result_bytes", "max_message_bytes", "stream_chunk_rows"):

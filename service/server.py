@@ -69,7 +69,11 @@ class DataAccessServer:
         interceptors = self.telemetry.server_interceptors()
         if self.metrics is not None:
             interceptors.insert(0, self.metrics.interceptor())
-        server = grpc.aio.server(options=self._options(), interceptors=interceptors)
+        server = grpc.aio.server(
+            options=self._options(),
+            interceptors=interceptors,
+            maximum_concurrent_rpcs=self.config.limits.max_concurrent_rpcs,
+        )
         config = self.config
         access = DataAccess(
             self.router,
@@ -146,6 +150,12 @@ class DataAccessServer:
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
             ("grpc.so_reuseport", 0),
+            # Keepalive enforcement: ping idle connections, drop dead ones, and
+            # refuse clients that ping more often than every 10 s.
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_ping_strikes", 2),
         ]
 
     async def stop(self, grace: float | None = None) -> None:

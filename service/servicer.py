@@ -24,6 +24,7 @@ from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
 from service import errors
 from service.access import DataAccess, ReadRequest, ReadResult, WriteOptions, WriteResult
+from service.admission import CallerSlots
 from service.auth import Authenticator, Principal
 from service.config import Limits
 from service.db.writes import InsertRequest
@@ -78,12 +79,16 @@ _HEALTH = {
 
 
 def _answers_errors(
-    method: Callable[[Any, Req, Context], Awaitable[Resp]],
+    method: Callable[[Any, Req, Context, Principal], Awaitable[Resp]],
 ) -> Callable[[Any, Req, Context], Awaitable[Resp]]:
+    """Authenticate and admit the caller, run the method, and turn its failures into statuses."""
+
     @functools.wraps(method)
     async def wrapper(self: Any, request: Req, context: Context) -> Resp:
         try:
-            return await method(self, request, context)
+            caller = self._caller(context)
+            with self._slots.admit(caller.name):
+                return await method(self, request, context, caller)
         except errors.DataAccessError as exc:
             await _abort(context, exc)
         except grpc.aio.AbortError:
@@ -126,6 +131,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
         self._health = health
         self._auth = auth or Authenticator(())
         self._limits = limits
+        self._slots = CallerSlots(limits.max_concurrent_per_caller, self._auth.enabled)
 
     def _caller(self, context: Context) -> Principal:
         """Who is calling (Unauthenticated first, before anything about the request)."""
@@ -139,9 +145,8 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
 
     @_answers_errors
     async def Query(  # type: ignore[override]  # bytes in and out: see add_to_server
-        self, request: bytes, context: Context
+        self, request: bytes, context: Context, caller: Principal
     ) -> bytes:
-        caller = self._caller(context)
         answer = await self._access.cached(request, caller)
         if answer is None:
             parsed = _parse_query(request)
@@ -156,11 +161,12 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
     ) -> AsyncIterator[pb.QueryResponse]:
         try:
             caller = self._caller(context)
-            chunks = self._access.query_stream(
-                _read_request(request, context.peer()), self._deadline(context), caller
-            )
-            async for chunk in chunks:
-                yield _query_response(chunk)
+            with self._slots.admit(caller.name):
+                chunks = self._access.query_stream(
+                    _read_request(request, context.peer()), self._deadline(context), caller
+                )
+                async for chunk in chunks:
+                    yield _query_response(chunk)
         except errors.DataAccessError as exc:
             await _abort(context, exc)
         except grpc.aio.AbortError:
@@ -171,9 +177,8 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
 
     @_answers_errors
     async def BatchInsert(
-        self, request: pb.BatchInsertRequest, context: Context
+        self, request: pb.BatchInsertRequest, context: Context, caller: Principal
     ) -> pb.BatchInsertResponse:
-        caller = self._caller(context)
         insert = InsertRequest(
             table=request.table,
             columns=list(request.columns),
@@ -193,9 +198,8 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
 
     @_answers_errors
     async def BatchUpdate(
-        self, request: pb.BatchUpdateRequest, context: Context
+        self, request: pb.BatchUpdateRequest, context: Context, caller: Principal
     ) -> pb.BatchUpdateResponse:
-        caller = self._caller(context)
         statements = [
             (
                 statement.sql,
@@ -215,17 +219,18 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
 
     @_answers_errors
     async def Invalidate(
-        self, request: pb.InvalidateRequest, context: Context
+        self, request: pb.InvalidateRequest, context: Context, caller: Principal
     ) -> pb.InvalidateResponse:
-        self._caller(context).require_admin("invalidate")
+        caller.require_admin("invalidate")
         tags = await self._access.invalidate(
             list(request.tags), list(request.databases), request.all
         )
         return pb.InvalidateResponse(invalidated_tags=tags)
 
     @_answers_errors
-    async def Health(self, request: pb.HealthRequest, context: Context) -> pb.HealthResponse:
-        caller = self._caller(context)
+    async def Health(
+        self, request: pb.HealthRequest, context: Context, caller: Principal
+    ) -> pb.HealthResponse:
         if request.deep:
             caller.require_admin("ask for a deep health check")
         report = await self._health.report(deep=request.deep)
@@ -244,8 +249,10 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
         )
 
     @_answers_errors
-    async def Stats(self, request: pb.StatsRequest, context: Context) -> pb.StatsResponse:
-        self._caller(context).require_admin("read stats")
+    async def Stats(
+        self, request: pb.StatsRequest, context: Context, caller: Principal
+    ) -> pb.StatsResponse:
+        caller.require_admin("read stats")
         report = await self._access.stats(reset=request.reset)
         return pb.StatsResponse(
             cache=[
