@@ -293,12 +293,16 @@ def add_to_server(servicer: DataAccessServicer, server: grpc.aio.Server) -> None
     The generated registration would encode a QueryResponse; a cache hit
     already holds the encoded answer, so Query's serializer passes bytes.
     Query's request arrives as bytes too: a repeat is answered by identity.
+    Every other request is decoded here, so bytes that are not the method's
+    message get INVALID_ARGUMENT (grpc's own decoding failure says UNKNOWN).
     """
     service = pb.DESCRIPTOR.services_by_name["DataAccess"]
     handlers = {}
     for method in service.methods:
         request_type = getattr(pb, method.input_type.name)
-        deserialize = _keep_bytes if method.name == "Query" else request_type.FromString
+        behavior = getattr(servicer, method.name)
+        if method.name != "Query":
+            behavior = _decoding(behavior, request_type, method.server_streaming)
         serialize = (
             _pass_bytes
             if method.name == "Query"
@@ -310,9 +314,7 @@ def add_to_server(servicer: DataAccessServicer, server: grpc.aio.Server) -> None
             else grpc.unary_unary_rpc_method_handler
         )
         handlers[method.name] = make(
-            getattr(servicer, method.name),
-            request_deserializer=deserialize,
-            response_serializer=serialize,
+            behavior, request_deserializer=_keep_bytes, response_serializer=serialize
         )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
@@ -334,6 +336,31 @@ def _slow_query(slow: SlowStatement) -> pb.SlowQuery:
 
 def _keep_bytes(request: bytes) -> bytes:
     return request
+
+
+def _decoding(behavior: Any, request_type: Any, streaming: bool) -> Any:
+    """``behavior`` taking the request's bytes, decoded into ``request_type`` first."""
+    if streaming:
+
+        async def stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
+            request = await _decode(raw, request_type, context)
+            async for answer in behavior(request, context):
+                yield answer
+
+        return stream
+
+    async def unary(raw: bytes, context: Context) -> Any:
+        return await behavior(await _decode(raw, request_type, context), context)
+
+    return unary
+
+
+async def _decode(raw: bytes, request_type: Any, context: Context) -> Any:
+    try:
+        return request_type.FromString(raw)
+    except DecodeError as exc:
+        error = errors.InvalidArgument(f"the request is not a {request_type.__name__}: {exc}")
+        await _abort(context, error)
 
 
 def _parse_query(request: bytes) -> pb.QueryRequest:
