@@ -369,9 +369,11 @@ class DataAccess:
         if self._router.is_group(database_name):
             members = self._router.groups[database_name].members
             caller.require("write", database_name, members)
+            self._check_invalidate_tags(write, members, caller)
             return await self._insert_routed(database_name, request, write, deadline)
         database = self._router.database(database_name)
         caller.require("write", database.name)
+        self._check_invalidate_tags(write, [database.name], caller)
         plan = plan_insert(request, database.schema, database.allowed)
         if not request.rows:
             return WriteResult((0,), 0, [])
@@ -411,6 +413,7 @@ class DataAccess:
         """Run DML statements in one transaction, answered after the commit."""
         database = self._router.database(database_name)
         caller.require("write", database.name)
+        self._check_invalidate_tags(write, [database.name], caller)
         if not statements:
             raise errors.InvalidArgument("at least one statement is needed", field="statements")
         self._check_batch(sum(max(len(sets), 1) for _, sets in statements), "statements")
@@ -505,6 +508,18 @@ class DataAccess:
         self, database: Database, reads: frozenset[str], extra: Sequence[str]
     ) -> list[str]:
         return [f"table:{database.name}.{table}" for table in sorted(reads)] + list(extra)
+
+    def _check_invalidate_tags(
+        self, write: WriteOptions, databases: Sequence[str], caller: Principal
+    ) -> None:
+        """A writer may bump its own tags and its databases'; ``all`` and others' need admin."""
+        own = tuple(f"table:{db}." for db in databases) + tuple(
+            f"database:{db}" for db in databases
+        )
+        for tag in write.invalidate_tags:
+            reserved = tag == ALL_TAG or tag.startswith(("table:", "database:"))
+            if reserved and not (tag.startswith(own) or tag in own):
+                caller.require_admin(f"invalidate {tag!r} with a write")
 
     def _check_batch(self, rows: int, field_name: str) -> None:
         if rows > self._limits.max_batch_rows:

@@ -69,7 +69,7 @@ class Limits:
     write_queue_size: int = 1024
     group_commit: bool = True  # False: one transaction per write RPC (for comparison only)
     max_concurrent_rpcs: int = 1024  # past it, new calls get RESOURCE_EXHAUSTED at once
-    max_concurrent_per_caller: int = 256  # per token (or peer, with auth off)
+    max_concurrent_per_caller: int = 256  # per token; only with auth on
     max_batch_rows: int = 100_000  # rows in one BatchInsert, or param sets in one BatchUpdate
 
     def __post_init__(self) -> None:
@@ -125,7 +125,7 @@ class TlsConfig:
         for name in ("cert_file", "key_file", "client_ca_file"):
             path = getattr(self, name)
             if path is not None and not path.is_file():
-                raise ConfigError(f"tls.{name}: {path} is not a readable file")
+                raise ConfigError(f"tls.{name}: {path} is not a file")
 
 
 @dataclass(frozen=True)
@@ -337,6 +337,9 @@ def _tokens(raw: Any) -> tuple[TokenConfig, ...]:
         raise ConfigError("auth: expected a mapping with tokens")
     _reject_unknown("auth", raw, {"tokens"})
     tokens = []
+    if not raw.get("tokens"):
+        # An empty list would quietly turn auth off: say so instead.
+        raise ConfigError("auth.tokens: at least one token (or no auth section at all)")
     for i, token in enumerate(raw.get("tokens") or []):
         if not isinstance(token, dict):
             raise ConfigError(f"auth.tokens[{i}]: expected a mapping")
@@ -351,6 +354,10 @@ def _tokens(raw: Any) -> tuple[TokenConfig, ...]:
                 scopes=frozenset(str(s) for s in scopes),
             )
         )
+    for kind in ("name", "sha256"):
+        values = [getattr(t, kind) for t in tokens]
+        if len(set(values)) != len(values):
+            raise ConfigError(f"auth.tokens: two tokens share a {kind}")
     return tuple(tokens)
 
 

@@ -88,12 +88,13 @@ class DataAccessServer:
         auth = Authenticator(config.auth_tokens)
         add_to_server(DataAccessServicer(access, config.limits, checker, auth), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-        )
+        if not config.auth_tokens:  # with auth on, the API is not described to strangers
+            reflection.enable_server_reflection(
+                [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            )
         try:
             self.port = self._bind(server)
-        except RuntimeError as exc:
+        except (RuntimeError, OSError) as exc:
             await self.router.close()
             await self.cache.close()
             raise StartError(f"listen: cannot bind {self.config.listen}: {exc}") from exc
@@ -150,8 +151,9 @@ class DataAccessServer:
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
             ("grpc.so_reuseport", 0),
-            # Keepalive enforcement: ping idle connections, drop dead ones, and
-            # refuse clients that ping more often than every 10 s.
+            # Keepalive enforcement: ping connections every 60 s and drop those
+            # that do not answer in 20 s; a client pinging more often than every
+            # 10 s during calls is cut off after two strikes.
             ("grpc.keepalive_time_ms", 60_000),
             ("grpc.keepalive_timeout_ms", 20_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),

@@ -49,6 +49,7 @@ _STATUS_SUFFIX = {
     name: pb.QueryResponse(cache_status=status).SerializeToString()
     for name, status in _CACHE_STATUS.items()
 }
+_MAX_CACHE_SECONDS = 366 * 86_400  # a year: entries are a cache, not storage
 _ADVISORY = {
     "n_plus_one": pb.ADVISORY_KIND_N_PLUS_ONE,
     "full_scan": pb.ADVISORY_KIND_FULL_SCAN,
@@ -302,7 +303,7 @@ def add_to_server(servicer: DataAccessServicer, server: grpc.aio.Server) -> None
         request_type = getattr(pb, method.input_type.name)
         behavior = getattr(servicer, method.name)
         if method.name != "Query":
-            behavior = _decoding(behavior, request_type, method.server_streaming)
+            behavior = _decoding(behavior, request_type, method.server_streaming, servicer)
         serialize = (
             _pass_bytes
             if method.name == "Query"
@@ -338,24 +339,29 @@ def _keep_bytes(request: bytes) -> bytes:
     return request
 
 
-def _decoding(behavior: Any, request_type: Any, streaming: bool) -> Any:
-    """``behavior`` taking the request's bytes, decoded into ``request_type`` first."""
+def _decoding(behavior: Any, request_type: Any, streaming: bool, servicer: Any) -> Any:
+    """``behavior`` taking the request's bytes: the caller is authenticated, then they are
+    decoded into ``request_type`` (nothing is parsed for a caller without credentials)."""
     if streaming:
 
         async def stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
-            request = await _decode(raw, request_type, context)
+            request = await _decode(raw, request_type, context, servicer)
             async for answer in behavior(request, context):
                 yield answer
 
         return stream
 
     async def unary(raw: bytes, context: Context) -> Any:
-        return await behavior(await _decode(raw, request_type, context), context)
+        return await behavior(await _decode(raw, request_type, context, servicer), context)
 
     return unary
 
 
-async def _decode(raw: bytes, request_type: Any, context: Context) -> Any:
+async def _decode(raw: bytes, request_type: Any, context: Context, servicer: Any) -> Any:
+    try:
+        servicer._caller(context)
+    except errors.DataAccessError as exc:
+        await _abort(context, exc)
     try:
         return request_type.FromString(raw)
     except DecodeError as exc:
@@ -404,10 +410,13 @@ def _seconds(cache: pb.CacheOptions, name: str) -> float:
     """A CacheOptions duration in seconds: 0 when unset, never negative."""
     if not cache.HasField(name):  # type: ignore[arg-type]
         return 0.0
-    seconds = float(getattr(cache, name).ToTimedelta().total_seconds())
-    if seconds < 0:
-        raise errors.InvalidArgument(f"cache.{name} must not be negative", field=f"cache.{name}")
-    return seconds
+    duration = getattr(cache, name)
+    seconds = duration.seconds + duration.nanos / 1e9
+    if not 0 <= seconds <= _MAX_CACHE_SECONDS or not -(10**9) < duration.nanos < 10**9:
+        raise errors.InvalidArgument(
+            f"cache.{name} must be between 0 and {_MAX_CACHE_SECONDS} s", field=f"cache.{name}"
+        )
+    return float(seconds)
 
 
 def _merge_spec(merge: pb.Merge) -> MergeSpec:

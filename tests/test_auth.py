@@ -154,3 +154,46 @@ async def test_the_standard_health_service_stays_open_for_probes(secured: Runnin
     stub = health_pb2_grpc.HealthStub(secured.channel)
     answer = await stub.Check(health_pb2.HealthCheckRequest(service="dataaccess.v1.DataAccess"))
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_writers_may_bump_their_own_tags_but_not_everyone_elses(secured: Running) -> None:
+    writer = [("authorization", f"Bearer {_secret('writer')}")]
+
+    def insert(tags: list[str]) -> Any:
+        return secured.stub.BatchInsert(
+            pb.BatchInsertRequest(
+                database="kitchen",
+                table="items",
+                columns=["qty"],
+                rows=[row(1)],
+                invalidate_tags=tags,
+            ),
+            metadata=writer,
+        )
+
+    await insert(["user:1", "table:kitchen.items", "database:kitchen"])
+    for foreign in (["all"], ["database:live"], ["table:live.products"]):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await insert(foreign)
+        assert refused.value.code() == DENIED, foreign
+
+
+async def test_garbage_from_a_caller_without_a_token_is_unauthenticated(secured: Running) -> None:
+    for method in ("QueryStream", "BatchInsert", "Stats"):
+        path = f"/dataaccess.v1.DataAccess/{method}"
+        if method == "QueryStream":
+            call = secured.channel.unary_stream(
+                path, request_serializer=None, response_deserializer=None
+            )
+        else:
+            call = secured.channel.unary_unary(
+                path, request_serializer=None, response_deserializer=None
+            )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            answer = call(b"\xff\xff\xff garbage")
+            if method == "QueryStream":
+                async for _ in answer:
+                    pass
+            else:
+                await answer
+        assert refused.value.code() == UNKNOWN, method

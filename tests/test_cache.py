@@ -219,3 +219,17 @@ async def test_a_caller_joining_a_load_with_a_shorter_deadline_still_gets_its_an
     failure = await failure_of(hurried)
     assert failure.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert plain_rows(await patient) == [(3_000_000,)]
+
+
+async def test_an_absurd_ttl_is_refused_not_an_internal_error(running: Running) -> None:
+    for seconds in (2**62, 10**11):
+        failure = await failure_of(
+            running.stub.Query(
+                pb.QueryRequest(
+                    database="kitchen",
+                    sql=COUNT_ITEMS,
+                    cache=pb.CacheOptions(ttl={"seconds": seconds}),
+                )
+            )
+        )
+        assert failure.code == grpc.StatusCode.INVALID_ARGUMENT and failure.fields == ["cache.ttl"]

@@ -115,6 +115,18 @@ def test_no_config_is_the_embedded_default(tmp_path: Path, monkeypatch: pytest.M
             "'root' is not read:NAME",
         ),
         ({"auth": {"users": []}}, "auth: unknown key 'users'"),
+        ({"auth": {"tokens": []}}, "auth.tokens: at least one token"),
+        (
+            {
+                "auth": {
+                    "tokens": [
+                        {"name": "a", "sha256": "a" * 64, "scopes": []},
+                        {"name": "b", "sha256": "a" * 64, "scopes": []},
+                    ]
+                }
+            },
+            "two tokens share a sha256",
+        ),
         (
             {"tls": {"cert_file": "/nonexistent.pem", "key_file": "/k.pem"}},
             "tls.cert_file: /nonexistent.pem",

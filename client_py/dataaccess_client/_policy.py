@@ -109,6 +109,12 @@ class TlsFiles:
     cert_file: str | None = None
     key_file: str | None = None
 
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError(
+                "TlsFiles: a client certificate needs its key, and a key its certificate"
+            )
+
     def credentials(self) -> grpc.ChannelCredentials:
         """The channel credentials these files make."""
 

@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         tls = (
             TlsFiles(args.tls_ca, args.tls_cert, args.tls_key)
-            if args.tls_ca or args.tls_cert
+            if args.tls_ca or args.tls_cert or args.tls_key
             else None
         )
         with Client(args.target, timeout=args.timeout, token=args.token, tls=tls) as client:
