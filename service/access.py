@@ -509,6 +509,14 @@ class DataAccess:
     ) -> list[str]:
         return [f"table:{database.name}.{table}" for table in sorted(reads)] + list(extra)
 
+    def check_write(self, database_name: str, caller: Principal) -> None:
+        """Raise PermissionDenied (or NotFound) unless ``caller`` may write ``database_name``."""
+        if self._router.is_group(database_name):
+            members = self._router.groups[database_name].members
+            caller.require("write", database_name, members)
+        else:
+            caller.require("write", self._router.database(database_name).name)
+
     def _check_invalidate_tags(
         self, write: WriteOptions, databases: Sequence[str], caller: Principal
     ) -> None:

@@ -180,6 +180,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
     async def BatchInsert(
         self, request: pb.BatchInsertRequest, context: Context, caller: Principal
     ) -> pb.BatchInsertResponse:
+        self._access.check_write(request.database, caller)  # before any row is looked at
         insert = InsertRequest(
             table=request.table,
             columns=list(request.columns),
@@ -201,6 +202,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
     async def BatchUpdate(
         self, request: pb.BatchUpdateRequest, context: Context, caller: Principal
     ) -> pb.BatchUpdateResponse:
+        self._access.check_write(request.database, caller)  # before any row is looked at
         statements = [
             (
                 statement.sql,

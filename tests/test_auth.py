@@ -197,3 +197,13 @@ async def test_garbage_from_a_caller_without_a_token_is_unauthenticated(secured:
             else:
                 await answer
         assert refused.value.code() == UNKNOWN, method
+
+
+async def test_a_caller_without_the_scope_learns_nothing_about_its_rows(secured: Running) -> None:
+    reader = [("authorization", f"Bearer {_secret('reader')}")]
+    bad_rows = pb.BatchInsertRequest(
+        database="kitchen", table="items", columns=["qty"], rows=[pb.Row(values=[pb.Value()] * 9)]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await secured.stub.BatchInsert(bad_rows, metadata=reader)
+    assert refused.value.code() == DENIED
