@@ -1,10 +1,12 @@
-"""Per-caller concurrency: one token cannot hold more than its share of the server.
+"""Admission: how many DataAccess calls may be in flight, in all and per caller.
 
-With authentication on, each token may have at most ``per_caller`` calls in
-flight; past it a call is refused at once with RESOURCE_EXHAUSTED, so one
-busy or misbehaving caller cannot starve the others. (The server-wide cap is
-grpc's ``maximum_concurrent_rpcs``; the per-database ones are the reader
-pools and write queues.)
+At most ``total`` calls run at once (the standard health and reflection
+services are not counted, so probes and anonymous streams cannot use the
+room up); with authentication on, each token may also hold at most
+``per_caller`` of them, so one busy or misbehaving caller cannot starve the
+others. Past either, a call is refused at once with RESOURCE_EXHAUSTED.
+(grpc's ``maximum_concurrent_rpcs`` stays as a looser backstop for every
+service; the per-database limits are the reader pools and write queues.)
 """
 
 from __future__ import annotations
@@ -16,19 +18,34 @@ from service import errors
 
 
 class CallerSlots:
-    """Counts the calls each caller has in flight."""
+    """Counts the calls in flight, in all and for each caller."""
 
-    def __init__(self, per_caller: int, enabled: bool) -> None:
+    def __init__(self, total: int, per_caller: int, per_caller_enabled: bool) -> None:
+        self.total = total
         self.per_caller = per_caller
-        self.enabled = enabled
+        self.enabled = per_caller_enabled
         self._in_flight: dict[str, int] = {}
+        self._running = 0
 
     @contextmanager
     def admit(self, caller: str) -> Iterator[None]:
-        """Hold one of ``caller``'s slots for the block, or refuse."""
-        if not self.enabled:
-            yield
-            return
+        """Hold one slot (and one of ``caller``'s) for the block, or refuse."""
+        if self._running >= self.total:
+            raise errors.ResourceExhausted(
+                f"{self._running} calls are in flight, the server's limit: retry later"
+            )
+        self._running += 1
+        try:
+            if self.enabled:
+                with self._own(caller):
+                    yield
+            else:
+                yield
+        finally:
+            self._running -= 1
+
+    @contextmanager
+    def _own(self, caller: str) -> Iterator[None]:
         held = self._in_flight.get(caller, 0)
         if held >= self.per_caller:
             raise errors.ResourceExhausted(

@@ -72,7 +72,8 @@ class DataAccessServer:
         server = grpc.aio.server(
             options=self._options(),
             interceptors=interceptors,
-            maximum_concurrent_rpcs=self.config.limits.max_concurrent_rpcs,
+            # A backstop for every service; DataAccess calls are admitted by the servicer.
+            maximum_concurrent_rpcs=4 * self.config.limits.max_concurrent_rpcs,
         )
         config = self.config
         access = DataAccess(

@@ -132,7 +132,9 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
         self._health = health
         self._auth = auth or Authenticator(())
         self._limits = limits
-        self._slots = CallerSlots(limits.max_concurrent_per_caller, self._auth.enabled)
+        self._slots = CallerSlots(
+            limits.max_concurrent_rpcs, limits.max_concurrent_per_caller, self._auth.enabled
+        )
 
     def _caller(self, context: Context) -> Principal:
         """Who is calling (Unauthenticated first, before anything about the request)."""

@@ -85,3 +85,20 @@ async def test_a_batch_over_the_row_limit_is_refused_naming_the_field(
         )
         assert failure.code == grpc.StatusCode.INVALID_ARGUMENT and failure.fields == ["rows"]
         assert running.sqlite("kitchen").execute("SELECT count(*) FROM items").fetchone() == (0,)
+
+
+async def test_open_health_streams_do_not_use_up_the_room_for_calls(
+    tmp_path: Path, document: dict[str, Any]
+) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    document["limits"] = {**document["limits"], "max_concurrent_rpcs": 2}
+    async with started(tmp_path, document) as running:
+        health = health_pb2_grpc.HealthStub(running.channel)
+        watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(4)]
+        for watch in watches:
+            await watch.read()
+        answer = await running.stub.Query(pb.QueryRequest(database="kitchen", sql="SELECT 1"))
+        assert answer.rows[0].values[0].integer == 1
+        for watch in watches:
+            watch.cancel()
