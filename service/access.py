@@ -322,39 +322,59 @@ class DataAccess:
         caller.require("read", database.name)
         self._check_sql(request.sql)
         limits = self._limits
-        async with database.pool.reader(deadline) as conn:
-            stream = await conn.run(
-                lambda raw: open_stream(raw, conn.guard, request.sql, request.params), deadline
-            )
-            try:
-                reads = stream.shape.reads if stream.shape is not None else frozenset()
-                columns = [(n, database.schema.decl_type(n, reads)) for n in stream.columns]
-                tags = self._read_tags(database, reads, request.cache_tags)
-                sent, first = 0, True
-                while True:
-                    want = limits.stream_chunk_rows
-                    if request.max_rows:
-                        want = min(want, request.max_rows - sent + 1)
-                    rows, exhausted = await conn.run(
-                        functools.partial(_next_chunk, stream, want, limits.stream_chunk_bytes),
-                        deadline,
-                    )
-                    truncated = bool(request.max_rows) and sent + len(rows) > request.max_rows
-                    rows = rows[: request.max_rows - sent] if truncated else rows
-                    sent += len(rows)
-                    if rows or first or truncated:
-                        yield ReadResult(
-                            columns if first else [],
-                            rows,
-                            [database.name],
-                            tags if first else [],
-                            truncated=truncated,
+        # Not the current span: a context entered here would be left across yields.
+        span = self._tracer.start_span(
+            "db.query",
+            kind=trace.SpanKind.CLIENT,
+            attributes={
+                "db.system.name": DB_SYSTEM,
+                "db.namespace": database.name,
+                "db.query.text": fingerprint(request.sql),
+            },
+        )
+        rows_sent = 0
+        try:
+            async with database.pool.reader(deadline) as conn:
+                stream = await conn.run(
+                    lambda raw: open_stream(raw, conn.guard, request.sql, request.params), deadline
+                )
+                try:
+                    reads = stream.shape.reads if stream.shape is not None else frozenset()
+                    columns = [(n, database.schema.decl_type(n, reads)) for n in stream.columns]
+                    tags = self._read_tags(database, reads, request.cache_tags)
+                    sent, first = 0, True
+                    while True:
+                        want = limits.stream_chunk_rows
+                        if request.max_rows:
+                            want = min(want, request.max_rows - sent + 1)
+                        rows, exhausted = await conn.run(
+                            functools.partial(_next_chunk, stream, want, limits.stream_chunk_bytes),
+                            deadline,
                         )
-                    first = False
-                    if truncated or exhausted:
-                        return
-            finally:
-                await conn.run(lambda raw: close_stream(stream))
+                        truncated = bool(request.max_rows) and sent + len(rows) > request.max_rows
+                        rows = rows[: request.max_rows - sent] if truncated else rows
+                        sent += len(rows)
+                        rows_sent = sent
+                        if rows or first or truncated:
+                            yield ReadResult(
+                                columns if first else [],
+                                rows,
+                                [database.name],
+                                tags if first else [],
+                                truncated=truncated,
+                            )
+                        first = False
+                        if truncated or exhausted:
+                            return
+                finally:
+                    await conn.run(lambda raw: close_stream(stream))
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(trace.StatusCode.ERROR, type(exc).__name__)
+            raise
+        finally:
+            span.set_attribute("db.response.returned_rows", rows_sent)
+            span.end()
 
     async def batch_insert(
         self,

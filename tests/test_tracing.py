@@ -166,6 +166,18 @@ async def test_writes_errors_and_health_checks_in_traces(
         assert _attributes(batch)["db.system.name"] == "sqlite"
 
         header, trace_id, _ = _traceparent()
+        stream = stub.QueryStream(
+            pb.QueryRequest(database="kitchen", sql="SELECT id FROM parents"),
+            metadata=[("traceparent", header)],
+        )
+        assert sum([len(chunk.rows) async for chunk in stream]) == 2
+        spans = await _spans_until(
+            found, trace_id, lambda s: "db.query" in _names(s) and _has_server_span(s)
+        )
+        [query] = [s for s in spans if s.name == "db.query"]
+        assert _attributes(query)["db.response.returned_rows"] == 2
+
+        header, trace_id, _ = _traceparent()
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.Query(
                 pb.QueryRequest(database="nowhere", sql="SELECT 1"),
