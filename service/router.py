@@ -37,13 +37,17 @@ class Router:
             for db in config.databases
         }
         self.groups = {group.name: group for group in config.groups}
+        # With auth on, a caller is not told the names of databases it may not know of.
+        self._list_known = not config.auth_tokens
 
     def database(self, name: str) -> Database:
         """The database called ``name``."""
         database = self.databases.get(name)
         if database is None:
-            known = ", ".join(sorted([*self.databases, *self.groups]))
-            raise errors.NotFound(f"unknown database {name!r} (known: {known})", field="database")
+            message = f"unknown database {name!r}"
+            if self._list_known:
+                message += f" (known: {', '.join(sorted([*self.databases, *self.groups]))})"
+            raise errors.NotFound(message, field="database")
         if database.failure is not None:
             raise database.failure
         return database

@@ -207,3 +207,13 @@ async def test_a_caller_without_the_scope_learns_nothing_about_its_rows(secured:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await secured.stub.BatchInsert(bad_rows, metadata=reader)
     assert refused.value.code() == DENIED
+
+
+async def test_an_unknown_database_does_not_list_the_others_when_auth_is_on(
+    secured: Running,
+) -> None:
+    reader = [("authorization", f"Bearer {_secret('reader')}")]
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await secured.stub.Query(pb.QueryRequest(database="nope", sql="SELECT 1"), metadata=reader)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "archive" not in (missing.value.details() or "")
