@@ -117,6 +117,8 @@ class TagCache:
     def __init__(self, settings: CacheSettings, tracer: trace.Tracer | None = None) -> None:
         self.settings = settings
         self._tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
+        # Even a no-op span attaches and detaches a context: skip it on the hit path.
+        self._tracing = not isinstance(self._tracer, trace.NoOpTracer)
         self.tokens = TagTokens(settings.max_tags)
         self.local = LocalCache(settings.l1_max_entries, settings.l1_max_bytes)
         self.l2_counters = TierCounters()
@@ -272,12 +274,20 @@ class TagCache:
         self, key: str, policy: EntryPolicy, redis: RedisTier | None
     ) -> Answer | None:
         """L1's answer (confirmed with Redis past the validation window), in a span."""
+        if not self._tracing:
+            return await self._l1_answer(key, policy, redis)
         with self._tracer.start_as_current_span("cache.l1") as span:
-            served = self._from_local(key, policy, redis)
-            if served is None and redis is not None and (entry := self.local.get(key)):
-                served = await self._revalidate(redis, entry, policy)
+            served = await self._l1_answer(key, policy, redis)
             span.set_attribute("cache.result", _result(served))
             return served
+
+    async def _l1_answer(
+        self, key: str, policy: EntryPolicy, redis: RedisTier | None
+    ) -> Answer | None:
+        served = self._from_local(key, policy, redis)
+        if served is None and redis is not None and (entry := self.local.get(key)):
+            served = await self._revalidate(redis, entry, policy)
+        return served
 
     async def _l2_lookup(self, redis: RedisTier, key: str, tags: Sequence[str]) -> Lookup:
         """Redis's entry and the tags' tokens, in a span."""
