@@ -39,13 +39,18 @@ def load(scenario: str, port: int, *numbers: int) -> dict[str, float]:
     return dict(json.loads(out.stdout))
 
 
-def stdlib_executemany(workdir: Path, rows: int) -> float:
-    """Rows/s of stdlib sqlite3 executemany in one transaction on the same schema."""
-    path = workdir / f"stdlib-{time.monotonic_ns()}.db"
+def stdlib_executemany(path: Path, rows: int) -> float:
+    """Rows/s of stdlib sqlite3 executemany in one transaction on the same schema.
+
+    Called once per round on the same file, so its table grows as the
+    service's does (the service keeps one database across rounds).
+    """
+    fresh = not path.exists()
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript((ROOT / "schema" / "events" / "0001_events.sql").read_text())
+    if fresh:
+        conn.executescript((ROOT / "schema" / "events" / "0001_events.sql").read_text())
     data = [
         (f"2026-01-{i % 28 + 1:02d}", ("click", "view", "buy")[i % 3], i, f"payload {i:08d}")
         for i in range(rows)
@@ -63,7 +68,7 @@ def bench_batch_insert(workdir: Path, rounds: int, batches: int) -> Row:
     ours, theirs = [], []
     with serving(workdir, {"synchronous": "NORMAL"}, {}) as port:
         for _ in range(rounds):
-            theirs.append(stdlib_executemany(workdir, batches * 1000))
+            theirs.append(stdlib_executemany(workdir / "stdlib.db", batches * 1000))
             result = load("batch_insert", port, batches, 1000)
             ours.append(result["rows"] / result["seconds"])
     return Row(
