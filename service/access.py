@@ -276,13 +276,7 @@ class DataAccess:
     ) -> Fetched:
         async with database.pool.reader(deadline) as conn:
             with self._tracer.start_as_current_span(
-                "db.query",
-                kind=trace.SpanKind.CLIENT,
-                attributes={
-                    "db.system.name": DB_SYSTEM,
-                    "db.namespace": database.name,
-                    "db.query.text": fingerprint(request.sql),
-                },
+                "db.query", kind=trace.SpanKind.CLIENT, attributes=_db_query(database, request)
             ) as span:
                 started = time.monotonic()
                 fetched = await conn.run(
@@ -324,13 +318,7 @@ class DataAccess:
         limits = self._limits
         # Not the current span: a context entered here would be left across yields.
         span = self._tracer.start_span(
-            "db.query",
-            kind=trace.SpanKind.CLIENT,
-            attributes={
-                "db.system.name": DB_SYSTEM,
-                "db.namespace": database.name,
-                "db.query.text": fingerprint(request.sql),
-            },
+            "db.query", kind=trace.SpanKind.CLIENT, attributes=_db_query(database, request)
         )
         rows_sent = 0
         try:
@@ -564,6 +552,15 @@ class DataAccess:
             raise errors.InvalidArgument(
                 f"the SQL is over {self._limits.max_sql_length} characters", field=field_name
             )
+
+
+def _db_query(database: Database, request: ReadRequest) -> dict[str, str]:
+    """A db.query span's attributes: the SQL as a fingerprint, never its values."""
+    return {
+        "db.system.name": DB_SYSTEM,
+        "db.namespace": database.name,
+        "db.query.text": fingerprint(request.sql),
+    }
 
 
 async def _first_error_cancels_all(work: Sequence[Awaitable[T]]) -> list[T]:

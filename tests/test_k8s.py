@@ -11,10 +11,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from opentelemetry.sdk import environment_variables
 
 from service.config import Config
 from service.server import SERVICE_NAME
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, _wait_serving, free_port
 
 K8S = REPO / "k8s"
 VENV_BIN = Path(sys.executable).parent
@@ -149,8 +147,9 @@ def test_the_server_starts_as_the_pod_would_and_its_probe_answers_serving(tmp_pa
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     redis_args = _loopback_redis(sidecar["args"], redis_port)
-    with _process([*sidecar["command"], *redis_args], tmp_path / "redis.log"):
-        _wait_for(redis_port)
+    redis_log = tmp_path / "redis.log"
+    with _process([*sidecar["command"], *redis_args], redis_log) as redis:
+        _wait_serving(redis_port, redis, redis_log)
         env = {**_env(main), "DATAACCESS_CONFIG": str(config_path), "PATH": os.environ["PATH"]}
         migrate_env = {
             **_env(migrate),
@@ -160,8 +159,9 @@ def test_the_server_starts_as_the_pod_would_and_its_probe_answers_serving(tmp_pa
         subprocess.run(
             _python(migrate["command"]), env=migrate_env, check=True, timeout=60, cwd=tmp_path
         )
-        with _process(_python(main["command"]), tmp_path / "server.log", env):
-            _wait_for(port)
+        server_log = tmp_path / "server.log"
+        with _process(_python(main["command"]), server_log, env) as server:
+            _wait_serving(port, server, server_log)
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -219,17 +219,6 @@ class _process:
     def __exit__(self, *_: object) -> None:
         self.process.kill()
         self.process.wait(10)
-
-
-def _wait_for(port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
 
 
 def test_the_configmap_is_a_config_the_server_accepts(tmp_path: Path) -> None:

@@ -7,22 +7,17 @@ cache's recovery task, not by callers) succeeds and closes it again.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 CLOSED, OPEN = "closed", "open"
 
 
 class CircuitBreaker:
     """Counts consecutive failures and says whether Redis may be called."""
 
-    def __init__(self, failure_threshold: int, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, failure_threshold: int) -> None:
         self.failure_threshold = failure_threshold
         self.state = CLOSED
         self.consecutive_failures = 0
-        self.opened = 0  # how many times it opened, for Stats
-        self.opened_at: float | None = None
-        self._clock = clock
+        self.opened = 0  # how many times it opened
 
     @property
     def closed(self) -> bool:
@@ -46,10 +41,8 @@ class CircuitBreaker:
         if self.state != OPEN:
             self.opened += 1
         self.state = OPEN
-        self.opened_at = self._clock()
 
     def close(self) -> None:
         """A probe succeeded: callers may use Redis again."""
         self.state = CLOSED
         self.consecutive_failures = 0
-        self.opened_at = None

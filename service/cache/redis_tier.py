@@ -170,7 +170,6 @@ class RedisTier:
         self.settings = settings
         self.channel = f"{settings.key_prefix}:invalidations"
         self.epoch: str | None = None
-        self.epoch_changes = 0
         self._on_epoch_change = on_epoch_change
         # A blocking pool: past max_connections a command waits (at most the
         # socket timeout) for a connection instead of failing at once.
@@ -298,7 +297,6 @@ class RedisTier:
         first = self.epoch is None
         self.epoch = epoch
         if not first:
-            self.epoch_changes += 1
             self._on_epoch_change()
         # The command about to run was built for the keys of another epoch.
         raise EpochChanged("Redis was restarted or replaced: moved to a fresh key prefix")

@@ -34,7 +34,6 @@ class InvalidationListener:
         ping_interval: float = 0.5,
     ) -> None:
         self.subscribed = False
-        self.resubscriptions = 0
         self._tier = tier
         self._on_tokens = on_tokens
         self._on_lost = on_lost
@@ -64,7 +63,6 @@ class InvalidationListener:
             # Anything published before the confirmation may be lost: start empty.
             self._on_lost()
             self.subscribed = True
-            self.resubscriptions += 1
             await self._receive(pubsub)
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
