@@ -1,7 +1,7 @@
 """Health: what every database and Redis look like now, and the standard health status.
 
 Each database gets checks of its own, each with a status, a message and a
-duration: its file (present, readable, a SQLite header), a timed probe query
+duration: its file (present, and readable by SQLite), a timed probe query
 on a reader, ``foreign_keys`` on, WAL mode, the indexes its migrations
 create, the free disk space beside it, and, when asked deeply, ``PRAGMA
 quick_check``. Redis, when configured: reachability and latency.
@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from service import errors
 from service.cache.redis_tier import RedisUnavailable
@@ -36,7 +37,6 @@ from service.router import Router
 log = logging.getLogger(__name__)
 HEALTHY, DEGRADED, CRITICAL = "healthy", "degraded", "critical"
 _RANK = {HEALTHY: 0, DEGRADED: 1, CRITICAL: 2}
-_SQLITE_HEADER = b"SQLite format 3\x00"
 _INDEX = re.compile(r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:IF\s+NOT\s+EXISTS\s+)?[\"`\[]?(\w+)", re.I)
 _PROBE_SECONDS = 1.0
 _LOW_DISK_BYTES = 256 * 1024 * 1024
@@ -120,7 +120,9 @@ class HealthChecker:
         if database.failure is not None:
             return [Check(name, CRITICAL, database.failure.message, 0.0)]
         started = time.monotonic()
-        unreadable = await asyncio.to_thread(_unreadable, database.config.path)
+        unreadable = await asyncio.to_thread(
+            _unreadable, database.config.path, database.file_identity
+        )
         if unreadable:
             return [Check(name, CRITICAL, unreadable, _ms_since(started))]
         try:
@@ -192,15 +194,34 @@ def _look(raw: sqlite3.Connection, deep: bool) -> _Found:
     return _Found(foreign, mode, indexes, verdict, _ms_since(started))
 
 
-def _unreadable(path: Path) -> str:
-    """Why ``path`` cannot serve as a database file, or '' when it can."""
+def _unreadable(path: Path, identity: tuple[int, int] | None) -> str:
+    """Why ``path`` cannot serve as a database file, or '' when it can.
+
+    The file is opened through SQLite only: closing a descriptor that anything
+    else opened on it would drop every POSIX lock this process holds there, and
+    another process could then delete the live WAL under our connections.
+    SQLite keeps such descriptors open until its last connection to the file goes.
+    A file swapped in under the open one would read its first page from the live
+    WAL and look sound, so the path must still name the file that was opened.
+    """
     try:
-        with path.open("rb") as file:
-            header = file.read(len(_SQLITE_HEADER))
+        stat = path.stat()
     except OSError as exc:
         return f"cannot read {path}: {exc.strerror}"
-    if header and header != _SQLITE_HEADER:
-        return f"{path} is not a SQLite database"
+    if identity is not None and (stat.st_dev, stat.st_ino) != identity:
+        return f"{path} is not the SQLite database the service opened: it was replaced or moved"
+    try:
+        probe = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        return f"cannot read {path}: {exc}"
+    try:
+        probe.execute("SELECT count(*) FROM sqlite_schema").fetchall()
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+            return f"{path} is not a SQLite database: {exc}"
+        return f"cannot read {path}: {exc}"
+    finally:
+        probe.close()
     return ""
 
 

@@ -48,6 +48,7 @@ class Database:
         self._writer_conn: SqliteConnection | None = None
         self._writer: WriteBatcher | None = None
         self.failure: errors.DataAccessError | None = None
+        self.file_identity: tuple[int, int] | None = None
         policy = PoolPolicy(
             size=limits.readers_per_database,
             acquire_timeout=limits.acquire_timeout_seconds,
@@ -89,6 +90,9 @@ class Database:
             self._limits,
         )
         self._writer_conn = conn
+        # stat() opens no descriptor, so it cannot drop SQLite's POSIX locks.
+        stat = self.config.path.stat()
+        self.file_identity = (stat.st_dev, stat.st_ino)
         try:
             await conn.run_trusted(lambda raw: raw.execute(CREATE_IDEMPOTENCY_TABLE))
             if self._use_outbox:
