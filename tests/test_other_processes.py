@@ -26,7 +26,7 @@ import pytest
 
 from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
-from tests.conftest import row
+from tests.conftest import RedisProcess, row
 
 pytestmark = pytest.mark.slow
 ROWS = "SELECT qty FROM items WHERE qty >= 1000"
@@ -145,3 +145,32 @@ async def test_outside_readers_and_a_second_service_lose_no_acknowledged_write(
     restarted.process.kill()
     await asyncio.to_thread(restarted.process.wait, 10)
     assert _integrity(path) == "ok"
+
+
+@pytest.mark.parametrize("l1_entries", ["0", "10000"])
+async def test_a_write_through_one_process_is_never_served_stale_by_the_other(
+    tmp_path: Path,
+    document: dict[str, Any],
+    service_process: Any,
+    redis_server: RedisProcess,
+    l1_entries: str,
+) -> None:
+    document = {**_kitchen_only(document), "redis_url": redis_server.url}
+    env = {"DATAACCESS_L1_MAX_ENTRIES": l1_entries}
+    first = await asyncio.to_thread(service_process, document, env)
+    second = await asyncio.to_thread(service_process, document, env)
+    reader, writer = Service(first.port), Service(second.port)
+    count = pb.QueryRequest(database="kitchen", sql="SELECT count(*) FROM items WHERE qty >= 1000")
+    try:
+        for seq in range(1000, 1020):
+            before = await reader.stub.Query(count, timeout=5)
+            again = await reader.stub.Query(count, timeout=5)
+            assert again.cache_status in (pb.CACHE_STATUS_HIT_LOCAL, pb.CACHE_STATUS_HIT_REDIS)
+            await writer.insert([seq])
+            # Across processes L1 may serve within its validation window; past it, never.
+            await asyncio.sleep(0.15 if l1_entries != "0" else 0.0)
+            after = await reader.stub.Query(count, timeout=5)
+            assert after.rows[0].values[0].integer == before.rows[0].values[0].integer + 1
+    finally:
+        await reader.channel.close()
+        await writer.channel.close()
