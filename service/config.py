@@ -188,6 +188,9 @@ class Config:
     """Everything the server needs, validated."""
 
     listen: str = "127.0.0.1:50051"
+    # True only when several server processes are meant to share ``listen``
+    # (SO_REUSEPORT); off, a second server on a busy address fails to start.
+    listen_reuse_port: bool = False
     metrics_listen: str | None = None  # host:port of the Prometheus endpoint; None: off
     data_dir: Path = Path("data")
     redis_url: str | None = None
@@ -244,6 +247,7 @@ class Config:
 
 TOP_KEYS = {
     "listen",
+    "listen_reuse_port",
     "metrics_listen",
     "data_dir",
     "redis_url",
@@ -282,6 +286,7 @@ def _build(document: dict[str, Any] | None, environ: Mapping[str, str], config_d
         )
     return Config(
         listen=environ.get("DATAACCESS_LISTEN") or str(doc.get("listen", Config.listen)),
+        listen_reuse_port=_flag("listen_reuse_port", doc.get("listen_reuse_port", False)),
         data_dir=data_dir,
         metrics_listen=environ.get("DATAACCESS_METRICS_LISTEN")
         or doc.get("metrics_listen")
@@ -504,6 +509,12 @@ def _int(key: str, raw: Any) -> int:
         return int(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{key}: expected an integer, got {raw!r}") from exc
+
+
+def _flag(key: str, raw: Any) -> bool:
+    if not isinstance(raw, bool):
+        raise ConfigError(f"{key}: expected true or false")
+    return raw
 
 
 def _require_positive(key: str, value: float) -> None:

@@ -10,9 +10,11 @@ checkpoints the databases.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import gc
 import logging
+import socket
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -98,7 +100,7 @@ class DataAccessServer:
         except (RuntimeError, OSError) as exc:
             await self.router.close()
             await self.cache.close()
-            raise StartError(f"listen: cannot bind {self.config.listen}: {exc}") from exc
+            raise StartError(bind_failure(self.config.listen)) from exc
         await server.start()
         self._server = server
         if self.metrics is not None and config.metrics_listen:
@@ -151,7 +153,9 @@ class DataAccessServer:
         return [
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
-            ("grpc.so_reuseport", 0),
+            # grpc turns SO_REUSEPORT on by default: a second server (or a stale
+            # one) would bind the same address and silently take half the calls.
+            ("grpc.so_reuseport", int(self.config.listen_reuse_port)),
             # Keepalive enforcement: ping connections every 60 s and drop those
             # that do not answer in 20 s; a client pinging more often than every
             # 10 s during calls is cut off after two strikes.
@@ -176,6 +180,28 @@ class DataAccessServer:
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.close)  # waits out the HTTP server's poll
         log.info("stopped")
+
+
+def bind_failure(listen: str) -> str:
+    """Why ``listen`` could not be bound, in one line (grpc says only "Failed to bind")."""
+    host, _, port = listen.rpartition(":")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return (
+                f"listen: cannot bind {listen}: address already in use (is another server "
+                "running there? several servers share it only with listen_reuse_port: true)"
+            )
+        return f"listen: cannot bind {listen}: {exc.strerror or exc}"
+    except ValueError as exc:
+        return f"listen: cannot bind {listen}: {exc}"
+    return f"listen: cannot bind {listen}"
 
 
 def cache_settings(config: Config) -> CacheSettings:
