@@ -1,6 +1,7 @@
 """The fault suite: a steady workload while Redis is paused, killed and restarted from
-its snapshot, a database file is made unreadable and restored, and the server is
-SIGKILLed. Zero acknowledged writes lost, zero stale reads, and Health answered
+its snapshot, a database file is made unreadable and restored, an outside process
+reads the file, a second service starts and stops on the same files, and the server
+is SIGKILLed. Zero acknowledged writes lost, zero stale reads, and Health answered
 within 1 s throughout (but while the server itself is down).
 
 Run with ``-s`` to see the figures the README's Reliability section reports.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import signal
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ import pytest
 from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
 from tests.conftest import RedisProcess, row
+from tests.test_other_processes import read_from_outside
 
 pytestmark = pytest.mark.slow
 COUNT = "SELECT count(*) FROM items WHERE qty >= 1000"
@@ -88,6 +91,11 @@ async def _health(stub: pb_grpc.DataAccessStub, tally: Tally, paused: asyncio.Ev
         await asyncio.sleep(0.1)
 
 
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(20) == 0
+
+
 async def test_faults_lose_no_acknowledged_write_and_serve_nothing_stale(
     tmp_path: Path, document: dict[str, Any], redis_server: RedisProcess, service_process: Any
 ) -> None:
@@ -105,7 +113,7 @@ async def test_faults_lose_no_acknowledged_write_and_serve_nothing_stale(
 
     async def fault(name: str, action: Any, then: float) -> None:
         tally.faults.append(name)
-        action()
+        await asyncio.to_thread(action)
         await asyncio.sleep(then)
 
     try:
@@ -127,6 +135,15 @@ async def test_faults_lose_no_acknowledged_write_and_serve_nothing_stale(
 
         await fault("database file made unreadable", unreadable, 1.0)
         await fault("database file restored", restored, 1.0)
+        await fault("an outside process read the file", lambda: read_from_outside(path), 0.5)
+        second: list[Any] = []
+        await fault(
+            "a second service started on the same files",
+            lambda: second.append(service_process(document)),
+            1.0,
+        )
+        await fault("the second service stopped (SIGTERM)", lambda: _stop(second[0].process), 0.5)
+        await fault("an outside process read the file", lambda: read_from_outside(path), 0.5)
         server_down.set()
         await fault("server killed (SIGKILL)", server.process.kill, 0.5)
         restarted = await asyncio.to_thread(service_process, {**document})

@@ -75,7 +75,7 @@ def _kitchen_only(document: dict[str, Any]) -> dict[str, Any]:
     return {**document, "databases": databases, "health_interval_seconds": 0.05}
 
 
-def _read_from_outside(path: Path) -> int:
+def read_from_outside(path: Path) -> int:
     """Open, read and close the file from another process, as a shell or backup job would."""
     done = subprocess.run(
         [sys.executable, "-c", _OUTSIDE_READER, str(path)],
