@@ -114,7 +114,7 @@ async def test_outside_readers_and_a_second_service_lose_no_acknowledged_write(
     await one.stub.Health(pb.HealthRequest(deep=True), timeout=5)
     await asyncio.sleep(0.3)  # the health watcher has run its file checks several times
 
-    assert await asyncio.to_thread(_read_from_outside, path) >= len(acknowledged)
+    assert await asyncio.to_thread(read_from_outside, path) >= len(acknowledged)
     await asyncio.to_thread(_migrate_from_outside, tmp_path)
     acknowledged |= await one.insert(range(1040, 1080))
 
@@ -128,7 +128,7 @@ async def test_outside_readers_and_a_second_service_lose_no_acknowledged_write(
     second.process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(second.process.wait, 20) == 0
 
-    assert await asyncio.to_thread(_read_from_outside, path) >= len(acknowledged)
+    assert await asyncio.to_thread(read_from_outside, path) >= len(acknowledged)
     acknowledged |= await one.insert(range(1120, 1160))
     assert await one.stored() == acknowledged
     await one.channel.close()
