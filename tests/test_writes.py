@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+from pathlib import Path
+from typing import Any
 
 import grpc
 
 from dataaccess_client.v1 import data_access_pb2 as pb
-from tests.conftest import Running, failure_of, plain_rows, row
+from tests.conftest import KITCHEN_MIGRATIONS, Running, failure_of, plain_rows, row, started
 
 
 def _items(running: Running) -> list[tuple[object, ...]]:
@@ -157,3 +160,93 @@ async def test_read_after_acknowledged_write_sees_it(running: Running) -> None:
             pb.QueryRequest(database="kitchen", sql="SELECT count(*) FROM items")
         )
         assert plain_rows(response) == [(i + 1,)]
+
+
+def _with_extra_tables(document: dict[str, Any], tmp_path: Path) -> None:
+    """The kitchen schema plus a WITHOUT ROWID table and an audit trigger on items."""
+    migrations = tmp_path / "kitchen-extra"
+    shutil.copytree(KITCHEN_MIGRATIONS, migrations)
+    (migrations / "0003_extra.sql").write_text(
+        "CREATE TABLE labels (name TEXT PRIMARY KEY, n INTEGER) WITHOUT ROWID;\n"
+        "CREATE TABLE audit (id INTEGER PRIMARY KEY, item_id INTEGER);\n"
+        "CREATE TRIGGER items_audit AFTER UPDATE ON items BEGIN\n"
+        "  INSERT INTO audit (item_id) VALUES (new.id);\n"
+        "END;\n"
+    )
+    kitchen = document["databases"][2]
+    kitchen["migrations"] = str(migrations)
+    kitchen["allowed_tables"] = [*kitchen["allowed_tables"], "labels", "audit"]
+
+
+def _statements(*pairs: tuple[str, list[pb.Row]], key: str = "") -> pb.BatchUpdateRequest:
+    return pb.BatchUpdateRequest(
+        database="kitchen",
+        statements=[pb.Statement(sql=sql, param_sets=sets) for sql, sets in pairs],
+        idempotency_key=key,
+    )
+
+
+async def test_returning_statements_count_the_rows_they_wrote(
+    tmp_path: Path, document: dict[str, Any]
+) -> None:
+    """RETURNING rows are read to the statement's end, so its count is the rows written."""
+    _with_extra_tables(document, tmp_path)
+    async with started(tmp_path, document) as running:
+        await _insert(running, [row(i, f"c{i}", i) for i in range(1, 6)])
+        request = _statements(
+            ("UPDATE items SET qty = qty + ? WHERE id <= ? RETURNING id", [row(10, 3), row(1, 1)]),
+            ("DELETE FROM items WHERE id = ? RETURNING *", [row(5), row(99)]),
+            (
+                "INSERT INTO items (id, code) VALUES (?, ?), (?, ?) RETURNING id",
+                [row(7, "x", 8, "y")],
+            ),
+            ("INSERT INTO labels (name, n) VALUES ('a', 1) RETURNING name", []),
+            key="returning-1",
+        )
+        first = await running.stub.BatchUpdate(request)
+        # changes() semantics: the 4 audit rows the UPDATE's trigger wrote are not counted.
+        assert list(first.rows_affected) == [4, 1, 2, 1]
+        stats = await running.stub.Stats(pb.StatsRequest())
+        assert {w.database: w for w in stats.writes}["kitchen"].rows == 5 + 8
+        replayed = await running.stub.BatchUpdate(request)
+        assert list(replayed.rows_affected) == [4, 1, 2, 1]
+        with running.sqlite("kitchen") as conn:
+            assert conn.execute("SELECT count(*) FROM audit").fetchone() == (4,)
+            assert conn.execute("SELECT sum(qty) FROM items").fetchone() == (1 + 2 + 3 + 4 + 31,)
+
+
+async def test_a_returning_statement_is_refused_when_it_writes_nothing_allowed(
+    running: Running,
+) -> None:
+    failure = await failure_of(
+        running.stub.BatchUpdate(_statements(("SELECT id FROM items", [row()] * 0)))
+    )
+    assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert failure.fields == ["statements[0].sql"]
+
+
+async def test_last_insert_rowid_is_only_a_rowid_this_insert_made(
+    tmp_path: Path, document: dict[str, Any]
+) -> None:
+    _with_extra_tables(document, tmp_path)
+    async with started(tmp_path, document) as running:
+        assert (await _insert(running, [row(40, "z", 1), row(41, "a", 1)])).last_insert_rowid == 41
+        labels = await running.stub.BatchInsert(
+            pb.BatchInsertRequest(
+                database="kitchen", table="labels", columns=["name", "n"], rows=[row("x", 1)]
+            )
+        )
+        assert (labels.rows_affected, labels.last_insert_rowid) == (1, 0)
+        ignored = await _insert(running, [row(41, "a", 1)], on_conflict=pb.ON_CONFLICT_IGNORE)
+        assert (ignored.rows_affected, ignored.last_insert_rowid) == (0, 0)
+        upserted = await _insert(
+            running,
+            [row(42, "a", 9)],
+            on_conflict=pb.ON_CONFLICT_UPSERT,
+            conflict_columns=["code"],
+            update_columns=["qty"],
+        )
+        assert (upserted.rows_affected, upserted.last_insert_rowid) == (1, 0)
+        await running.stub.BatchUpdate(_statements(("DELETE FROM items WHERE id = 41", [])))
+        again = await _insert(running, [row(None, "b", 1)])  # the highest rowid is given again
+        assert (again.rows_affected, again.last_insert_rowid) == (1, 41)

@@ -9,10 +9,9 @@ from opentelemetry import trace
 
 from service import errors
 from service.config import DatabaseConfig, Limits, SqliteSettings
-from service.db import outbox
+from service.db import idempotency, outbox
 from service.db.connection import SqliteConnection, open_reader, open_writer
 from service.db.guard import Guard, ShapeMemo, StatementShape
-from service.db.idempotency import CREATE_TABLE as CREATE_IDEMPOTENCY_TABLE
 from service.db.pool import PoolPolicy, ReaderPool
 from service.db.schema import Schema, read_schema
 from service.db.writer import AfterCommit, WriteBatcher
@@ -94,7 +93,7 @@ class Database:
         stat = self.config.path.stat()
         self.file_identity = (stat.st_dev, stat.st_ino)
         try:
-            await conn.run_trusted(lambda raw: raw.execute(CREATE_IDEMPOTENCY_TABLE))
+            await conn.run_trusted(idempotency.create)
             if self._use_outbox:
                 await conn.run_trusted(lambda raw: raw.execute(outbox.CREATE_TABLE))
                 self.undelivered = await conn.run_trusted(outbox.undelivered)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from service import errors
@@ -23,6 +23,7 @@ _INSERT_VERBS = {
     "replace": "INSERT OR REPLACE",
     "upsert": "INSERT",
 }
+_DRAIN_ROWS = 256  # RETURNING rows read at a time, only to reach the statement's end
 
 
 @dataclass(frozen=True)
@@ -47,15 +48,35 @@ class InsertPlan:
     sql: str
     table: str
     rows: Sequence[SqlRow]
+    # The SQL says so already: kept out of repr, which fingerprints idempotent requests.
+    upsert: bool = field(default=False, repr=False)
 
     def run(self, raw: sqlite3.Connection, guard: Guard) -> WriteOutcome:
         """Insert every row; runs on the writer's thread inside a savepoint."""
+        before = _last_insert_rowid(raw)
         guard.begin()
         cursor = raw.executemany(self.sql, self.rows)
         shape = guard.shape_of(self.sql)
-        last_rowid = raw.execute("SELECT last_insert_rowid()").fetchone()[0]
+        count = max(cursor.rowcount, 0)
         tables = shape.writes if shape is not None else frozenset({self.table})
-        return WriteOutcome((max(cursor.rowcount, 0),), int(last_rowid), tables)
+        return WriteOutcome((count,), self._new_rowid(raw, guard, count, before), tables)
+
+    def _new_rowid(self, raw: sqlite3.Connection, guard: Guard, count: int, before: int) -> int:
+        """The rowid of the last row this plan inserted; 0 when no row got one.
+
+        SQLite leaves last_insert_rowid() as it was when no row got a new rowid
+        (a WITHOUT ROWID table, every row ignored, an upsert that only
+        updated): that value belongs to an earlier write, perhaps another
+        caller's, and is not reported.
+        """
+        after = _last_insert_rowid(raw)
+        if not count:
+            return 0
+        if after != before:
+            return after
+        # Unchanged: the same rowid again (the highest row was deleted and
+        # re-inserted), unless the table has none or an upsert only updated.
+        return after if not self.upsert and _has_rowid(raw, guard, self.table) else 0
 
 
 @dataclass(frozen=True)
@@ -69,21 +90,64 @@ class StatementPlan:
         counts: list[int] = []
         tables: set[str] = set()
         for index, (sql, param_sets) in enumerate(self.statements):
+            where = f"statements[{index}].sql"
+            sets = list(param_sets) or [()]
             guard.begin()
             try:
-                cursor = raw.executemany(sql, param_sets or [()])
+                cursor = raw.execute(sql, sets[0])
             except sqlite3.ProgrammingError as exc:
-                raise errors.InvalidArgument(str(exc), field=f"statements[{index}].sql") from exc
+                raise errors.InvalidArgument(str(exc), field=where) from exc
             shape = guard.shape_of(sql)
             if shape is None or not shape.writes:
                 raise errors.InvalidArgument(
                     "BatchUpdate takes INSERT, UPDATE, DELETE or upsert statements only",
-                    field=f"statements[{index}].sql",
+                    field=where,
                 )
-            counts.append(max(cursor.rowcount, 0))
+            counts.append(_rows_written(raw, cursor, sql, sets[1:]))
             tables |= shape.writes
-        last_rowid = raw.execute("SELECT last_insert_rowid()").fetchone()[0]
-        return WriteOutcome(tuple(counts), int(last_rowid), frozenset(tables))
+        last_rowid = _last_insert_rowid(raw)
+        return WriteOutcome(tuple(counts), last_rowid, frozenset(tables))
+
+
+def _rows_written(
+    raw: sqlite3.Connection, first: sqlite3.Cursor, sql: str, rest: Sequence[SqlRow]
+) -> int:
+    """The rows one statement wrote over all its parameter sets, as SQLite's changes() counts.
+
+    That is the rows the statement itself inserted, updated or deleted: not
+    rows written by triggers or foreign-key actions (total_changes() counts
+    those too). With RETURNING, SQLite reports the count only once the
+    statement has run to its end, so its rows are read (and dropped) first;
+    executemany() would never read them and count 0.
+    """
+    if first.description is None:  # no RETURNING: the count is final already
+        count = max(first.rowcount, 0)
+        return count + (max(raw.executemany(sql, rest).rowcount, 0) if rest else 0)
+    count = _drain(first)
+    for params in rest:
+        count += _drain(raw.execute(sql, params))
+    return count
+
+
+def _drain(cursor: sqlite3.Cursor) -> int:
+    """Read a RETURNING statement to its end, a bounded chunk at a time; its count."""
+    while cursor.fetchmany(_DRAIN_ROWS):
+        pass
+    return max(cursor.rowcount, 0)
+
+
+def _last_insert_rowid(raw: sqlite3.Connection) -> int:
+    return int(raw.execute("SELECT last_insert_rowid()").fetchone()[0])
+
+
+def _has_rowid(raw: sqlite3.Connection, guard: Guard, table: str) -> bool:
+    """False for a WITHOUT ROWID table, whose inserts leave last_insert_rowid() alone."""
+    guard.trusted = True  # a pragma, which callers' statements may not use
+    try:
+        found = raw.execute("SELECT wr FROM pragma_table_list(?)", (table,)).fetchone()
+    finally:
+        guard.trusted = False
+    return found is None or not found[0]
 
 
 @dataclass(frozen=True)
@@ -118,7 +182,7 @@ def plan_insert(request: InsertRequest, schema: Schema, allowed: frozenset[str])
     head = f"{verb} INTO {quote_identifier(table.name)} ({names})"
     values = f"VALUES ({', '.join('?' * len(columns))})"
     upsert = _upsert_clause(request, table, columns) if request.on_conflict == "upsert" else ""
-    return InsertPlan(f"{head} {values}{upsert}", table.name, request.rows)
+    return InsertPlan(f"{head} {values}{upsert}", table.name, request.rows, bool(upsert))
 
 
 def _upsert_clause(request: InsertRequest, table: TableInfo, columns: list[str]) -> str:
