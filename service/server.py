@@ -25,13 +25,14 @@ from service.access import DataAccess
 from service.auth import Authenticator
 from service.cache.redis_tier import RedisSettings
 from service.cache.tagged import CacheSettings, TagCache
-from service.config import Config
+from service.config import Config, TlsConfig
 from service.db.migrate import CorruptDatabase, apply_migrations
 from service.health import HealthChecker
 from service.metrics import Metrics
 from service.router import Router
 from service.servicer import DataAccessServicer, add_to_server, encode_read
 from service.telemetry import Telemetry
+from service.tls import CertificateError, CertificateFiles, Certificates
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DataAccess"].full_name
@@ -97,9 +98,11 @@ class DataAccessServer:
             )
         try:
             self.port = self._bind(server)
-        except (RuntimeError, OSError) as exc:
+        except (RuntimeError, OSError, CertificateError) as exc:
             await self.router.close()
             await self.cache.close()
+            if isinstance(exc, CertificateError):
+                raise StartError(str(exc)) from exc
             raise StartError(bind_failure(self.config.listen)) from exc
         await server.start()
         self._server = server
@@ -126,13 +129,7 @@ class DataAccessServer:
         tls = self.config.tls
         if tls is None:
             return server.add_insecure_port(self.config.listen)
-        ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
-        credentials = grpc.ssl_server_credentials(
-            [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
-            root_certificates=ca,
-            require_client_auth=ca is not None,
-        )
-        return server.add_secure_port(self.config.listen, credentials)
+        return server.add_secure_port(self.config.listen, reloading_credentials(tls))
 
     def _observe_query(self, database: str, seconds: float) -> None:
         if self.metrics is not None:
@@ -180,6 +177,26 @@ class DataAccessServer:
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.close)  # waits out the HTTP server's poll
         log.info("stopped")
+
+
+def reloading_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    """TLS (mutual with a client CA) whose certificates follow their files on each handshake."""
+    files = CertificateFiles(tls)
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        # On gRPC's own threads, once per handshake: see service/tls.py.
+        fresh = files.changed()
+        return None if fresh is None else _certificate_configuration(fresh)
+
+    return grpc.dynamic_ssl_server_credentials(
+        _certificate_configuration(files.current),
+        fetch,  # type: ignore[arg-type]  # None is "unchanged" (grpc's docs; not its stubs)
+        require_client_authentication=tls.client_ca_file is not None,
+    )
+
+
+def _certificate_configuration(c: Certificates) -> grpc.ServerCertificateConfiguration:
+    return grpc.ssl_server_certificate_configuration([(c.key, c.chain)], c.client_ca)
 
 
 def bind_failure(listen: str) -> str:

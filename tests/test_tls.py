@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from dataaccess_client import AsyncClient, TlsFiles, Unavailable
-from tests.conftest import started
+from service.server import DataAccessServer, StartError
+from tests.conftest import build_config, started
 
 
 @dataclass
@@ -65,21 +67,24 @@ def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) 
     return path
 
 
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
+def _make_pki(folder: Path, ca_name: str = "dataaccess test CA") -> Pki:
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = _issue("dataaccess test CA", ca_key, (_name("dataaccess test CA"), ca_key), ca=True)
+    ca_cert = _issue(ca_name, ca_key, (_name(ca_name), ca_key), ca=True)
     issuer = (ca_cert.subject, ca_key)
     server_key, client_key = (
         ec.generate_private_key(ec.SECP256R1()),
         ec.generate_private_key(ec.SECP256R1()),
     )
-    folder = tmp_path / "pki"
     folder.mkdir()
     ca = _write(folder / "ca.pem", ca_cert, ca_key)
     server = _write(folder / "server.pem", _issue("127.0.0.1", server_key, issuer), server_key)
     client = _write(folder / "client.pem", _issue("orders", client_key, issuer), client_key)
     return Pki(ca, server, server.with_suffix(".key"), client, client.with_suffix(".key"))
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return _make_pki(tmp_path / "pki")
 
 
 async def test_tls_serves_clients_that_trust_the_ca_and_refuses_plaintext(
@@ -112,3 +117,81 @@ async def test_mutual_tls_needs_a_client_certificate_signed_by_the_ca(
         async with AsyncClient(target, tls=anonymous, timeout=2, retries=0) as client:
             with pytest.raises(Unavailable):
                 await client.query("kitchen", "SELECT 3")
+
+
+def _replace(path: Path, content: bytes) -> None:
+    """Swap in new file content at once, as kubelet does for a Secret (a new inode)."""
+    fresh = path.with_name(path.name + ".new")
+    fresh.write_bytes(content)
+    os.replace(fresh, path)
+
+
+async def _answers(target: str, tls: TlsFiles) -> bool:
+    """Whether a new connection that trusts ``tls`` gets an answer."""
+    async with AsyncClient(target, tls=tls, timeout=2, retries=0) as client:
+        try:
+            return (await client.query("kitchen", "SELECT 1")).rows == [(1,)]
+        except Unavailable:
+            return False
+
+
+async def test_a_rotated_server_certificate_is_served_to_new_connections_without_restart(
+    tmp_path: Path, document: dict[str, Any], pki: Pki
+) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    cert, key = served / "tls.crt", served / "tls.key"
+    cert.write_bytes(pki.server_cert.read_bytes())
+    key.write_bytes(pki.server_key.read_bytes())
+    document["tls"] = {"cert_file": str(cert), "key_file": str(key)}
+    rotated = _make_pki(tmp_path / "rotated", "rotated CA")
+    old_ca, new_ca = TlsFiles(ca_file=str(pki.ca)), TlsFiles(ca_file=str(rotated.ca))
+    async with started(tmp_path, document) as running:
+        target = f"127.0.0.1:{running.port}"
+        assert await _answers(target, old_ca)
+        assert not await _answers(target, new_ca)
+        # Half written (the certificate cut short): the last good pair is still served.
+        new_cert = rotated.server_cert.read_bytes()
+        _replace(cert, new_cert[: len(new_cert) // 2])
+        assert await _answers(target, old_ca)
+        _replace(key, rotated.server_key.read_bytes())
+        _replace(cert, new_cert)
+        assert await _answers(target, new_ca)
+        assert not await _answers(target, old_ca)
+        # Rewritten in place (same inode) works as well.
+        cert.write_bytes(pki.server_cert.read_bytes())
+        key.write_bytes(pki.server_key.read_bytes())
+        assert await _answers(target, old_ca)
+
+
+async def test_a_rotated_client_ca_is_used_for_new_connections_without_restart(
+    tmp_path: Path, document: dict[str, Any], pki: Pki
+) -> None:
+    client_ca = tmp_path / "client-ca.pem"
+    client_ca.write_bytes(pki.ca.read_bytes())
+    document["tls"] = {
+        "cert_file": str(pki.server_cert),
+        "key_file": str(pki.server_key),
+        "client_ca_file": str(client_ca),
+    }
+    rotated = _make_pki(tmp_path / "rotated", "rotated CA")
+    old_client = TlsFiles(str(pki.ca), str(pki.client_cert), str(pki.client_key))
+    new_client = TlsFiles(str(pki.ca), str(rotated.client_cert), str(rotated.client_key))
+    async with started(tmp_path, document) as running:
+        target = f"127.0.0.1:{running.port}"
+        assert await _answers(target, old_client)
+        assert not await _answers(target, new_client)
+        _replace(client_ca, rotated.ca.read_bytes())
+        assert await _answers(target, new_client)
+        assert not await _answers(target, old_client)
+
+
+async def test_certificate_files_that_do_not_load_stop_the_start_with_one_line(
+    tmp_path: Path, document: dict[str, Any], pki: Pki
+) -> None:
+    pki.server_cert.write_bytes(pki.server_cert.read_bytes()[:100])
+    document["tls"] = {"cert_file": str(pki.server_cert), "key_file": str(pki.server_key)}
+    Path(document["data_dir"]).mkdir(parents=True)
+    server = DataAccessServer(build_config(tmp_path, document))
+    with pytest.raises(StartError, match="^tls: the certificate files do not load: "):
+        await server.start()
