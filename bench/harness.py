@@ -12,7 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,14 +111,18 @@ def serving(
     limits: dict[str, Any],
     extra: dict[str, Any] | None = None,
     env_extra: dict[str, str] | None = None,
+    prepare: Callable[[Path], None] | None = None,
 ) -> Iterator[int]:
     """``python -m service`` on a fresh events database; yields its port.
 
     ``extra`` adds top-level config keys (``redis_url``, ``l1_max_entries``, ...);
-    ``env_extra`` adds environment variables (``OTEL_*``).
+    ``env_extra`` adds environment variables (``OTEL_*``); ``prepare`` is given
+    the data directory before the server starts (to seed events.db).
     """
     data = workdir / f"data-{time.monotonic_ns()}"
     data.mkdir()
+    if prepare is not None:
+        prepare(data)
     config = {
         "data_dir": str(data),
         "databases": [

@@ -9,6 +9,9 @@ import asyncio
 import json
 import sys
 import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -68,6 +71,22 @@ async def concurrent_inserts(port: int, writers: int, each: int) -> dict[str, fl
     return {"rows": writers * each, "seconds": elapsed, "transactions": tx}
 
 
+async def single_inserts(port: int, calls: int, idempotent: int) -> dict[str, object]:
+    """``calls`` one-row BatchInserts one after the other, each with a new key if ``idempotent``."""
+    latencies = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.DataAccessStub(channel)
+        await stub.Stats(pb.StatsRequest())  # connected before the clock starts
+        for i in range(calls):
+            request = insert_request([event_row(i)])
+            if idempotent:
+                request.idempotency_key = uuid.uuid4().hex
+            started = time.perf_counter()
+            await stub.BatchInsert(request, timeout=60)
+            latencies.append((time.perf_counter() - started) * 1000)
+    return {"calls": calls, "latencies_ms": latencies}
+
+
 def _transactions(stats: pb.StatsResponse) -> int:
     return sum(w.transactions for w in stats.writes if w.database == "events")
 
@@ -76,7 +95,12 @@ def main(argv: list[str]) -> None:
     """Run the scenario named in ``argv`` and print its JSON."""
     scenario, port, *numbers = argv
     args = [int(n) for n in numbers]
-    runner = {"batch_insert": batch_insert, "concurrent_inserts": concurrent_inserts}[scenario]
+    runners = {
+        "batch_insert": batch_insert,
+        "concurrent_inserts": concurrent_inserts,
+        "single_inserts": single_inserts,
+    }
+    runner: Callable[..., Awaitable[dict[str, Any]]] = runners[scenario]
     print(json.dumps(asyncio.run(runner(int(port), *args))))
 
 

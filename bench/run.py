@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bench.cached import L1_HIT, REDIS_HIT, Plan, bench_cached, bench_tracing
 from bench.harness import ROOT, Row, serving
+from bench.idempotent import bench_idempotent
 from bench.sqlite_scenarios import bench_group, bench_points, bench_scaling
 
 RESULTS = ROOT / "results"
@@ -137,6 +138,7 @@ def _group_commit(workdir: Path, quick: bool) -> list[Row]:
 STEPS: dict[str, Callable[[Path, bool], list[Row]]] = {
     "batch_insert": _batch_insert,
     "group_commit": _group_commit,
+    "idempotent": bench_idempotent,
     "cached_l1": lambda workdir, quick: bench_cached(workdir, L1_HIT, Plan.for_run(quick)),
     "cached_redis": lambda workdir, quick: bench_cached(workdir, REDIS_HIT, Plan.for_run(quick)),
     "tracing": lambda workdir, quick: bench_tracing(workdir, Plan.for_run(quick)),
