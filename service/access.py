@@ -236,8 +236,8 @@ class DataAccess:
             shape = database.read_shape(request.sql) or await database.learn_shape(
                 request.sql, request.params, deadline
             )
-            if shape is None:
-                return None
+            if shape is None or not shape.cacheable(request.params):
+                return None  # random(), CURRENT_TIMESTAMP, datetime('now'), ...: never cached
             tags += self._read_tags(database, shape.reads, ())
             tags.append(f"database:{database.name}")
         return tags + list(request.cache_tags) + [ALL_TAG]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterator
 
 _TOKEN = re.compile(
     r"""
@@ -21,6 +22,13 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE | re.DOTALL,
 )
+
+
+def tokens(sql: str) -> Iterator[tuple[str, str]]:
+    """``sql`` as (kind, text) tokens: comment, string (or blob), ident (quoted), number,
+    space or other (a word or one character)."""
+    for match in _TOKEN.finditer(sql):
+        yield str(match.lastgroup), match.group()
 
 
 @functools.lru_cache(maxsize=4096)

@@ -22,7 +22,7 @@ import aiosqlite
 
 from service import errors
 from service.config import Limits, SqliteSettings
-from service.db.guard import Guard, ShapeMemo
+from service.db.guard import Guard, ShapeMemo, read_catalog
 from service.db.sqlite_errors import translate
 
 T = TypeVar("T")
@@ -198,18 +198,6 @@ def _prepare(
     raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limits.max_params)
     raw.setlimit(sqlite3.SQLITE_LIMIT_EXPR_DEPTH, 200)
     raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limits.max_result_bytes)
-    schema_tables = _schema_tables(raw)
-    guard.allowed_tables = frozenset(t.lower() for t in (allowed or schema_tables))
-    guard.known_tables = frozenset(
-        str(name).lower() for (name,) in raw.execute("SELECT name FROM sqlite_schema").fetchall()
-    ) | {"sqlite_schema", "sqlite_master", "sqlite_temp_schema", "sqlite_temp_master"}
+    guard.learn(read_catalog(raw), allowed)  # declared names, default tables, shadow tables
     raw.set_authorizer(guard)
 
-
-def _schema_tables(raw: sqlite3.Connection) -> frozenset[str]:
-    rows = raw.execute(
-        "SELECT name FROM sqlite_schema WHERE type IN ('table', 'view')"
-        " AND name NOT LIKE 'sqlite_%' AND name NOT IN ('schema_migrations')"
-        " AND name NOT GLOB '_dataaccess_*'"
-    ).fetchall()
-    return frozenset(str(name) for (name,) in rows)

@@ -2,16 +2,22 @@
 
 SQLite asks the authorizer about every action while it prepares a statement,
 so the guard both refuses what a caller may not do and records which tables
-a statement reads and writes (through triggers too). Prepared statements are
-cached per connection and not authorized again, so the shapes are remembered
-per SQL text in a ``ShapeMemo`` shared by a database's connections.
+a statement reads and writes (through triggers too), by their declared
+names, and whether its result depends on the clock or on chance. Prepared
+statements are cached per connection and not authorized again, so the
+shapes are remembered per SQL text in a ``ShapeMemo`` shared by a
+database's connections.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections import OrderedDict
 from dataclasses import dataclass, field
+
+from service.db.volatility import CLOCK_FUNCTIONS, VOLATILE_FUNCTIONS, binds_now, sql_reads_now
+from service.values import Params
 
 READ_FUNCTIONS = frozenset(
     """
@@ -28,6 +34,7 @@ READ_FUNCTIONS = frozenset(
     json_remove json_replace json_set json_type json_valid json_quote json_group_array
     json_group_object jsonb jsonb_array jsonb_extract jsonb_insert jsonb_object jsonb_patch
     jsonb_remove jsonb_replace jsonb_set jsonb_group_array jsonb_group_object
+    current_timestamp current_date current_time
     """.split()
 )
 WRITE_FUNCTIONS = READ_FUNCTIONS | {"last_insert_rowid", "changes", "total_changes"}
@@ -38,6 +45,7 @@ _WRITE_ACTIONS = {
     sqlite3.SQLITE_DELETE: "DELETE",
 }
 _CONTROL_ACTIONS = {sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT}
+_INTERNAL_TABLES = frozenset({"sqlite_schema", "sqlite_master", "sqlite_temp_schema"})
 _ACTION_NAMES = {
     value: name.removeprefix("SQLITE_")
     for name, value in vars(sqlite3).items()
@@ -50,17 +58,37 @@ _ACTION_NAMES = {
 
 @dataclass(frozen=True)
 class StatementShape:
-    """The tables one statement reads and writes, as its authorizer saw them."""
+    """The tables one statement reads and writes, as its authorizer saw them (declared
+    names), and whether its result may change with no write: ``volatile`` always,
+    ``clock`` when a bound value is ``'now'``."""
 
     reads: frozenset[str]
     writes: frozenset[str]
+    volatile: bool = False
+    clock: bool = False
+
+    def cacheable(self, params: Params) -> bool:
+        """Whether the statement's result, with ``params`` bound, is the same until a write."""
+        return not self.volatile and not (self.clock and binds_now(params))
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What a guard knows of its database's schema, read when a connection opens."""
+
+    declared: dict[str, str]  # lower-cased name -> declared name, of every schema object
+    tables: frozenset[str]  # user tables and views, the default allowed set
+    shadows: dict[str, str]  # lower-cased shadow table -> lower-cased virtual table
+    clock_views: frozenset[str]  # lower-cased views whose SQL asks for the current time
 
 
 @dataclass
 class _Sighting:
     reads: set[str] = field(default_factory=set)
     writes: set[str] = field(default_factory=set)
+    functions: set[str] = field(default_factory=set)  # called by the statement itself
     seen: bool = False
+    volatile: bool = False
     refusal: str | None = None
 
 
@@ -96,14 +124,26 @@ class Guard:
     def __init__(self, allowed_tables: frozenset[str], memo: ShapeMemo, *, writer: bool) -> None:
         self.allowed_tables = frozenset(t.lower() for t in allowed_tables)
         self.known_tables: frozenset[str] = frozenset()
+        self.catalog = Catalog({}, frozenset(), {}, frozenset())
         self.memo = memo
         self.writer = writer
         self.trusted = False
         self._sighting = _Sighting()
+        self._named_shadows: frozenset[str] = frozenset()
 
-    def begin(self) -> None:
-        """Start watching a new statement."""
+    def learn(self, catalog: Catalog, allowed: frozenset[str] | None) -> None:
+        """Take the schema (``allowed``: the configured tables, or None for every user table)."""
+        self.catalog = catalog
+        self.allowed_tables = frozenset(t.lower() for t in (allowed or catalog.tables))
+        self.known_tables = frozenset(catalog.declared) | _INTERNAL_TABLES | {"sqlite_temp_master"}
+
+    def begin(self, sql: str = "") -> None:
+        """Start watching a new statement, ``sql`` as the caller wrote it."""
         self._sighting = _Sighting()
+        shadows = self.catalog.shadows
+        # A virtual table reads its shadow tables through statements of its own; a
+        # caller's statement that names one is refused.
+        self._named_shadows = _named(sql, shadows) if shadows and sql else frozenset()
 
     @property
     def refusal(self) -> str | None:
@@ -115,23 +155,32 @@ class Guard:
         sighting = self._sighting
         if not sighting.seen:
             return self.memo.get(sql)
-        shape = StatementShape(frozenset(sighting.reads), frozenset(sighting.writes))
+        clock = bool(sighting.functions & CLOCK_FUNCTIONS)
+        volatile = sighting.volatile or bool(sighting.functions & VOLATILE_FUNCTIONS)
+        shape = StatementShape(
+            frozenset(sighting.reads),
+            frozenset(sighting.writes),
+            volatile=volatile or (clock and sql_reads_now(sql)),
+            clock=clock,
+        )
         self.memo.put(sql, shape)
         return shape
 
     def __call__(
-        self, action: int, arg1: str | None, arg2: str | None, _db: str | None, _inner: str | None
+        self, action: int, arg1: str | None, arg2: str | None, _db: str | None, inner: str | None
     ) -> int:
         if self.trusted:
             return sqlite3.SQLITE_OK
         self._sighting.seen = True
-        refusal = self._judge(action, arg1, arg2)
+        refusal = self._judge(action, arg1, arg2, inner)
         if refusal is None:
             return sqlite3.SQLITE_OK
         self._sighting.refusal = refusal
         return sqlite3.SQLITE_DENY
 
-    def _judge(self, action: int, arg1: str | None, arg2: str | None) -> str | None:
+    def _judge(
+        self, action: int, arg1: str | None, arg2: str | None, inner: str | None
+    ) -> str | None:
         if action == sqlite3.SQLITE_SELECT or action == sqlite3.SQLITE_RECURSIVE:
             return None
         if action == sqlite3.SQLITE_READ:
@@ -139,19 +188,76 @@ class Guard:
                 return None  # count(*) over a CTE: its rows come from reads already judged
             return self._judge_table(arg1, self._sighting.reads, "read")
         if action == sqlite3.SQLITE_FUNCTION:
-            allowed = WRITE_FUNCTIONS if self.writer else READ_FUNCTIONS
-            return None if (arg2 or "").lower() in allowed else f"function {arg2}() is not allowed"
+            return self._judge_function((arg2 or "").lower(), inner)
         if self.writer and action in _WRITE_ACTIONS:
             return self._judge_table(arg1, self._sighting.writes, _WRITE_ACTIONS[action])
         if action in _WRITE_ACTIONS:
             return f"Query is read-only: {_WRITE_ACTIONS[action]} is refused (use BatchUpdate)"
         if action in _CONTROL_ACTIONS:
             return "transaction control is the service's own"
+        if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() == "data_version" and not arg2:
+            return None  # read-only; FTS5 asks it whether another connection wrote
         return f"{_ACTION_NAMES.get(action, str(action))} is not allowed"
+
+    def _judge_function(self, name: str, inner: str | None) -> str | None:
+        if name not in (WRITE_FUNCTIONS if self.writer else READ_FUNCTIONS):
+            return f"function {name}() is not allowed"
+        if inner is None:
+            self._sighting.functions.add(name)
+        elif name in VOLATILE_FUNCTIONS or inner.lower() in self.catalog.clock_views:
+            self._sighting.volatile = True  # called by a view (or trigger): its SQL is not ours
+        return None
 
     def _judge_table(self, table: str | None, into: set[str], verb: str) -> str | None:
         name = (table or "").lower()
-        if table is None or name.startswith("sqlite_") or name not in self.allowed_tables:
+        if table is None or name.startswith("sqlite_") or not self._may(name):
             return f"{verb} of table {table!r} is not allowed"
-        into.add(table)
+        # SQLite reports a table as the statement spelt it when no column is used
+        # (count(*) FROM PUB); tags need the one name writes are tagged with.
+        into.add(self.catalog.declared.get(name, table))
         return None
+
+    def _may(self, name: str) -> bool:
+        if name in self.allowed_tables:
+            return True
+        owner = self.catalog.shadows.get(name)
+        return owner in self.allowed_tables and name not in self._named_shadows
+
+
+def read_catalog(raw: sqlite3.Connection) -> Catalog:
+    """Read what a guard needs from the schema; runs on the connection's thread."""
+    objects = raw.execute("SELECT type, name, sql FROM sqlite_schema").fetchall()
+    declared = {str(name).lower(): str(name) for _, name, _ in objects}
+    listed = raw.execute("SELECT name, type FROM pragma_table_list WHERE schema = 'main'")
+    kinds = {str(name).lower(): str(kind) for name, kind in listed.fetchall()}
+    virtual = [name for name, kind in kinds.items() if kind == "virtual"]
+    shadows = {
+        name: max((o for o in virtual if name.startswith(o + "_")), key=len, default="")
+        for name, kind in kinds.items()
+        if kind == "shadow"
+    }
+    tables = frozenset(
+        str(name)
+        for kind, name, _ in objects
+        if kind in ("table", "view")
+        and str(name).lower() not in shadows
+        and not str(name).lower().startswith("sqlite_")
+        and str(name) != "schema_migrations"
+        and not str(name).startswith("_dataaccess_")
+    )
+    clock_views = frozenset(
+        str(name).lower() for kind, name, sql in objects if kind == "view" and _asks_now(sql)
+    )
+    return Catalog(declared, tables, shadows, clock_views)
+
+
+def _asks_now(sql: object) -> bool:
+    return isinstance(sql, str) and sql_reads_now(sql)
+
+
+def _named(sql: str, shadows: dict[str, str]) -> frozenset[str]:
+    """The shadow tables ``sql`` names (a mention inside a literal counts too: refused is safe)."""
+    lowered = sql.lower()
+    return frozenset(
+        name for name in shadows if re.search(rf"(?<![\w$]){re.escape(name)}(?![\w$])", lowered)
+    )
