@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sqlite3
 import time
@@ -16,7 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
-from tests.conftest import Running, row
+from tests.conftest import Running, row, started
 
 
 async def test_standard_health_service_answers_serving_and_then_not_serving(
@@ -139,3 +140,27 @@ async def test_query_stream_keeps_server_memory_bounded(
     # About 100 MiB of rows went through; a buffering server would grow by at least that.
     assert growth_mib < 40, growth_mib
     assert time.monotonic() - started < 120
+
+
+_ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+
+
+@pytest.mark.parametrize("database", ["live", "both"])
+async def test_a_query_interrupted_at_its_deadline_leaves_no_unretrieved_task_error(
+    tmp_path: Path, document: dict[str, Any], database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    document["groups"] = [{"name": "both", "members": ["live", "archive"]}]
+    async with started(tmp_path, document) as running:
+        for sql in (_ENDLESS, _ENDLESS + " -- uncached"):
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await running.stub.Query(pb.QueryRequest(database=database, sql=sql), timeout=0.3)
+            assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The readers are free again: the interrupted statements have let go of them.
+        for i in range(4):
+            sql = f"SELECT {i}"
+            reply = await running.stub.Query(pb.QueryRequest(database=database, sql=sql), timeout=5)
+            assert reply.rows
+        await asyncio.sleep(0.1)
+        gc.collect()  # a task's unretrieved error is logged when the task is collected
+    unretrieved = [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert unretrieved == []

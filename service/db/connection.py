@@ -91,13 +91,21 @@ class SqliteConnection:
     async def _interrupt(self, hop: asyncio.Future[T]) -> None:
         """Stop the running statement and wait for the thread to let go of it."""
         # An interrupt that lands before the thread started the statement is lost,
-        # so it is repeated until the hop ends.
+        # so it is repeated until the hop ends. A further cancel (gRPC may cancel a
+        # handler twice at its deadline) must not end this wait: the statement would run on
+        # in a reader back in the pool, and its error would be logged as never retrieved.
+        cancelled = False
         while not hop.done():
             self.raw.interrupt()
-            await asyncio.wait({hop}, timeout=0.01)
+            try:
+                await asyncio.wait({hop}, timeout=0.01)
+            except asyncio.CancelledError:
+                cancelled = True
         if not hop.cancelled():
             hop.exception()  # the interrupted statement's error is expected and dropped
         self.guard.trusted = False
+        if cancelled:
+            raise asyncio.CancelledError
 
     def _translate(self, exc: Exception, field: str | None) -> errors.DataAccessError:
         assert isinstance(exc, sqlite3.Error | ValueError | OverflowError)
