@@ -295,7 +295,13 @@ class DataAccess:
         if self._on_query is not None:
             self._on_query(database.name, ms / 1000)
         self.statements.record(
-            database.name, request.sql, request.params, ms, len(fetched.rows), request.caller
+            database.name,
+            request.sql,
+            request.params,
+            ms,
+            len(fetched.rows),
+            request.caller,
+            database.schema.names,
         )
         return fetched
 
@@ -559,7 +565,7 @@ def _db_query(database: Database, request: ReadRequest) -> dict[str, str]:
     return {
         "db.system.name": DB_SYSTEM,
         "db.namespace": database.name,
-        "db.query.text": fingerprint(request.sql),
+        "db.query.text": fingerprint(request.sql, database.schema.names),
     }
 
 

@@ -92,10 +92,17 @@ class StatementStats:
         self._seq = 0
 
     def record(
-        self, database: str, sql: str, params: Params, ms: float, rows: int, caller: str
+        self,
+        database: str,
+        sql: str,
+        params: Params,
+        ms: float,
+        rows: int,
+        caller: str,
+        names: frozenset[str] = frozenset(),
     ) -> None:
-        """One statement ran."""
-        shape = fingerprint(sql)
+        """One statement ran (``names``: its database's declared names, for the fingerprint)."""
+        shape = fingerprint(sql, names)
         key = (database, shape)
         statement = self._statements.get(key)
         if statement is None:

@@ -2,7 +2,7 @@
 
 BatchInsert checks its identifiers here and quotes the schema's own names,
 so nothing from a request is interpolated into SQL; Query takes declared
-column types from here.
+column types from here, and fingerprints the names that are not literals.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class Schema:
 
     tables: dict[str, TableInfo]
     cascades: dict[str, frozenset[str]] = field(default_factory=dict)  # parent -> children
+    names: frozenset[str] = frozenset()  # every declared name (objects, columns), lower-cased
 
     def table(self, name: str) -> TableInfo | None:
         """The table called ``name``, any case."""
@@ -73,7 +74,18 @@ def read_schema(raw: sqlite3.Connection) -> Schema:
         info = raw.execute("SELECT name, type FROM pragma_table_info(?)", (name,)).fetchall()
         columns = {str(col).lower(): (str(col), str(decl)) for col, decl in info}
         tables[name.lower()] = TableInfo(name, columns)
-    return Schema(tables, _cascades(raw, names))
+    return Schema(tables, _cascades(raw, names), _declared_names(raw))
+
+
+def _declared_names(raw: sqlite3.Connection) -> frozenset[str]:
+    """Every name the schema declares: objects, and the columns of tables and views."""
+    objects = [str(name) for (name,) in raw.execute("SELECT name FROM sqlite_schema").fetchall()]
+    columns = raw.execute(
+        "SELECT c.name FROM sqlite_schema AS s, pragma_table_info(s.name) AS c"
+        " WHERE s.type IN ('table', 'view')"
+    ).fetchall()
+    found = {name.lower() for name in objects} | {str(name).lower() for (name,) in columns}
+    return frozenset(found | {"main", "temp", "rowid", "oid", "_rowid_"})
 
 
 def _cascades(raw: sqlite3.Connection, names: list[str]) -> dict[str, frozenset[str]]:
