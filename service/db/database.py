@@ -65,7 +65,7 @@ class Database:
         """Prepare ``sql`` under EXPLAIN, without running it, to learn which tables it reads."""
 
         def explain(raw: sqlite3.Connection, guard: Guard) -> StatementShape | None:
-            guard.begin()
+            guard.begin(sql)
             raw.execute(f"EXPLAIN {sql}", params).close()
             return guard.shape_of(sql)
 

@@ -35,6 +35,7 @@ READ_FUNCTIONS = frozenset(
     json_group_object jsonb jsonb_array jsonb_extract jsonb_insert jsonb_object jsonb_patch
     jsonb_remove jsonb_replace jsonb_set jsonb_group_array jsonb_group_object
     current_timestamp current_date current_time
+    match bm25 highlight snippet matchinfo offsets
     """.split()
 )
 WRITE_FUNCTIONS = READ_FUNCTIONS | {"last_insert_rowid", "changes", "total_changes"}
@@ -88,6 +89,8 @@ class _Sighting:
     writes: set[str] = field(default_factory=set)
     functions: set[str] = field(default_factory=set)  # called by the statement itself
     seen: bool = False
+    own: bool = False  # an action of the statement itself, not only a virtual table's own
+    shadows: bool = False  # a virtual table read or wrote its shadow tables
     volatile: bool = False
     refusal: str | None = None
 
@@ -137,13 +140,13 @@ class Guard:
         self.allowed_tables = frozenset(t.lower() for t in (allowed or catalog.tables))
         self.known_tables = frozenset(catalog.declared) | _INTERNAL_TABLES | {"sqlite_temp_master"}
 
-    def begin(self, sql: str = "") -> None:
+    def begin(self, sql: str) -> None:
         """Start watching a new statement, ``sql`` as the caller wrote it."""
         self._sighting = _Sighting()
         shadows = self.catalog.shadows
         # A virtual table reads its shadow tables through statements of its own; a
         # caller's statement that names one is refused.
-        self._named_shadows = _named(sql, shadows) if shadows and sql else frozenset()
+        self._named_shadows = _named(sql, shadows) if shadows else frozenset()
 
     @property
     def refusal(self) -> str | None:
@@ -155,6 +158,12 @@ class Guard:
         sighting = self._sighting
         if not sighting.seen:
             return self.memo.get(sql)
+        if sighting.shadows and not sighting.own:
+            # A cached statement ran and its virtual table prepared statements of its own:
+            # they say nothing of the functions it calls, so never cached if not known.
+            known = self.memo.get(sql)
+            reads, writes = frozenset(sighting.reads), frozenset(sighting.writes)
+            return known or StatementShape(reads, writes, volatile=True)
         clock = bool(sighting.functions & CLOCK_FUNCTIONS)
         volatile = sighting.volatile or bool(sighting.functions & VOLATILE_FUNCTIONS)
         shape = StatementShape(
@@ -188,6 +197,7 @@ class Guard:
                 return None  # count(*) over a CTE: its rows come from reads already judged
             return self._judge_table(arg1, self._sighting.reads, "read")
         if action == sqlite3.SQLITE_FUNCTION:
+            self._sighting.own = True
             return self._judge_function((arg2 or "").lower(), inner)
         if self.writer and action in _WRITE_ACTIONS:
             return self._judge_table(arg1, self._sighting.writes, _WRITE_ACTIONS[action])
@@ -210,16 +220,22 @@ class Guard:
 
     def _judge_table(self, table: str | None, into: set[str], verb: str) -> str | None:
         name = (table or "").lower()
-        if table is None or name.startswith("sqlite_") or not self._may(name):
+        if name.startswith("sqlite_"):
+            return f"{verb} of table {table!r} is not allowed"
+        if table is not None and name in self.allowed_tables:
+            self._sighting.own = True
+        elif self._is_own_shadow(name):
+            self._sighting.shadows = True
+            name = self.catalog.shadows[name]  # tagged as its virtual table, which is allowed
+        else:
             return f"{verb} of table {table!r} is not allowed"
         # SQLite reports a table as the statement spelt it when no column is used
         # (count(*) FROM PUB); tags need the one name writes are tagged with.
-        into.add(self.catalog.declared.get(name, table))
+        into.add(self.catalog.declared.get(name, name))
         return None
 
-    def _may(self, name: str) -> bool:
-        if name in self.allowed_tables:
-            return True
+    def _is_own_shadow(self, name: str) -> bool:
+        """A shadow table of an allowed virtual table, used by that table, not named by SQL."""
         owner = self.catalog.shadows.get(name)
         return owner in self.allowed_tables and name not in self._named_shadows
 

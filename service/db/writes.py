@@ -54,7 +54,7 @@ class InsertPlan:
     def run(self, raw: sqlite3.Connection, guard: Guard) -> WriteOutcome:
         """Insert every row; runs on the writer's thread inside a savepoint."""
         before = _last_insert_rowid(raw)
-        guard.begin()
+        guard.begin(self.sql)
         cursor = raw.executemany(self.sql, self.rows)
         shape = guard.shape_of(self.sql)
         count = max(cursor.rowcount, 0)
@@ -92,7 +92,7 @@ class StatementPlan:
         for index, (sql, param_sets) in enumerate(self.statements):
             where = f"statements[{index}].sql"
             sets = list(param_sets) or [()]
-            guard.begin()
+            guard.begin(sql)
             try:
                 cursor = raw.execute(sql, sets[0])
             except sqlite3.ProgrammingError as exc:
