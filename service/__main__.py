@@ -1,8 +1,14 @@
-"""``python -m service [serve|migrate]``: build the Config, then serve until SIGTERM or SIGINT."""
+"""``python -m service [serve|migrate]``: build the Config, then serve until SIGTERM or SIGINT.
+
+The first signal stops gracefully within ``shutdown_grace_seconds`` (calls in
+flight finish, queued writes commit, buffered spans get a bounded share of
+the grace); a second one exits at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -14,6 +20,7 @@ from service.server import StartError, migrate, serve
 from service.telemetry import Telemetry
 
 USAGE = "usage: python -m service [serve|migrate]"
+log = logging.getLogger("service")
 
 
 def main(argv: list[str]) -> int:
@@ -28,11 +35,7 @@ def main(argv: list[str]) -> int:
         if command == "migrate":
             migrate(config)
         else:
-            telemetry = Telemetry.from_env(os.environ)
-            try:
-                asyncio.run(_serve_until_signalled(config, telemetry))
-            finally:
-                telemetry.shutdown()
+            asyncio.run(_serve_until_signalled(config, Telemetry.from_env(os.environ)))
     except (ConfigError, MigrationError, StartError) as exc:
         print(f"dataaccess: {exc}", file=sys.stderr)
         return 1
@@ -40,11 +43,24 @@ def main(argv: list[str]) -> int:
 
 
 async def _serve_until_signalled(config: Config, telemetry: Telemetry) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
+    stop: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await serve(config, stop, telemetry)
+        asyncio.get_running_loop().add_signal_handler(signum, _on_signal, signum, stop)
+    try:
+        await serve(config, stop, telemetry)
+    finally:
+        # Still inside the loop, so a second signal during the flush exits at once too.
+        flush = telemetry.flush_seconds(config.shutdown_grace_seconds)
+        await asyncio.to_thread(telemetry.shutdown, flush)
+
+
+def _on_signal(signum: int, stop: asyncio.Future[str]) -> None:
+    name = signal.Signals(signum).name
+    if not stop.done():
+        stop.set_result(name)
+        return
+    log.warning("second %s: exiting now, without waiting for calls in flight", name)
+    os._exit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,11 @@ class CallerSlots:
         self._in_flight: dict[str, int] = {}
         self._running = 0
 
+    @property
+    def running(self) -> int:
+        """Calls in flight now."""
+        return self._running
+
     @contextmanager
     def admit(self, caller: str) -> Iterator[None]:
         """Hold one slot (and one of ``caller``'s) for the block, or refuse."""

@@ -14,6 +14,7 @@ that sees aiosqlite's threads, so the database spans are made here.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,11 +23,15 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 log = logging.getLogger(__name__)
 DEFAULT_EXCLUDED = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")
 DB_SYSTEM = "sqlite"
+# At most this long (and a quarter of the grace) goes to exporting buffered spans
+# at exit: with no collector, each export retries for OTEL_EXPORTER_OTLP_TIMEOUT
+# (10 s) and the SDK's own flush is unbounded, past Kubernetes' 30 s grace.
+FLUSH_SECONDS = 3.0
 
 
 @dataclass
@@ -36,6 +41,7 @@ class Telemetry:
     tracer: trace.Tracer
     provider: TracerProvider | None = None
     excluded_services: tuple[str, ...] = DEFAULT_EXCLUDED
+    exporter: SpanExporter | None = None
 
     @classmethod
     def off(cls) -> Telemetry:
@@ -57,13 +63,16 @@ class Telemetry:
         from opentelemetry.instrumentation.redis import RedisInstrumentor
 
         resource = Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME", "dataaccess")})
-        provider = TracerProvider(resource=resource)
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        # Flushed by shutdown() within its bound, not by the SDK's unbounded atexit hook.
+        provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        exporter = OTLPSpanExporter()
+        provider.add_span_processor(BatchSpanProcessor(exporter))
         RedisInstrumentor().instrument(tracer_provider=provider)
         excluded = environ.get("OTEL_PYTHON_GRPC_EXCLUDED_SERVICES")
         services = tuple(s.strip() for s in excluded.split(",") if s.strip()) if excluded else ()
         log.info("exporting traces", extra={"endpoint": endpoint})
-        return cls(provider.get_tracer("dataaccess"), provider, DEFAULT_EXCLUDED + services)
+        tracer = provider.get_tracer("dataaccess")
+        return cls(tracer, provider, DEFAULT_EXCLUDED + services, exporter)
 
     def server_interceptors(self) -> list[Any]:
         """The interceptor that makes each call's server span (none when not exporting)."""
@@ -81,10 +90,23 @@ class Telemetry:
 
         return [aio_server_interceptor(tracer_provider=self.provider, filter_=traced)]  # type: ignore[no-untyped-call]
 
-    def shutdown(self) -> None:
-        """Export what is buffered, then stop (and stop tracing Redis calls)."""
-        if self.provider is not None:
-            from opentelemetry.instrumentation.redis import RedisInstrumentor
+    def flush_seconds(self, grace: float) -> float:
+        """How much of a ``grace``-second shutdown goes to exporting buffered spans."""
+        return 0.0 if self.provider is None else min(FLUSH_SECONDS, grace / 4)
 
-            RedisInstrumentor().uninstrument()
-            self.provider.shutdown()
+    def shutdown(self, timeout: float = FLUSH_SECONDS) -> None:
+        """Export what is buffered within ``timeout`` seconds, drop the rest, stop."""
+        provider, self.provider = self.provider, None
+        if provider is None:
+            return
+        from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+        RedisInstrumentor().uninstrument()
+        flush = threading.Thread(target=provider.shutdown, name="span-flush", daemon=True)
+        flush.start()
+        flush.join(timeout)
+        if flush.is_alive() and self.exporter is not None:
+            log.warning("spans not exported within %.1f s (no collector?): dropped", timeout)
+            # Ends the export's retry wait and its call in flight; the rest are refused.
+            self.exporter.shutdown()
+            flush.join(1.0)
