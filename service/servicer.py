@@ -136,6 +136,11 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
             limits.max_concurrent_rpcs, limits.max_concurrent_per_caller, self._auth.enabled
         )
 
+    @property
+    def calls_in_flight(self) -> int:
+        """DataAccess calls running now (logged when the server stops)."""
+        return self._slots.running
+
     def _caller(self, context: Context) -> Principal:
         """Who is calling (Unauthenticated first, before anything about the request)."""
         return self._auth.principal(context.invocation_metadata())
