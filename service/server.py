@@ -15,6 +15,7 @@ import functools
 import gc
 import logging
 import socket
+from urllib.parse import urlsplit
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -115,8 +116,25 @@ class DataAccessServer:
         self._watcher = asyncio.ensure_future(
             checker.watch(self._set_serving, config.health_interval_seconds)
         )
-        log.info("serving", extra={"listen": self.config.listen, "port": self.port})
+        log.info("serving", extra=self._serving_fields())
         return self.port
+
+    def _serving_fields(self) -> dict[str, object]:
+        """What the "serving" line says: where, what, and which cache tiers are on."""
+        config = self.config
+        metrics = None
+        if config.metrics_listen:
+            metrics = f"{config.metrics_listen.rpartition(':')[0]}:{self.metrics_port}"
+        return {
+            "listen": config.listen,
+            "port": self.port,
+            "tls": config.tls is not None,
+            "databases": [db.name for db in config.databases],
+            "groups": {group.name: list(group.members) for group in config.groups},
+            "l1": "on" if config.l1_max_entries > 0 and config.l1_max_bytes > 0 else "off",
+            "redis": redis_target(config.redis_url) if config.redis_url else "off",
+            "metrics": metrics or "off",
+        }
 
     def _hold_undelivered(self) -> None:
         """Invalidations a previous run committed but may not have delivered: deliver first."""
@@ -205,6 +223,15 @@ def reloading_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
 
 def _certificate_configuration(c: Certificates) -> grpc.ServerCertificateConfiguration:
     return grpc.ssl_server_certificate_configuration([(c.key, c.chain)], c.client_ca)
+
+
+def redis_target(url: str) -> str:
+    """``url`` without its user name and password, fit for a log line."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    host = parts.netloc.rpartition("@")[2]  # what follows user:password@
+    return f"{parts.scheme}://{host}{parts.path}"
 
 
 def bind_failure(listen: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import signal
 import sqlite3
 import time
@@ -17,7 +18,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
-from tests.conftest import Running, row, started
+from service.logs import JsonFormatter
+from tests.conftest import Running, free_port, row, started
 
 
 async def test_standard_health_service_answers_serving_and_then_not_serving(
@@ -164,3 +166,22 @@ async def test_a_query_interrupted_at_its_deadline_leaves_no_unretrieved_task_er
         gc.collect()  # a task's unretrieved error is logged when the task is collected
     unretrieved = [r for r in caplog.records if "never retrieved" in r.getMessage()]
     assert unretrieved == []
+
+
+async def test_the_serving_line_names_databases_groups_cache_tiers_and_metrics(
+    tmp_path: Path, document: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    document["groups"] = [{"name": "both", "members": ["live", "archive"]}]
+    document["redis_url"] = f"redis://cache:s3cret@127.0.0.1:{free_port()}/2"
+    document["metrics_listen"] = "127.0.0.1:0"
+    caplog.set_level(logging.INFO, logger="service.server")
+    async with started(tmp_path, document) as running:
+        serving = next(r for r in caplog.records if r.getMessage() == "serving")
+        fields = vars(serving)
+        assert fields["databases"] == ["live", "archive", "kitchen"]
+        assert fields["groups"] == {"both": ["live", "archive"]}
+        assert fields["l1"] == "on"
+        assert fields["redis"] == f"redis://127.0.0.1:{document['redis_url'].rsplit(':', 1)[1]}"
+        assert fields["metrics"] == f"127.0.0.1:{running.server.metrics_port}"
+        assert fields["port"] == running.port
+        assert "s3cret" not in JsonFormatter().format(serving)
