@@ -34,11 +34,19 @@ from service.db.reads import (
     open_stream,
     query_plan,
 )
+from service.db.schema import rows_up_to
 from service.db.writes import InsertRequest, StatementPlan, WriteOutcome, WritePlan, plan_insert
 from service.fingerprint import fingerprint
 from service.merge import MergeSpec, merge_rows
 from service.router import Router, pick_member
-from service.stats import Advisory, SlowStatement, StatementFigures, StatementStats
+from service.stats import (
+    TINY_TABLE_ROWS,
+    Advisory,
+    SlowStatement,
+    StatementFigures,
+    StatementStats,
+    scanned_table,
+)
 from service.values import Params, SqlRow, SqlValue
 
 DB_SYSTEM = "sqlite"
@@ -496,16 +504,22 @@ class DataAccess:
             if database is None or database.failure is not None or time.monotonic() > deadline:
                 continue
             try:
-                plan = await self._query_plan(database, sql, params, deadline)
+                plan, rows = await self._query_plan(database, sql, params, deadline)
             except errors.DataAccessError:
-                plan = []
-            self.statements.explained(name, shape, plan, database.schema.columns_of)
+                plan, rows = [], None
+            self.statements.explained(name, shape, plan, database.schema.columns_of, rows)
 
     async def _query_plan(
         self, database: Database, sql: str, params: Params, deadline: float
-    ) -> list[str]:
+    ) -> tuple[list[str], int | None]:
+        """A statement's plan, and how many rows the table it scans holds (up to a bound)."""
         async with database.pool.reader(deadline) as conn:
-            return await conn.run(lambda raw: query_plan(raw, conn.guard, sql, params), deadline)
+            plan = await conn.run(lambda raw: query_plan(raw, conn.guard, sql, params), deadline)
+            table = database.schema.table(scanned_table(plan) or "")
+            if table is None:
+                return plan, None
+            count = functools.partial(rows_up_to, table=table.name, bound=TINY_TABLE_ROWS + 1)
+            return plan, await conn.run_trusted(count, deadline)
 
     def _written(
         self, outcomes: Sequence[tuple[Database, WriteOutcome]], extra_tags: Sequence[str]

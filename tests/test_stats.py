@@ -18,7 +18,7 @@ async def test_a_workload_is_counted_by_fingerprint_with_advisories(running: Run
             database="kitchen",
             table="items",
             columns=["qty", "t"],
-            rows=[row(i, f"t{i}") for i in range(50)],
+            rows=[row(i, f"t{i}") for i in range(1100)],  # not a tiny table
         )
     )
     for i in range(1, 31):  # a loop of point reads: N+1
@@ -40,7 +40,7 @@ async def test_a_workload_is_counted_by_fingerprint_with_advisories(running: Run
     assert (point.count, point.rows) == (30, 30)
     assert 0 < point.p50_ms <= point.p95_ms <= point.p99_ms
     scan = by_shape["SELECT id FROM items WHERE qty > ? AND t LIKE ?"]
-    assert scan.count == 2 and scan.rows == 46 + 42
+    assert scan.count == 2 and scan.rows == 1096 + 1092
     assert (
         stats.slow_queries
         and stats.slow_queries[0].duration_ms >= stats.slow_queries[-1].duration_ms
@@ -56,3 +56,50 @@ async def test_a_workload_is_counted_by_fingerprint_with_advisories(running: Run
     await _stats(running, reset=True)
     after = await _stats(running)
     assert not after.statements and not after.advisories and not after.slow_queries
+
+
+async def _scan_advisories(running: Running, statements: list[str]) -> set[str]:
+    await _stats(running, reset=True)
+    for sql in statements:
+        await running.stub.Query(pb.QueryRequest(database="kitchen", sql=sql, cache=BYPASS))
+    stats = await _stats(running)
+    return {a.fingerprint for a in stats.advisories if a.kind == pb.ADVISORY_KIND_FULL_SCAN}
+
+
+async def test_no_full_scan_advisory_for_a_tiny_table(running: Running) -> None:
+    """parents holds two rows: a scan of it costs less than an index would save."""
+    scans = await _scan_advisories(running, ["SELECT id FROM parents WHERE name LIKE 'o%'"])
+    assert scans == set()
+
+
+async def test_no_full_scan_advisory_for_a_scan_that_limit_stops_in_rowid_order(
+    running: Running,
+) -> None:
+    await running.stub.BatchInsert(
+        pb.BatchInsertRequest(
+            database="kitchen",
+            table="items",
+            columns=["qty", "t"],
+            rows=[row(i % 50, f"t{i}") for i in range(1500)],
+        )
+    )
+    stopped = [
+        "SELECT id, t FROM items ORDER BY id LIMIT 20",
+        "SELECT id, t FROM items ORDER BY id DESC LIMIT 20",
+        "SELECT t FROM items LIMIT 5",
+    ]
+    whole = [
+        "SELECT id FROM items ORDER BY qty LIMIT 20",  # sorts every row first
+        "SELECT id FROM items WHERE qty = 7 ORDER BY id LIMIT 20",  # may read them all
+        "SELECT sum(qty) FROM items LIMIT 1",  # the aggregate reads every row
+        "SELECT t FROM items LIMIT 5 OFFSET 1400",
+        "SELECT count(*) FROM items WHERE t > 't'",
+    ]
+    scans = await _scan_advisories(running, stopped + whole)
+    assert scans == {
+        "SELECT id FROM items ORDER BY qty LIMIT ?",
+        "SELECT id FROM items WHERE qty = ? ORDER BY id LIMIT ?",
+        "SELECT sum(qty) FROM items LIMIT ?",
+        "SELECT t FROM items LIMIT ? OFFSET ?",
+        "SELECT count(*) FROM items WHERE t > ?",
+    }

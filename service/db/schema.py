@@ -101,6 +101,13 @@ def _cascades(raw: sqlite3.Connection, names: list[str]) -> dict[str, frozenset[
     return {parent: frozenset(kids) for parent, kids in children.items()}
 
 
+def rows_up_to(raw: sqlite3.Connection, table: str, bound: int) -> int:
+    """How many rows ``table`` (a name read from the schema) holds, counting no further
+    than ``bound``: a big table is not scanned to learn that it is big."""
+    inner = f"SELECT 1 FROM {quote_identifier(table)} LIMIT {int(bound)}"
+    return int(raw.execute(f"SELECT count(*) FROM ({inner})").fetchone()[0])
+
+
 def quote_identifier(name: str) -> str:
     """``name`` as an SQL identifier; only ever given names read from the schema."""
     return '"' + name.replace('"', '""') + '"'
