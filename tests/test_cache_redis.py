@@ -416,3 +416,31 @@ def _commands(redis: RedisProcess) -> dict[str, str]:
     for housekeeping in ("info", "config", "hello", "ping", "client|setinfo", "subscribe"):
         calls.pop(housekeeping, None)  # connections and the channel's pings, not Invalidate
     return calls
+
+
+async def test_after_redis_restarts_the_cache_is_back_within_one_breaker_reset(
+    tmp_path: Path, document: dict[str, Any], redis_server: RedisProcess
+) -> None:
+    reset = 1.0
+    doc = with_redis({**document, "l1_max_entries": 0}, redis_server, breaker_reset_seconds=reset)
+    async with started(tmp_path, doc) as running:
+        # Concurrent misses each run a script on a pooled connection of their own.
+        await _burst(running, 32)
+        redis_server.kill()  # every pooled connection is dead from here on
+        while not await _state_is(running, "open"):
+            assert (await _read(running))[1] == "bypass"
+        redis_server.start()  # on the same port
+        restarted = time.monotonic()
+        while "bypass" in await _burst(running, 16):
+            await asyncio.sleep(0.02)
+        back_after = time.monotonic() - restarted
+        assert back_after < reset + 0.6, f"the cache came back after {back_after:.2f} s"
+        for _ in range(5):  # and stays back: no read meets a connection from before
+            assert "bypass" not in await _burst(running, 32)
+        assert await _l2_state(running) == "closed"
+
+
+async def _burst(running: Running, reads: int) -> set[str]:
+    """The cache statuses of ``reads`` concurrent distinct reads."""
+    answers = [_read(running, f"SELECT count(*) + {i} FROM items") for i in range(reads)]
+    return {status for _, status in await asyncio.gather(*answers)}

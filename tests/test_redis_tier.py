@@ -6,7 +6,14 @@ import asyncio
 
 import pytest
 
-from service.cache.redis_tier import RedisSettings, RedisTier, RedisUnavailable
+from service.cache.redis_tier import (
+    LEASE_OTHER,
+    LEASE_OURS,
+    LEASE_TAKEN,
+    RedisSettings,
+    RedisTier,
+    RedisUnavailable,
+)
 from tests.conftest import RedisProcess
 
 
@@ -50,9 +57,10 @@ async def test_a_store_lands_only_while_the_tokens_read_before_are_current(
     tier = _tier(redis_server, [])
     try:
         await tier.ping()
-        snapshot, leased = await tier.snapshot("k", ["a", "b"], "me")
-        assert leased and set(snapshot) == {"a", "b"}
-        assert (await tier.snapshot("k", ["a", "b"], "other"))[1] is False  # lease held
+        snapshot, lease = await tier.snapshot("k", ["a", "b"], "me")
+        assert lease == LEASE_TAKEN and set(snapshot) == {"a", "b"}
+        assert (await tier.snapshot("k", ["a", "b"], "other"))[1] == LEASE_OTHER  # lease held
+        assert (await tier.snapshot("k", ["a", "b"], "me"))[1] == LEASE_OURS  # one per owner
         await tier.bump(["b"])
         assert not await tier.store("k", snapshot, b"old", 60, 60)
         fresh, _ = await tier.snapshot("k", ["a", "b"], "me")
@@ -77,5 +85,23 @@ async def test_a_restarted_redis_moves_to_a_fresh_prefix(redis_server: RedisProc
             await tier.tokens(["a"])  # the new one finds a new epoch: the old keys are not read
         assert tier.prefix != before and changed == [1]
         assert await tier.tokens(["a"]) == {"a": None}
+    finally:
+        await tier.close()
+
+
+async def test_a_token_lives_at_least_as_long_as_the_entries_stored_under_it(
+    redis_server: RedisProcess,
+) -> None:
+    tier = _tier(redis_server, [])
+    day = 86_400.0
+    try:
+        await tier.ping()
+        await tier.snapshot("short", ["a"], "me", keep_for=60)
+        await tier.snapshot("long", ["b"], "me", keep_for=3 * day)
+        ttl = {tag: await tier.client.pttl(f"{tier.prefix}t:{tag}") / 1000 for tag in "ab"}
+        assert tier.settings.token_ttl - 5 < ttl["a"] <= tier.settings.token_ttl < day
+        assert 3 * day - 5 < ttl["b"] <= 3 * day
+        await tier.snapshot("longer", ["a"], "me", keep_for=2 * day)  # an existing token
+        assert await tier.client.pttl(f"{tier.prefix}t:a") / 1000 > 2 * day - 5
     finally:
         await tier.close()

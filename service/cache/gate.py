@@ -111,6 +111,8 @@ class RedisGate:
         while not self.usable:
             closed = self.breaker.closed
             await asyncio.sleep(_POLL_SECONDS if closed else self._reset_seconds)
+            if not closed:  # probe, and then serve, on fresh connections only
+                await self._redis.drop_idle_connections()
             try:
                 await self._redis.ping()
                 await self._deliver_held()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,25 +31,35 @@ from redis.retry import Retry
 
 from service.cache.tokens import Snapshot, new_token
 
+log = logging.getLogger(__name__)
+
 # KEYS: the tags' token keys, then the lease key's stem. ARGV: a token stem,
-# the token ttl (ms), the lease ttl (ms), the lease owner. Returns the tokens,
-# then 1 if the lease was taken. The lease is per key AND tokens, so a load on
-# newer tokens never waits for one on older tokens, and it is left to expire
-# after the entry is stored: a late caller on the same tokens then finds it.
+# the token ttl (ms), the lease ttl (ms), the lease owner, how long the entry
+# is kept (ms). Returns the tokens, then 1 if the owner took the lease now, 2
+# if the owner already held it (one process, one lease), 0 if another does. The lease
+# is per key AND tokens, so a load on newer tokens never waits for one on
+# older tokens, and it is left to expire after the entry is stored: a late
+# caller on the same tokens then finds it. A token lives at least as long as
+# the entry about to be stored under it.
 _SNAPSHOT = """
 local n = #KEYS - 1
 local out = {}
+local keep = tonumber(ARGV[5])
 for i = 1, n do
   local token = redis.call('GET', KEYS[i])
   if not token then
     token = ARGV[1] .. i
-    redis.call('SET', KEYS[i], token, 'PX', ARGV[2])
+    redis.call('SET', KEYS[i], token, 'PX', math.max(tonumber(ARGV[2]), keep))
+  elseif redis.call('PTTL', KEYS[i]) < keep then
+    redis.call('PEXPIRE', KEYS[i], keep)
   end
   out[i] = token
 end
 local lease = KEYS[n + 1] .. redis.sha1hex(table.concat(out, ','))
 if redis.call('SET', lease, ARGV[4], 'NX', 'PX', ARGV[3]) then
   out[n + 1] = 1
+elseif redis.call('GET', lease) == ARGV[4] then
+  out[n + 1] = 2
 else
   out[n + 1] = 0
 end
@@ -64,6 +75,10 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
+
+
+# Who holds the load lease on a key and tokens (as _SNAPSHOT answers).
+LEASE_OTHER, LEASE_TAKEN, LEASE_OURS = 0, 1, 2
 
 
 class RedisUnavailable(Exception):
@@ -132,7 +147,7 @@ class RedisSettings:
     socket_timeout: float = 0.25
     connect_timeout: float = 0.25
     health_check_interval: float = 5.0
-    token_ttl: float = 7 * 86_400.0
+    token_ttl: float = 3600.0  # at least; a token lives as long as the entries stored under it
     lease_ttl: float = 2.0
     max_connections: int = 64
 
@@ -214,15 +229,18 @@ class RedisTier:
         return {tag: _text(token) for tag, token in zip(tags, raw, strict=True)}
 
     async def snapshot(
-        self, key: str, tags: Sequence[str], owner: str
-    ) -> tuple[dict[str, str], bool]:
-        """The tags' tokens (minting missing ones) and whether ``owner`` took the load lease."""
+        self, key: str, tags: Sequence[str], owner: str, keep_for: float = 0.0
+    ) -> tuple[dict[str, str], int]:
+        """The tags' tokens (minting missing ones, kept at least ``keep_for`` seconds) and
+        who holds the load lease: LEASE_TAKEN (``owner``, now), LEASE_OURS (``owner``,
+        already) or LEASE_OTHER."""
         (epoch, prefix), s = self.keyspace, self.settings
         keys = [*(f"{prefix}t:{tag}" for tag in tags), f"{prefix}l:{key}:"]
         args: list[str | int] = [new_token() + ".", _ms(s.token_ttl), _ms(s.lease_ttl), owner]
+        args.append(_ms(keep_for))
         raw = await self._call(epoch, self._snapshot(keys=keys, args=args))
         tokens = {tag: _text(token) or "" for tag, token in zip(tags, raw, strict=False)}
-        return tokens, int(raw[-1]) == 1
+        return tokens, int(raw[-1])
 
     async def store(
         self, key: str, snapshot: Snapshot, value: bytes, fresh_for: float, keep_for: float
@@ -263,6 +281,18 @@ class RedisTier:
             await self.client.ping()
         except EpochChanged:  # a PING has no keys: ask again on the new epoch
             await self.client.ping()
+
+    async def drop_idle_connections(self) -> None:
+        """Close the pooled connections no command is using.
+
+        After Redis went away they are dead, and a dead one fails the first
+        command that takes it: the probe that should find Redis back, then
+        the first reads after it. Closed, each connects afresh when next used.
+        """
+        try:
+            await self.client.connection_pool.disconnect(inuse_connections=False)
+        except (RedisError, OSError) as exc:  # closing a dead socket may complain: it is closed
+            log.debug("closing idle Redis connections: %s", exc)
 
     async def close(self) -> None:
         """Close every connection."""

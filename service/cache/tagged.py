@@ -7,9 +7,11 @@ its tags was invalidated since.
 
 Concurrent misses with the same key and the same tokens share one load
 (single flight; across replicas a short Redis lease makes the others wait
-for the entry); the load runs in its own task, so a caller that goes away
-does not fail the others, and a caller whose tokens differ (an invalidation
-came in between) starts its own load instead of joining.
+for the entry, and every caller in this process takes it under one owner,
+so a load never waits for a lease its own process holds); the load runs in
+its own task, so a caller that goes away does not fail the others, and a
+caller whose tokens differ (an invalidation came in between) starts its own
+load instead of joining.
 
 Redis faults never fail a read: it runs against SQLite and reports BYPASS,
 and after a few failures the breaker stops trying until a probe succeeds.
@@ -34,6 +36,8 @@ from service.cache.breaker import CircuitBreaker
 from service.cache.gate import Receipt, RedisGate
 from service.cache.local import Entry, LocalCache, TierCounters
 from service.cache.redis_tier import (
+    LEASE_OTHER,
+    LEASE_TAKEN,
     Lookup,
     RedisSettings,
     RedisTier,
@@ -66,6 +70,7 @@ class CacheSettings:
     breaker_failures: int = 3
     breaker_reset: float = 1.0
     max_tags: int = 1_000_000
+    max_tag_bytes: int = 64 * 1024 * 1024  # tags and tokens held in process, all together
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,10 @@ class TagCache:
         self._tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
         # Even a no-op span attaches and detaches a context: skip it on the hit path.
         self._tracing = not isinstance(self._tracer, trace.NoOpTracer)
-        self.tokens = TagTokens(settings.max_tags)
+        self.tokens = TagTokens(settings.max_tags, settings.max_tag_bytes)
+        # One lease owner for the whole process: concurrent misses here share
+        # one load, so a lease any of them took is this process's to load under.
+        self._owner = secrets.token_hex(8)
         self.local = LocalCache(settings.l1_max_entries, settings.l1_max_bytes)
         self.l2_counters = TierCounters()
         self.loads = 0
@@ -260,13 +268,13 @@ class TagCache:
             if served is not None:
                 return served
         self.l2_counters.misses += 1
-        owner = secrets.token_hex(8)
-        snapshot, leased = await redis.snapshot(key, tags, owner)
+        keep = policy.ttl + policy.stale_while_revalidate
+        snapshot, lease = await redis.snapshot(key, tags, self._owner, keep)
         self.tokens.learn(snapshot, changes)
         return await self._single_flight(
             key,
             snapshot,
-            lambda: self._load(key, snapshot, loader, policy, redis, leased),
+            lambda: self._load(key, snapshot, loader, policy, redis, lease),
             policy.refresh,
         )
 
@@ -307,9 +315,15 @@ class TagCache:
         return await loader(), BYPASS
 
     def _from_local(self, key: str, policy: EntryPolicy, redis: RedisTier | None) -> Answer | None:
-        """L1's answer if its tokens are current here (and recently confirmed in Redis)."""
+        """L1's answer if its tokens are current here (and recently confirmed in Redis).
+
+        An entry whose tokens were replaced is dropped: it can never be served again.
+        """
         entry = self.local.get(key)
-        if entry is None or not self.tokens.is_current(entry.snapshot):
+        if entry is None:
+            return None
+        if not self.tokens.is_current(entry.snapshot):
+            self.local.drop(key)
             return None
         if redis is not None and time.monotonic() - entry.checked_at >= self._window:
             return None
@@ -360,18 +374,18 @@ class TagCache:
         loader: Loader,
         policy: EntryPolicy,
         redis: RedisTier | None,
-        leased: bool = True,
+        lease: int = LEASE_TAKEN,
     ) -> Answer:
         """Run the query once and store the answer under the tokens read before it."""
-        if redis is not None and not leased and not policy.refresh:
-            found = await self._wait_for_other_replica(redis, key, snapshot)
+        if redis is not None and lease != LEASE_TAKEN and not policy.refresh:
+            found = await self._wait_for_entry(redis, key, snapshot, lease)
             if found is not None:
                 return found
         self.loads += 1
         try:
             value = await loader()
         except BaseException:
-            if redis is not None and leased:
+            if redis is not None and lease != LEASE_OTHER:
                 with contextlib.suppress(RedisUnavailable):
                     await redis.release_lease(key, snapshot)
             raise
@@ -391,20 +405,26 @@ class TagCache:
             self.local.put(key, Entry(value, snapshot, fresh_until, expires, now))
         return value, MISS
 
-    async def _wait_for_other_replica(
-        self, redis: RedisTier, key: str, snapshot: Snapshot
+    async def _wait_for_entry(
+        self, redis: RedisTier, key: str, snapshot: Snapshot, lease: int
     ) -> Answer | None:
-        """Another replica holds the load lease: wait for its entry, within the lease."""
-        until = time.monotonic() + redis.settings.lease_ttl
-        while time.monotonic() < until:
-            await asyncio.sleep(_POLL_SECONDS)
+        """The entry a load under the lease stored, if it comes.
+
+        Another replica's load is waited for, within the lease. A lease this
+        process already held belongs to a load here that has just finished
+        (a running one would have been joined): its entry is looked up once.
+        """
+        until = time.monotonic() + (redis.settings.lease_ttl if lease == LEASE_OTHER else 0.0)
+        while True:
             found = await redis.lookup(key, list(snapshot))
             if found.tokens != snapshot:
                 return None  # invalidated meanwhile: its entry would not be current
             if found.current() and found.entry is not None and found.entry.fresh:
                 self.l2_counters.hits += 1
                 return found.entry.value, HIT_REDIS
-        return None
+            if time.monotonic() >= until:
+                return None
+            await asyncio.sleep(_POLL_SECONDS)
 
     def _l1_usable(self) -> bool:
         if not self.local.enabled:
