@@ -70,6 +70,10 @@ class Limits:
     group_commit: bool = True  # False: one transaction per write RPC (for comparison only)
     max_concurrent_rpcs: int = 1024  # past it, new calls get RESOURCE_EXHAUSTED at once
     max_concurrent_per_caller: int = 256  # per token; only with auth on
+    # Tags a caller names (cache.tags, invalidate_tags, Invalidate's tags): each
+    # is held in process and in Redis, so a request may name only so many.
+    max_tags_per_request: int = 32
+    max_tag_bytes: int = 256
     max_batch_rows: int = 100_000  # rows in one BatchInsert, or param sets in one BatchUpdate
 
     def __post_init__(self) -> None:
@@ -78,6 +82,8 @@ class Limits:
         _require_positive("limits.readers_per_database", self.readers_per_database)
         _require_positive("limits.acquire_timeout_seconds", self.acquire_timeout_seconds)
         _require_positive("limits.default_deadline_seconds", self.default_deadline_seconds)
+        _require_positive("limits.max_tags_per_request", self.max_tags_per_request)
+        _require_positive("limits.max_tag_bytes", self.max_tag_bytes)
         if self.max_result_bytes >= self.max_message_bytes:
             raise ConfigError("limits.max_result_bytes: must be below limits.max_message_bytes")
 
@@ -95,7 +101,9 @@ class CacheConfig:
     breaker_failures: int = 3  # failures in a row that open the breaker
     breaker_reset_seconds: float = 1.0  # how often an open breaker probes Redis
     lease_seconds: float = 2.0  # how long other replicas wait for one replica's load
-    token_ttl_seconds: float = 7 * 86_400.0
+    # How long a tag's token stays in Redis at least; a load extends it to
+    # outlive the entry it stores, so only tokens nothing uses go sooner.
+    token_ttl_seconds: float = 3600.0
 
     def __post_init__(self) -> None:
         _require_non_negative(

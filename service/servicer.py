@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -159,7 +159,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
         if answer is None:
             parsed = _parse_query(request)
             deadline = self._deadline(context)
-            read = _read_request(parsed, context.peer())
+            read = _read_request(parsed, context.peer(), self._limits)
             answer = await self._access.query(read, deadline, request, caller)
         # Fields of concatenated messages merge: the cached bytes plus the status.
         return answer.payload + _STATUS_SUFFIX[answer.cache_status]
@@ -171,7 +171,9 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
             caller = self._caller(context)
             with self._slots.admit(caller.name):
                 chunks = self._access.query_stream(
-                    _read_request(request, context.peer()), self._deadline(context), caller
+                    _read_request(request, context.peer(), self._limits),
+                    self._deadline(context),
+                    caller,
                 )
                 async for chunk in chunks:
                     yield _query_response(chunk)
@@ -197,7 +199,11 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
             update_columns=list(request.update_columns),
         )
         result = await self._access.batch_insert(
-            request.database, insert, _write_options(request), self._deadline(context), caller
+            request.database,
+            insert,
+            _write_options(request, self._limits),
+            self._deadline(context),
+            caller,
         )
         return pb.BatchInsertResponse(
             rows_affected=sum(result.rows_affected),
@@ -221,7 +227,11 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
             for i, statement in enumerate(request.statements)
         ]
         result: WriteResult = await self._access.batch_update(
-            request.database, statements, _write_options(request), self._deadline(context), caller
+            request.database,
+            statements,
+            _write_options(request, self._limits),
+            self._deadline(context),
+            caller,
         )
         return pb.BatchUpdateResponse(
             rows_affected=result.rows_affected, invalidated_tags=result.invalidated_tags
@@ -233,7 +243,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
     ) -> pb.InvalidateResponse:
         caller.require_admin("invalidate")
         tags = await self._access.invalidate(
-            list(request.tags), list(request.databases), request.all
+            _tags(request.tags, "tags", self._limits), list(request.databases), request.all
         )
         return pb.InvalidateResponse(invalidated_tags=tags)
 
@@ -394,7 +404,7 @@ def encode_read(result: ReadResult) -> bytes:
     return _query_response(result, with_status=False).SerializeToString()
 
 
-def _read_request(request: pb.QueryRequest, caller: str = "") -> ReadRequest:
+def _read_request(request: pb.QueryRequest, caller: str, limits: Limits) -> ReadRequest:
     if request.max_rows < 0:
         raise errors.InvalidArgument("max_rows must not be negative", field="max_rows")
     routed = request.HasField("route_key")
@@ -404,7 +414,7 @@ def _read_request(request: pb.QueryRequest, caller: str = "") -> ReadRequest:
         sql=request.sql,
         params=params_from_proto(request.params, request.named_params),
         max_rows=request.max_rows,
-        cache_tags=list(cache.tags),
+        cache_tags=_tags(cache.tags, "cache.tags", limits),
         route_key=from_proto(request.route_key, "route_key") if routed else None,
         routed=routed,
         cache_mode=_CACHE_MODE.get(cache.mode, "use"),
@@ -439,8 +449,26 @@ def _merge_spec(merge: pb.Merge) -> MergeSpec:
     )
 
 
-def _write_options(request: pb.BatchInsertRequest | pb.BatchUpdateRequest) -> WriteOptions:
-    return WriteOptions(list(request.invalidate_tags), request.idempotency_key)
+def _write_options(
+    request: pb.BatchInsertRequest | pb.BatchUpdateRequest, limits: Limits
+) -> WriteOptions:
+    tags = _tags(request.invalidate_tags, "invalidate_tags", limits)
+    return WriteOptions(tags, request.idempotency_key)
+
+
+def _tags(tags: Sequence[str], field: str, limits: Limits) -> list[str]:
+    """Tags a caller named, within the caps: each one is held in memory and in Redis."""
+    if len(tags) > limits.max_tags_per_request:
+        raise errors.InvalidArgument(
+            f"{field}: at most {limits.max_tags_per_request} tags, got {len(tags)}", field=field
+        )
+    for tag in tags:
+        if len(tag.encode()) > limits.max_tag_bytes:
+            raise errors.InvalidArgument(
+                f"{field}: a tag of {len(tag.encode())} bytes; at most {limits.max_tag_bytes}",
+                field=field,
+            )
+    return list(tags)
 
 
 def _query_response(result: ReadResult, with_status: bool = True) -> pb.QueryResponse:
