@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import socket
 import sqlite3
@@ -269,7 +270,10 @@ async def test_redis_killed_and_restarted_empty_or_from_its_snapshot_never_serve
 
 @pytest.mark.slow
 async def test_an_invalidation_held_through_an_outage_survives_a_restart_of_the_service(
-    tmp_path: Path, document: dict[str, Any], redis_server: RedisProcess
+    tmp_path: Path,
+    document: dict[str, Any],
+    redis_server: RedisProcess,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     document = with_redis({**document, "l1_max_entries": 0}, redis_server)
     async with started(tmp_path, document) as running:
@@ -277,9 +281,14 @@ async def test_an_invalidation_held_through_an_outage_survives_a_restart_of_the_
         assert (await _read(running))[1] == "hit_redis"
         redis_server.signal(signal.SIGSTOP)
         await _insert(running)  # committed; its invalidation cannot reach Redis
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="service")
     async with started(tmp_path, document) as restarted:
         redis_server.signal(signal.SIGCONT)  # Redis comes back WITH the stale entry
         await _until(lambda: _state_is(restarted, "closed"))
+        said = [record.getMessage() for record in caplog.records]
+        assert "holding undelivered invalidations" in said
+        assert any(line.startswith("held invalidations delivered to Redis") for line in said)
         assert (await _read(restarted))[0] == [(1,)]
         with sqlite3.connect(restarted.data_dir / "kitchen.db") as conn:
             await _insert(restarted)  # a later transaction deletes delivered outbox rows

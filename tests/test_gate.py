@@ -1,11 +1,15 @@
-"""Held invalidations against a real redis-server: a tag held again mid-delivery stays held."""
+"""Held invalidations and the channel against a real redis-server: delivery, and what is logged."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
-from service.cache.redis_tier import RedisSettings
+import pytest
+
+from service.cache.redis_tier import RedisSettings, RedisTier
+from service.cache.subscription import InvalidationListener
 from service.cache.tagged import CacheSettings, EntryPolicy, TagCache
 from tests.conftest import RedisProcess
 
@@ -54,3 +58,53 @@ async def test_a_commit_held_while_an_earlier_hold_is_delivered_is_not_lost(
     finally:
         await writer.close()
         await reader.close()
+
+
+async def test_held_invalidations_say_when_they_are_delivered(
+    redis_server: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = TagCache(CacheSettings(redis=RedisSettings(url=redis_server.url), breaker_reset=0.1))
+    await cache.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="service.cache"):
+            cache.hold(["T", "U"], None)  # as the server does at start with an outbox left over
+            async with asyncio.timeout(10):
+                while not cache.redis_usable:
+                    await asyncio.sleep(0.01)
+        lines = [r.getMessage() for r in caplog.records if "delivered" in r.getMessage()]
+        assert lines == ["held invalidations delivered to Redis: 2 tags"]
+    finally:
+        await cache.close()
+
+
+async def test_a_redis_outage_is_logged_once_each_way_with_a_summary_while_it_lasts(
+    redis_server: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    tier = RedisTier(RedisSettings(url=redis_server.url), lambda: None)
+    listener = InvalidationListener(
+        tier, lambda _: None, lambda: None, ping_interval=0.05, summary_interval=0.5
+    )
+    task = asyncio.ensure_future(listener.run())
+    try:
+        with caplog.at_level(logging.INFO, logger="service.cache"):
+            await _until_subscribed(listener, True)
+            redis_server.kill()
+            await _until_subscribed(listener, False)
+            await asyncio.sleep(1.2)  # about twenty attempts, two summaries
+            redis_server.start()
+            await _until_subscribed(listener, True)
+        lines = [r.getMessage() for r in caplog.records if "invalidation channel" in r.getMessage()]
+        assert lines[0].startswith("invalidation channel lost")
+        assert lines[-1].startswith("invalidation channel back after")
+        assert 1 <= len([line for line in lines if "still down" in line]) <= 3
+        assert len(lines) <= 5
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await tier.close()
+
+
+async def _until_subscribed(listener: InvalidationListener, subscribed: bool) -> None:
+    async with asyncio.timeout(10):
+        while listener.subscribed != subscribed:
+            await asyncio.sleep(0.01)

@@ -125,7 +125,7 @@ class RedisGate:
             if not self.breaker.closed and not self._held_tags:
                 self._on_distrust()
                 self.breaker.close()
-                log.info("Redis is back; held invalidations delivered")
+                log.info("Redis is back: the cache uses it again")
 
     async def _deliver_held(self) -> None:
         held, receipts = dict(self._held_tags), list(self._held_receipts)
@@ -139,3 +139,5 @@ class RedisGate:
         del self._held_receipts[: len(receipts)]
         for receipt in receipts:
             receipt()
+        if delivered:
+            log.info("held invalidations delivered to Redis: %d tags", len(delivered))

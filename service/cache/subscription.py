@@ -4,7 +4,9 @@ Every write and ``Invalidate`` publishes the tags' new tokens; the listener
 applies them here at once. While it is not subscribed, invalidations may be
 missed, so L1 is not served; every (re)subscription starts from an empty L1.
 A Redis that hangs (SIGSTOP, a dropped network) is found by pings that get
-no answer.
+no answer. An outage is logged once when it starts, as a summary now and
+then while it lasts, and once when the channel is back, however often the
+listener retries meanwhile.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from service.cache.redis_tier import RedisTier, RedisUnavailable
+from service.cache.redis_tier import EpochChanged, RedisTier, RedisUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +34,14 @@ class InvalidationListener:
         on_tokens: Callable[[dict[str, str]], object],
         on_lost: Callable[[], None],
         ping_interval: float = 0.5,
+        summary_interval: float = 60.0,
     ) -> None:
         self.subscribed = False
         self._tier = tier
         self._on_tokens = on_tokens
         self._on_lost = on_lost
         self._ping_interval = ping_interval
+        self._outage = _Outage(summary_interval)
 
     async def run(self) -> None:
         """Listen until cancelled, resubscribing after every failure."""
@@ -45,7 +49,7 @@ class InvalidationListener:
             try:
                 await self._listen()
             except (RedisError, RedisUnavailable, OSError, TimeoutError, ValueError) as exc:
-                log.warning("invalidation channel lost: %s", exc)
+                self._outage.failed(exc)
             finally:
                 self._lose()
             await asyncio.sleep(self._ping_interval)
@@ -58,11 +62,15 @@ class InvalidationListener:
     async def _listen(self) -> None:
         pubsub = self._tier.client.pubsub()
         try:
-            await pubsub.subscribe(self._tier.channel)
+            try:
+                await pubsub.subscribe(self._tier.channel)
+            except EpochChanged:  # the channel's name has no epoch: on the new Redis, again
+                await pubsub.subscribe(self._tier.channel)
             await self._confirmed(pubsub)
             # Anything published before the confirmation may be lost: start empty.
             self._on_lost()
             self.subscribed = True
+            self._outage.ended()
             await self._receive(pubsub)
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -89,3 +97,40 @@ class InvalidationListener:
             if now - pinged >= self._ping_interval:
                 pinged = now
                 await pubsub.ping()
+
+
+class _Outage:
+    """The channel's outages, for the log: one line each way, and a summary while it lasts."""
+
+    def __init__(self, summary_interval: float) -> None:
+        self._summary_interval = summary_interval
+        self._since: float | None = None  # when the channel was lost; None while subscribed
+        self._summarised = 0.0
+        self._attempts = 0
+
+    def failed(self, exc: BaseException) -> None:
+        """An attempt to listen failed (or a subscription ended)."""
+        now = time.monotonic()
+        if self._since is None:
+            self._since = self._summarised = now
+            self._attempts = 0
+            log.warning("invalidation channel lost, L1 is off until it is back: %s", exc)
+        self._attempts += 1
+        if now - self._summarised >= self._summary_interval:
+            self._summarised = now
+            log.warning(
+                "invalidation channel still down after %.0f s (%d attempts): %s",
+                now - self._since,
+                self._attempts,
+                exc,
+            )
+
+    def ended(self) -> None:
+        """Subscribed (again)."""
+        if self._since is not None:
+            log.info(
+                "invalidation channel back after %.1f s (%d attempts)",
+                time.monotonic() - self._since,
+                self._attempts,
+            )
+            self._since = None
