@@ -133,13 +133,50 @@ async def test_idempotency_keys_are_not_readable_through_query(running: Running)
 async def test_a_full_write_queue_is_resource_exhausted(
     tmp_path: Path, document: dict[str, Any]
 ) -> None:
-    document["limits"] = {"write_queue_size": 2}
+    """The queue fills for certain: another connection holds the write lock meanwhile.
+
+    Without the lock the writer may drain the queue as fast as the calls
+    arrive, and whether any call finds it full is a matter of timing.
+    """
+    calls, queue_size = 60, 2
+    document["limits"] = {"write_queue_size": queue_size}
+    document["sqlite"] = {"busy_timeout_ms": 120_000}  # the writer waits for the lock
     async with started(tmp_path, document) as running:
-        results = await asyncio.gather(
-            *(_insert(running, [row(i, f"q{i}", 1)]) for i in range(60)), return_exceptions=True
-        )
-    codes = {r.code() for r in results if isinstance(r, grpc.aio.AioRpcError)}
-    assert codes == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        blocker = sqlite3.connect(running.data_dir / "kitchen.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        tasks = [
+            asyncio.ensure_future(_outcome(_insert(running, [row(i, f"q{i}", 1)])))
+            for i in range(calls)
+        ]
+        # Blocked in its first group, the writer holds at most 1 + queue_size
+        # calls and the queue queue_size more: every other call is refused,
+        # and nothing else can finish until the lock is released.
+        refused = calls - 2 * queue_size - 1
+        try:
+            async with asyncio.timeout(30):
+                for _, done in zip(range(refused), asyncio.as_completed(tasks), strict=False):
+                    failure = await done
+                    assert isinstance(failure, grpc.aio.AioRpcError), failure
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        outcomes = await asyncio.gather(*tasks)
+    failures = [r for r in outcomes if isinstance(r, grpc.aio.AioRpcError)]
+    assert {f.code() for f in failures} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert all("write queue is full" in (f.details() or "") for f in failures)
+    committed = [r for r in outcomes if isinstance(r, pb.BatchInsertResponse)]
+    assert len(committed) >= 1 + queue_size  # the calls taken before the queue filled
+    assert len(committed) + len(failures) == calls
+    with running.sqlite("kitchen") as conn:
+        assert conn.execute("SELECT count(*) FROM items").fetchone() == (len(committed),)
+
+
+async def _outcome(call: Any) -> Any:
+    """The response of ``call``, or the error it failed with."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        return exc
 
 
 @pytest.mark.slow
