@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +253,37 @@ async def test_last_insert_rowid_is_only_a_rowid_this_insert_made(
         await running.stub.BatchUpdate(_statements(("DELETE FROM items WHERE id = 41", [])))
         again = await _insert(running, [row(None, "b", 1)])  # the highest rowid is given again
         assert (again.rows_affected, again.last_insert_rowid) == (1, 41)
+
+
+def _cli(port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).parent / "dataaccess"), "--target", f"127.0.0.1:{port}"]
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_cli_insert_reports_what_was_committed_and_only_real_rowids(
+    tmp_path: Path, document: dict[str, Any], service_process: Any
+) -> None:
+    _with_extra_tables(document, tmp_path)
+    port = service_process(document).port
+    failing = tmp_path / "failing.csv"
+    failing.write_text("id,code,qty\n1,a,1\n2,b,-1\n")
+    failed = _cli(port, "insert", "kitchen", "items", str(failing))
+    assert failed.returncode == 1
+    assert failed.stdout == ""
+    assert failed.stderr.startswith("error: FAILED_PRECONDITION"), failed.stderr
+    assert "inserted" not in failed.stderr  # nothing was committed: no summary
+    later = _cli(port, "insert", "kitchen", "items", str(failing), "--batch-size", "1")
+    assert later.returncode == 1
+    assert "note: committed before the failure: inserted 1 of 1 rows in 1 batch" in later.stderr
+    labels = tmp_path / "labels.csv"
+    labels.write_text("name,n\nx,1\ny,2\n")
+    without_rowid = _cli(port, "--json", "insert", "kitchen", "labels", str(labels))
+    assert without_rowid.returncode == 0, without_rowid.stderr
+    answer = json.loads(without_rowid.stdout)
+    assert answer["rows_affected"] == 2 and "last_insert_rowid" not in answer
+    items = tmp_path / "items.csv"
+    items.write_text("id,code,qty\n7,g,1\n")
+    with_rowid = _cli(port, "--json", "insert", "kitchen", "items", str(items))
+    assert json.loads(with_rowid.stdout)["last_insert_rowid"] == 7

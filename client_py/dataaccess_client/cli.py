@@ -7,6 +7,7 @@ stderr) or a local input is bad, 2 for a usage error, 130 on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -85,7 +86,8 @@ class InsertTotals:
         self.batches += 1
         self.rows_sent += rows_sent
         self.rows_affected += result.rows_affected
-        self.last_insert_rowid = result.last_insert_rowid
+        if result.last_insert_rowid:  # 0: no row got a rowid (WITHOUT ROWID, all ignored)
+            self.last_insert_rowid = result.last_insert_rowid
         new = [t for t in result.invalidated_tags if t not in self.invalidated_tags]
         self.invalidated_tags.extend(new)
 
@@ -95,6 +97,13 @@ class InsertTotals:
             f"inserted {self.rows_affected} of {self.rows_sent} rows "
             f"in {self.batches} batch{'' if self.batches == 1 else 'es'}"
         )
+
+    def report(self) -> dict[str, object]:
+        """What --json prints; last_insert_rowid only when an inserted row got a rowid."""
+        data = dataclasses.asdict(self)
+        if not self.last_insert_rowid:
+            del data["last_insert_rowid"]
+        return data
 
 
 @contextmanager
@@ -126,10 +135,10 @@ def _insert(client: Client, args: argparse.Namespace, out: Output) -> None:
                 totals.add(len(batch), result)
                 advance(reader.bytes_read)
         except (DataAccessClientError, ValueError):
-            # Earlier batches are committed: say how far the load got before failing.
-            print(f"note: {totals.summary()} before the failure", file=sys.stderr)
+            if totals.batches:  # earlier batches are committed: say how far the load got
+                print(f"note: committed before the failure: {totals.summary()}", file=sys.stderr)
             raise
-    out.show(totals, totals.summary())
+    out.show(totals.report(), totals.summary())
 
 
 def _health(client: Client, args: argparse.Namespace, out: Output) -> None:
