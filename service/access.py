@@ -18,7 +18,13 @@ from typing import TypeVar
 from opentelemetry import trace
 
 from service import errors
-from service.auth import ANYONE, Principal
+from service.auth import (
+    ANYONE,
+    Principal,
+    check_database,
+    tag_database,
+    unknown_database,
+)
 from service.cache.keys import cache_key
 from service.cache.tagged import CacheUnavailable, EntryPolicy, TagCache, TierSnapshot
 from service.config import Limits
@@ -37,6 +43,7 @@ from service.db.reads import (
 from service.db.schema import rows_up_to
 from service.db.writes import InsertRequest, StatementPlan, WriteOutcome, WritePlan, plan_insert
 from service.fingerprint import fingerprint
+from service.health import HealthReport
 from service.merge import MergeSpec, merge_rows
 from service.router import Router, pick_member
 from service.stats import (
@@ -191,6 +198,7 @@ class DataAccess:
 
         ``identity`` (the request's bytes) lets ``cached`` answer its repeats.
         """
+        self._visible(request.database, caller)
         members = self._router.members(request.database, request.route_key, request.routed)
         names = [db.name for db in members]
         caller.require("read", request.database, names)
@@ -326,6 +334,7 @@ class DataAccess:
         self, request: ReadRequest, deadline: float, caller: Principal = ANYONE
     ) -> AsyncIterator[ReadResult]:
         """Run a read and yield its rows in bounded chunks; the first carries the columns."""
+        self._visible(request.database, caller)
         database = self._router.database(request.database)
         caller.require("read", database.name)
         self._check_sql(request.sql)
@@ -387,6 +396,7 @@ class DataAccess:
         caller: Principal = ANYONE,
     ) -> WriteResult:
         """Insert rows atomically per database (a group routes each row), after the commit."""
+        self.check_write(database_name, caller)
         self._check_batch(len(request.rows), "rows")
         if self._router.is_group(database_name):
             members = self._router.groups[database_name].members
@@ -433,6 +443,7 @@ class DataAccess:
         caller: Principal = ANYONE,
     ) -> WriteResult:
         """Run DML statements in one transaction, answered after the commit."""
+        self.check_write(database_name, caller)
         database = self._router.database(database_name)
         caller.require("write", database.name)
         self._check_invalidate_tags(write, [database.name], caller)
@@ -538,23 +549,59 @@ class DataAccess:
         return [f"table:{database.name}.{table}" for table in sorted(reads)] + list(extra)
 
     def check_write(self, database_name: str, caller: Principal) -> None:
-        """Raise PermissionDenied (or NotFound) unless ``caller`` may write ``database_name``."""
-        if self._router.is_group(database_name):
-            members = self._router.groups[database_name].members
-            caller.require("write", database_name, members)
-        else:
-            caller.require("write", self._router.database(database_name).name)
+        """Raise NotFound (also for a name the caller may not know of) or PermissionDenied
+        unless ``caller`` may write ``database_name``."""
+        members = self._visible(database_name, caller)
+        if not members:  # a database (a group always has members)
+            database_name = self._router.database(database_name).name
+        caller.require("write", database_name, members)
+
+    def _visible(self, name: str, caller: Principal) -> Sequence[str]:
+        """The members of group ``name`` (none for a database), once the caller may know of it.
+
+        Checked before anything else looks the name up, so a name the caller holds no
+        scope on answers exactly as an unknown one: existence cannot be probed.
+        """
+        group = self._router.groups.get(name)
+        members = group.members if group is not None else ()
+        if not self._sees(caller, name, members):
+            raise unknown_database(name)
+        return members
+
+    def _sees(self, caller: Principal, name: str, members: Sequence[str] = ()) -> bool:
+        """A scope on the name, on a member, or on a group the database is in (whose
+        answers name their members) lets the caller know of it."""
+        if caller.sees(name, members):
+            return True
+        groups = self._router.groups.values()
+        return any(caller.sees(group.name) for group in groups if name in group.members)
+
+    def visible_health(self, report: HealthReport, caller: Principal) -> HealthReport:
+        """``report`` with only the checks of databases ``caller`` may know of (and Redis's).
+
+        The overall status stays the service's (the standard health service tells anyone);
+        the score is recomputed over the checks shown.
+        """
+        names = sorted(self._router.databases, key=len, reverse=True)  # longest name first
+        shown = [
+            check
+            for check in report.checks
+            if (database := check_database(check.name, names)) is None
+            or self._sees(caller, database)
+        ]
+        if len(shown) == len(report.checks):
+            return report
+        healthy = sum(check.status == "healthy" for check in shown)
+        return replace(report, score=healthy / len(shown) if shown else 0.0, checks=shown)
 
     def _check_invalidate_tags(
         self, write: WriteOptions, databases: Sequence[str], caller: Principal
     ) -> None:
         """A writer may bump its own tags and its databases'; ``all`` and others' need admin."""
-        own = tuple(f"table:{db}." for db in databases) + tuple(
-            f"database:{db}" for db in databases
-        )
+        names = sorted(self._router.databases, key=len, reverse=True)
         for tag in write.invalidate_tags:
             reserved = tag == ALL_TAG or tag.startswith(("table:", "database:"))
-            if reserved and not (tag.startswith(own) or tag in own):
+            if reserved and tag_database(tag, names) not in databases:
                 caller.require_admin(f"invalidate {tag!r} with a write")
 
     def _check_batch(self, rows: int, field_name: str) -> None:

@@ -253,7 +253,8 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
     ) -> pb.HealthResponse:
         if request.deep:
             caller.require_admin("ask for a deep health check")
-        report = await self._health.report(deep=request.deep)
+        # Only what the caller may know of: names it holds no scope on stay unlisted.
+        report = self._access.visible_health(await self._health.report(request.deep), caller)
         return pb.HealthResponse(
             status=_HEALTH[report.status],
             score=report.score,

@@ -19,9 +19,11 @@ TOKENS = {
     "writer": ["write:kitchen"],
     "admin": ["admin"],
     "members": ["read:archive", "read:live"],
+    "historian": ["read:history"],
 }
 OK = grpc.StatusCode.OK
 DENIED = grpc.StatusCode.PERMISSION_DENIED
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
 UNKNOWN = grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -32,6 +34,9 @@ def _secret(name: str) -> str:
 @pytest.fixture
 async def secured(tmp_path: Path, document: dict[str, Any]) -> AsyncIterator[Running]:
     document["groups"] = [{"name": "history", "members": ["archive", "live"]}]
+    kitchen = next(db for db in document["databases"] if db["name"] == "kitchen")
+    # A database whose name starts with another's: scopes and tags must stop at the name.
+    document["databases"].append({**kitchen, "name": "kitchen2", "path": "kitchen2.db"})
     document["auth"] = {
         "tokens": [
             {
@@ -89,10 +94,20 @@ async def _deep_health(running: Running, metadata: list[tuple[str, str]]) -> Any
 
 
 MATRIX: dict[str, tuple[Call, dict[str, grpc.StatusCode]]] = {
-    "Query": (_query, {"reader": OK, "writer": DENIED, "admin": DENIED, "members": DENIED}),
-    "QueryStream": (_stream, {"reader": OK, "writer": DENIED, "admin": DENIED, "members": DENIED}),
-    "BatchInsert": (_insert, {"reader": DENIED, "writer": OK, "admin": DENIED, "members": DENIED}),
-    "BatchUpdate": (_update, {"reader": DENIED, "writer": OK, "admin": DENIED, "members": DENIED}),
+    # A caller with no scope on kitchen is not told it exists: NOT_FOUND, as for an unknown name.
+    "Query": (_query, {"reader": OK, "writer": DENIED, "admin": DENIED, "members": NOT_FOUND}),
+    "QueryStream": (
+        _stream,
+        {"reader": OK, "writer": DENIED, "admin": DENIED, "members": NOT_FOUND},
+    ),
+    "BatchInsert": (
+        _insert,
+        {"reader": DENIED, "writer": OK, "admin": DENIED, "members": NOT_FOUND},
+    ),
+    "BatchUpdate": (
+        _update,
+        {"reader": DENIED, "writer": OK, "admin": DENIED, "members": NOT_FOUND},
+    ),
     "Invalidate": (
         _invalidate,
         {"reader": DENIED, "writer": DENIED, "admin": OK, "members": DENIED},
@@ -147,7 +162,7 @@ async def test_a_group_needs_its_own_scope_or_every_members(secured: Running) ->
     members = [("authorization", f"Bearer {_secret('members')}")]
     reader = [("authorization", f"Bearer {_secret('reader')}")]
     assert await _code(group, secured, members) == OK
-    assert await _code(group, secured, reader) == DENIED
+    assert await _code(group, secured, reader) == NOT_FOUND  # no scope on it or its members
 
 
 async def test_the_standard_health_service_stays_open_for_probes(secured: Running) -> None:
@@ -172,7 +187,16 @@ async def test_writers_may_bump_their_own_tags_but_not_everyone_elses(secured: R
         )
 
     await insert(["user:1", "table:kitchen.items", "database:kitchen"])
-    for foreign in (["all"], ["database:live"], ["table:live.products"]):
+    foreign_tags = (
+        ["all"],
+        ["database:live"],
+        ["table:live.products"],
+        ["database:kitchen2"],  # write:kitchen stops at the name: kitchen2 is another database
+        ["table:kitchen2.items"],
+        ["database:kitchen.x"],
+        ["database:kitchen "],
+    )
+    for foreign in foreign_tags:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await insert(foreign)
         assert refused.value.code() == DENIED, foreign
@@ -217,3 +241,70 @@ async def test_an_unknown_database_does_not_list_the_others_when_auth_is_on(
         await secured.stub.Query(pb.QueryRequest(database="nope", sql="SELECT 1"), metadata=reader)
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
     assert "archive" not in (missing.value.details() or "")
+
+
+def _bearer(name: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {_secret(name)}")]
+
+
+async def _refusal(call: Callable[[str], Any]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call("")
+    return refused.value.code(), refused.value.details() or ""
+
+
+NAMED_CALLS: dict[str, Callable[[Running, str], Any]] = {
+    "Query": lambda r, name: r.stub.Query(
+        pb.QueryRequest(database=name, sql="SELECT 1"), metadata=_bearer("reader")
+    ),
+    "Query(route_key)": lambda r, name: r.stub.Query(
+        pb.QueryRequest(database=name, sql="SELECT 1", route_key=pb.Value(integer=1)),
+        metadata=_bearer("reader"),
+    ),
+    "QueryStream": lambda r, name: _drain(
+        r.stub.QueryStream(
+            pb.QueryRequest(database=name, sql="SELECT 1"), metadata=_bearer("reader")
+        )
+    ),
+    "BatchInsert": lambda r, name: r.stub.BatchInsert(
+        pb.BatchInsertRequest(database=name, table="items", columns=["qty"], rows=[row(1)]),
+        metadata=_bearer("reader"),
+    ),
+    "BatchUpdate": lambda r, name: r.stub.BatchUpdate(
+        pb.BatchUpdateRequest(
+            database=name, statements=[pb.Statement(sql="UPDATE items SET qty = 1")]
+        ),
+        metadata=_bearer("reader"),
+    ),
+}
+
+
+async def _drain(stream: Any) -> list[Any]:
+    return [chunk async for chunk in stream]
+
+
+@pytest.mark.parametrize("rpc", list(NAMED_CALLS))
+async def test_a_name_the_caller_has_no_scope_on_answers_as_an_unknown_one(
+    secured: Running, rpc: str
+) -> None:
+    call = NAMED_CALLS[rpc]
+    unknown = await _refusal(lambda _: call(secured, "nowhere"))
+    assert unknown == (NOT_FOUND, "unknown database 'nowhere'")
+    for hidden in ("kitchen2", "live", "history"):  # a database, a member, a group
+        code, details = await _refusal(lambda _, name=hidden: call(secured, name))
+        assert (code, details.replace(hidden, "nowhere")) == unknown, hidden
+
+
+async def test_health_lists_only_the_databases_the_caller_may_know_of(secured: Running) -> None:
+    async def shown(caller: str) -> set[str]:
+        report = await secured.stub.Health(pb.HealthRequest(), metadata=_bearer(caller))
+        names = {check.name.split(":")[1] for check in report.checks}
+        assert all(0 <= check.status for check in report.checks)
+        assert 0.0 <= report.score <= 1.0
+        return names
+
+    assert await shown("reader") == {"kitchen"}
+    assert await shown("writer") == {"kitchen"}
+    assert await shown("members") == {"archive", "live"}
+    assert await shown("historian") == {"archive", "live"}  # the group's answers name them
+    assert await shown("admin") == {"archive", "live", "kitchen", "kitchen2"}
