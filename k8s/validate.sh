@@ -15,6 +15,9 @@ for overlay in "$ROOT"/overlays/*/; do
     echo "k8s-validate: $name does not render:"; grep -v '^# Warning' "$out/$name.err" || true
     status=1; continue
   fi
+  if grep -q . "$out/$name.err"; then  # deprecations and the like: fix them, do not ship them
+    echo "k8s-validate: $name renders with warnings:"; cat "$out/$name.err"; status=1
+  fi
   for version in $VERSIONS; do
     if kubernetes-validate --strict --quiet --no-warn -k "$version" "$out/$name.yaml"; then
       echo "k8s-validate: $name is valid for Kubernetes $version"

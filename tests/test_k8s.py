@@ -30,17 +30,22 @@ from tests.conftest import REPO, _wait_serving, free_port
 K8S = REPO / "k8s"
 VENV_BIN = Path(sys.executable).parent
 OVERLAYS = ("dev", "prod")
+READ_BY_SQLITE = {"SQLITE_TMPDIR"}  # SQLite's unix VFS reads it for its temporary files
+MIN_TEMP_VOLUME = 1024**3  # an emptyDir for SQLite's temporary files needs at least this
 
 
 def _render(overlay: str, root: Path = K8S) -> list[dict[str, Any]]:
-    out = subprocess.run(
+    return [doc for doc in yaml.safe_load_all(_kustomize(overlay, root).stdout) if doc]
+
+
+def _kustomize(overlay: str, root: Path = K8S) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         ["kubectl", "kustomize", str(root / "overlays" / overlay)],
         check=True,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
 def _one(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -123,7 +128,8 @@ def test_ports_probes_and_environment_match_what_the_server_reads(overlay: str) 
     for container in (main, _container(pod, "migrate", init=True)):
         for env in container["env"]:
             name = env["name"]
-            assert name in read_by_server or name in otel_names, f"{name} is read by nothing"
+            known = name in read_by_server or name in otel_names or name in READ_BY_SQLITE
+            assert known, f"{name} is read by nothing"
             if name == "DATAACCESS_CONFIG":
                 mounts = {m["mountPath"] for m in container["volumeMounts"]}
                 assert str(Path(env["value"]).parent) in mounts
@@ -229,6 +235,62 @@ def test_the_configmap_is_a_config_the_server_accepts(tmp_path: Path) -> None:
     assert [db.name for db in built.databases] == ["live", "archive"]
     assert built.redis_url is not None and built.metrics_listen is not None
     assert built.auth_tokens  # auth is on in production
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rendering_prints_no_warning(overlay: str) -> None:
+    rendered = _kustomize(overlay)
+    assert rendered.stderr.strip() == "", rendered.stderr  # e.g. deprecated bases, commonLabels
+
+
+def test_a_deprecated_field_fails_validation(tmp_path: Path) -> None:
+    old = tmp_path / "k8s"
+    shutil.copytree(K8S, old)
+    kustomization = old / "overlays" / "dev" / "kustomization.yaml"
+    text = kustomization.read_text().replace("patches:\n  - path: small.yaml", "")
+    kustomization.write_text(text + "patchesStrategicMerge:\n  - small.yaml\n")
+    result = _validate(old)
+    assert result.returncode != 0
+    assert "dev renders with warnings" in result.stdout
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_sqlite_temporary_files_go_on_a_sized_volume(overlay: str) -> None:
+    objects = _render(overlay)
+    pod = _pod(objects)
+    config = _config(objects)
+    # Where the service puts them (sqlite.temp_dir, default data_dir/tmp): SQLite must agree.
+    temp_dir = Path(config["data_dir"]) / config.get("sqlite", {}).get("temp_dir", "tmp")
+    statefulset = _one(objects, "StatefulSet", "dataaccess")
+    claims = {c["metadata"]["name"] for c in statefulset["spec"]["volumeClaimTemplates"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for container in (_container(pod, "dataaccess"), _container(pod, "migrate", init=True)):
+        tmpdir = Path(_env(container)["SQLITE_TMPDIR"])
+        assert tmpdir == temp_dir
+        [mount] = [m for m in container["volumeMounts"] if tmpdir.is_relative_to(m["mountPath"])]
+        if mount["name"] not in claims:  # then a sized emptyDir, not the small /tmp one
+            limit = volumes[mount["name"]]["emptyDir"]["sizeLimit"]
+            assert _bytes(limit) >= MIN_TEMP_VOLUME, container["name"]
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(quantity[: -len(suffix)]) * factor
+    return int(quantity)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kubernetes_waits_longer_than_the_service_drains(overlay: str) -> None:
+    objects = _render(overlay)
+    pod = _pod(objects)
+    grace = float(
+        _env(_container(pod, "dataaccess")).get("DATAACCESS_SHUTDOWN_GRACE_SECONDS")
+        or _config(objects).get("shutdown_grace_seconds", Config.shutdown_grace_seconds)
+    )
+    # A few seconds past the drain: the Redis sidecar stops after the service.
+    assert pod.get("terminationGracePeriodSeconds", 30) >= grace + 5
 
 
 @pytest.fixture(autouse=True)
