@@ -115,3 +115,23 @@ def test_cli_insert_health_stats_invalidate_and_errors(
     assert failed.returncode == 1
     assert "PERMISSION_DENIED" in failed.stderr
     json.loads(_cli(server.port, "--json", "health").stdout.strip().splitlines()[-1])
+
+
+def test_cli_takes_global_options_after_the_command(
+    document: dict[str, Any], service_process: Any
+) -> None:
+    server = service_process(document)
+    target = f"127.0.0.1:{server.port}"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
+
+    answered = cli("query", "kitchen", "SELECT 41 + 1 AS n", "--json", "--target", target)
+    assert answered.returncode == 0, answered.stderr
+    assert "42" in json.dumps(json.loads(answered.stdout.strip().splitlines()[-1]))
+    # Given on both sides, the one after the command wins; given before only, it stays.
+    health = cli(
+        "--target", "127.0.0.1:1", "--json", "health", "--target", target, "--timeout", "5"
+    )
+    assert health.returncode == 0, health.stderr
+    json.loads(health.stdout.strip().splitlines()[-1])

@@ -336,6 +336,32 @@ def test_query_parser_collects_typed_params():
     assert args.param == [1, "x"] and args.target == "h:1" and not args.bypass_cache
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--json", "--target", "h:1", "--timeout", "3", "--token", "t", "query", "live", "x"],
+        ["query", "live", "x", "--json", "--target", "h:1", "--timeout", "3", "--token", "t"],
+        ["--json", "--timeout", "3", "query", "live", "x", "--target", "h:1", "--token", "t"],
+        ["--target", "elsewhere:2", "query", "live", "x", "--target", "h:1", "--timeout=3"]
+        + ["--token=t", "--json"],  # after the command wins
+    ],
+)
+def test_global_options_are_taken_before_or_after_the_command(argv):
+    args = build_parser().parse_args(argv)
+    assert (args.json, args.target, args.timeout, args.token) == (True, "h:1", 3.0, "t")
+    assert (args.command, args.database, args.sql) == ("query", "live", "x")
+
+
+@pytest.mark.parametrize("command", [["health"], ["stats"], ["invalidate", "--all"]])
+def test_global_options_not_given_keep_their_defaults_after_any_command(command):
+    parser = build_parser()
+    before = parser.parse_args(["--tls-ca", "ca.pem", "--tls-cert", "c", *command])
+    after = parser.parse_args([*command, "--tls-ca", "ca.pem", "--tls-cert", "c"])
+    for args in (before, after):
+        assert (args.tls_ca, args.tls_cert, args.tls_key) == ("ca.pem", "c", None)
+        assert args.json is False and args.timeout == 10.0
+
+
 def test_invalidate_needs_something_to_drop(capsys):
     from dataaccess_client.cli import main
 

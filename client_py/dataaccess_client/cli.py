@@ -157,23 +157,42 @@ def _invalidate(client: Client, args: argparse.Namespace, out: Output) -> None:
     out.show({"invalidated_tags": tags}, f"invalidated: {', '.join(tags) or 'nothing'}")
 
 
-def _global_options(parser: argparse.ArgumentParser) -> None:
+def _global_options(parser: argparse.ArgumentParser, after_command: bool = False) -> None:
+    """The options every command takes, before its name or (``after_command``) after it.
+
+    After it they default to SUPPRESS: one not given there leaves the value given
+    before the command (or the default) as it was, instead of resetting it.
+    """
     env = os.environ
-    parser.add_argument(
+    also = "before" if after_command else "after"
+    where = parser.add_argument_group(f"global options (also {also} the command)")
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if after_command else value
+
+    where.add_argument(
         "--target",
-        default=env.get(TARGET_ENV, DEFAULT_TARGET),
+        default=default(env.get(TARGET_ENV, DEFAULT_TARGET)),
         help=f"server host:port (default: ${TARGET_ENV} or {DEFAULT_TARGET})",
     )
-    parser.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds per call (default: 10)"
+    where.add_argument(
+        "--timeout", type=float, default=default(10.0), help="seconds per call (default: 10)"
     )
-    parser.add_argument(
-        "--token", default=env.get(TOKEN_ENV), help=f"bearer token (default: ${TOKEN_ENV})"
+    where.add_argument(
+        "--token",
+        default=default(env.get(TOKEN_ENV)),
+        help=f"bearer token (default: ${TOKEN_ENV})",
     )
-    parser.add_argument("--tls-ca", help="connect over TLS, trusting this CA bundle")
-    parser.add_argument("--tls-cert", help="client certificate for mutual TLS")
-    parser.add_argument("--tls-key", help="client key for mutual TLS")
-    parser.add_argument("--json", action="store_true", help="print one line of JSON")
+    where.add_argument(
+        "--tls-ca", default=default(None), help="connect over TLS, trusting this CA bundle"
+    )
+    where.add_argument(
+        "--tls-cert", default=default(None), help="client certificate for mutual TLS"
+    )
+    where.add_argument("--tls-key", default=default(None), help="client key for mutual TLS")
+    where.add_argument(
+        "--json", action="store_true", default=default(False), help="print one line of JSON"
+    )
 
 
 def _query_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -236,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     _query_parser(commands)
     _insert_parser(commands)
     _small_parsers(commands)
+    for command in commands.choices.values():  # `dataaccess query live "..." --json` too
+        _global_options(command, after_command=True)
     return parser
 
 
