@@ -213,6 +213,8 @@ async def test_returning_statements_count_the_rows_they_wrote(
         assert {w.database: w for w in stats.writes}["kitchen"].rows == 5 + 8
         replayed = await running.stub.BatchUpdate(request)
         assert list(replayed.rows_affected) == [4, 1, 2, 1]
+        stats = await running.stub.Stats(pb.StatsRequest())
+        assert {w.database: w for w in stats.writes}["kitchen"].rows == 5 + 8  # none replayed
         with running.sqlite("kitchen") as conn:
             assert conn.execute("SELECT count(*) FROM audit").fetchone() == (4,)
             assert conn.execute("SELECT sum(qty) FROM items").fetchone() == (1 + 2 + 3 + 4 + 31,)

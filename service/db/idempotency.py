@@ -94,6 +94,7 @@ def _replay(found: tuple[str, str], fingerprint: str) -> WriteOutcome:
         tuple(stored["rows_affected"]),
         stored["last_insert_rowid"],
         frozenset(stored["tables"]),
+        replayed=True,
     )
 
 

@@ -218,7 +218,7 @@ class WriteBatcher:
         finally:
             self._group = None
         committed = [r for r in group.results if isinstance(r, WriteOutcome)]
-        span.set_attribute("dataaccess.rows_written", sum(sum(r.rows_affected) for r in committed))
+        span.set_attribute("dataaccess.rows_written", sum(r.rows_written for r in committed))
         if len(committed) < len(jobs):
             span.set_status(trace.StatusCode.ERROR, f"{len(jobs) - len(committed)} writes failed")
         self._answer(group)
@@ -232,7 +232,7 @@ class WriteBatcher:
         if committed:
             self.counters.transactions += 1
             self.counters.batches += len(committed)
-            self.counters.rows += sum(sum(r.rows_affected) for r in committed)
+            self.counters.rows += sum(r.rows_written for r in committed)
         if not group.tags or self._after_commit is None:
             self._settle(group)
             return

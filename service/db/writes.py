@@ -33,6 +33,12 @@ class WriteOutcome:
     rows_affected: tuple[int, ...]
     last_insert_rowid: int
     tables: frozenset[str]
+    replayed: bool = False  # an idempotent retry's stored answer: nothing was written now
+
+    @property
+    def rows_written(self) -> int:
+        """Rows this call wrote now (none when replayed)."""
+        return 0 if self.replayed else sum(self.rows_affected)
 
 
 class WritePlan(Protocol):
