@@ -8,6 +8,7 @@ owns them, and still refused when a caller's statement names them.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import grpc
 import pytest
 
 from dataaccess_client.v1 import data_access_pb2 as pb
+from service.db.guard import Catalog, Guard, ShapeMemo
 from tests.conftest import Running, failure_of, plain_rows, row, started, value
 
 MIGRATION = """
@@ -131,3 +133,38 @@ async def test_fts5_functions_work_and_random_over_fts_is_never_cached(search: R
     )
     statuses = [(await search.stub.Query(request)).cache_status for _ in range(3)]
     assert statuses == [pb.CACHE_STATUS_BYPASS] * 3
+
+
+def test_a_cached_statement_keeps_its_shape_when_its_virtual_table_prepares_its_own() -> None:
+    """Pure logic: SQLite authorizes only the virtual table's own statement when a cached
+    statement runs; the shape remembered for the caller's SQL must not be replaced."""
+    catalog = Catalog(
+        {"docs": "docs", "docs_idx": "docs_idx"},
+        frozenset({"docs"}),
+        {"docs_idx": "docs"},
+        frozenset(),
+    )
+    guard = Guard(frozenset(), ShapeMemo(), writer=False)
+    guard.learn(catalog, None)
+    sql = "SELECT random(), title FROM docs WHERE docs MATCH ?"
+    guard.begin(sql)  # first prepare: the statement's own actions
+    for action, arg1, arg2 in [
+        (sqlite3.SQLITE_READ, "docs", "title"),
+        (sqlite3.SQLITE_FUNCTION, None, "random"),
+    ]:
+        assert guard(action, arg1, arg2, "main", None) == sqlite3.SQLITE_OK
+    learnt = guard.shape_of(sql)
+    assert learnt is not None and learnt.volatile and learnt.reads == {"docs"}
+
+    guard.begin(sql)  # a later run of the cached statement: only FTS5's own statement
+    assert guard(sqlite3.SQLITE_READ, "docs_idx", "term", "main", None) == sqlite3.SQLITE_OK
+    assert guard.shape_of(sql) == learnt
+
+    guard.memo = ShapeMemo()  # forgotten: whatever it calls, it is not cached
+    guard.begin(sql)
+    assert guard(sqlite3.SQLITE_READ, "docs_idx", "term", "main", None) == sqlite3.SQLITE_OK
+    fallback = guard.shape_of(sql)
+    assert fallback is not None and fallback.volatile and fallback.reads == {"docs"}
+
+    guard.begin("SELECT * FROM docs_idx")  # named by the caller: refused
+    assert guard(sqlite3.SQLITE_READ, "docs_idx", "term", "main", None) == sqlite3.SQLITE_DENY
