@@ -54,9 +54,7 @@ def fingerprint(sql: str, names: frozenset[str] = frozenset()) -> str:
             if parts and parts[-1] != " ":
                 parts.append(" ")
             continue
-        if kind in ("string", "number") or (
-            kind == "ident" and not _kept(significant, at, names)
-        ):
+        if kind in ("string", "number") or (kind == "ident" and not _kept(significant, at, names)):
             parts.append("?")
         else:
             parts.append(text)
