@@ -11,6 +11,7 @@ its end: the connection comes back idle and usable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable
@@ -55,7 +56,7 @@ class SqliteConnection:
         )
         try:
             return await self._await_hop(hop, deadline)
-        except (sqlite3.Error, ValueError, OverflowError) as exc:
+        except (sqlite3.Error, ValueError, OverflowError, MemoryError) as exc:
             raise self._translate(exc, field) from exc
 
     async def run_trusted(self, work: Work[T], deadline: float | None = None) -> T:
@@ -108,7 +109,7 @@ class SqliteConnection:
             raise asyncio.CancelledError
 
     def _translate(self, exc: Exception, field: str | None) -> errors.DataAccessError:
-        assert isinstance(exc, sqlite3.Error | ValueError | OverflowError)
+        assert isinstance(exc, sqlite3.Error | ValueError | OverflowError | MemoryError)
         mapped = translate(
             exc,
             database=self.database,
@@ -134,6 +135,7 @@ async def open_reader(
     limits: Limits,
 ) -> SqliteConnection:
     """A read-only connection (mode=ro, query_only) behind a default-deny guard."""
+    use_temp_dir(settings)
     conn = await _connect(f"file:{quote(str(path))}?mode=ro", name)
     guard = Guard(frozenset(), memo, writer=False)
     wrapped = SqliteConnection(conn, guard, name)
@@ -152,6 +154,7 @@ async def open_writer(
     limits: Limits,
 ) -> SqliteConnection:
     """The database's one read-write connection, in WAL mode, behind the writer's guard."""
+    use_temp_dir(settings)
     conn = await _connect(f"file:{quote(str(path))}?mode=rwc", name)
     guard = Guard(frozenset(), memo, writer=True)
     wrapped = SqliteConnection(conn, guard, name)
@@ -168,6 +171,32 @@ async def _prepared(conn: SqliteConnection, prepare: Work[None]) -> None:
     except BaseException:
         await conn.close()
         raise
+
+
+def heap_limit_bytes(limits: Limits) -> int:
+    """SQLite's hard heap limit: 3/8 of the memory budget, the rest being Python's."""
+    # A row SQLite holds is copied into Python objects before it is counted, so the
+    # Python side needs about as much again as SQLite's heap, plus the process itself.
+    return limits.memory_budget_mib * 1024 * 1024 * 3 // 8
+
+
+def use_temp_dir(settings: SqliteSettings) -> None:
+    """Point SQLite's temporary files at ``settings.temp_dir``, once per process."""
+    # SQLite 3.40 reads SQLITE_TMPDIR when the sqlite3 module initialises it, before
+    # any config is read, so setting the variable now does nothing; the (deprecated,
+    # process-wide) pragma does. It is set only while unset: changing it while other
+    # connections may be making temporary files is unsafe.
+    if settings.temp_dir is None:
+        return
+    settings.temp_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(":memory:")) as probe:
+        if probe.execute("PRAGMA temp_store_directory").fetchone():
+            return
+        quoted = str(settings.temp_dir).replace("'", "''")
+        try:
+            probe.execute(f"PRAGMA temp_store_directory = '{quoted}'")
+        except sqlite3.Error as exc:
+            raise errors.Unavailable(f"sqlite.temp_dir {settings.temp_dir}: {exc}") from exc
 
 
 async def _connect(uri: str, name: str) -> aiosqlite.Connection:
@@ -192,6 +221,9 @@ def _prepare(
         raw.execute("PRAGMA journal_mode=WAL")
         raw.execute(f"PRAGMA synchronous={settings.synchronous}")
     raw.execute(f"PRAGMA busy_timeout={int(settings.busy_timeout_ms)}")
+    # Process-wide, so every connection sets the same figures: readers and writer share them.
+    raw.execute(f"PRAGMA hard_heap_limit={heap_limit_bytes(limits)}")
+    raw.execute(f"PRAGMA soft_heap_limit={heap_limit_bytes(limits) * 2 // 3}")
     raw.execute(f"PRAGMA cache_size=-{int(settings.cache_size_kib)}")
     raw.execute(f"PRAGMA mmap_size={int(settings.mmap_size_bytes)}")
     raw.execute(f"PRAGMA temp_store={settings.temp_store}")
@@ -208,4 +240,3 @@ def _prepare(
     raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limits.max_result_bytes)
     guard.learn(read_catalog(raw), allowed)  # declared names, default tables, shadow tables
     raw.set_authorizer(guard)
-

@@ -26,8 +26,7 @@ def fetch_rows(
     """Run ``sql`` and fetch up to ``limit`` rows; ``more`` says whether others follow."""
     cursor = _execute(raw, guard, sql, params)
     try:
-        rows = cursor.fetchmany(limit + 1)
-        _check_bytes(rows, max_bytes)
+        rows = _fetch_within(cursor, limit + 1, max_bytes)
         columns = tuple(d[0] for d in cursor.description or ())
         more = len(rows) > limit
         return Fetched(columns, rows[:limit], more, guard.shape_of(sql))
@@ -85,14 +84,22 @@ def _execute(raw: sqlite3.Connection, guard: Guard, sql: str, params: Params) ->
     return cursor
 
 
-def _check_bytes(rows: list[SqlRow], max_bytes: int) -> None:
+def _fetch_within(cursor: sqlite3.Cursor, limit: int, max_bytes: int) -> list[SqlRow]:
+    """Up to ``limit`` rows, refused as soon as they pass ``max_bytes``."""
+    # Row by row, not fetchmany(limit): 10,000 rows of a few MB each would all be in
+    # memory before their size could be looked at.
+    rows: list[SqlRow] = []
     total = 0
-    for row in rows:
+    for row in cursor:
         total += row_bytes(row)
         if total > max_bytes:
             raise errors.ResourceExhausted(
                 f"the result is over {max_bytes} bytes: cut it with max_rows or use QueryStream"
             )
+        rows.append(row)
+        if len(rows) >= limit:
+            break
+    return rows
 
 
 def row_bytes(row: SqlRow) -> int:

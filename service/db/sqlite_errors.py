@@ -32,7 +32,7 @@ _NOT_FOUND_PREFIXES = ("no such table", "no such column", "no such function", "n
 
 
 def translate(
-    exc: sqlite3.Error | ValueError | OverflowError,
+    exc: sqlite3.Error | ValueError | OverflowError | MemoryError,
     *,
     database: str,
     writer: bool,
@@ -40,6 +40,11 @@ def translate(
     field: str | None = None,
 ) -> errors.DataAccessError:
     """The DataAccessError that reports ``exc`` to the caller."""
+    if isinstance(exc, MemoryError):
+        # sqlite3 raises MemoryError for SQLITE_NOMEM: the heap limit, or the process's own.
+        return errors.ResourceExhausted(
+            f"{database}: the statement needs more memory than the server's budget allows"
+        )
     if isinstance(exc, ValueError | OverflowError) or not isinstance(exc, sqlite3.DatabaseError):
         return errors.InvalidArgument(_clean(exc), field=field)
     name = getattr(exc, "sqlite_errorname", "") or ""
