@@ -11,7 +11,7 @@ import functools
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -332,7 +332,7 @@ class DataAccess:
 
     async def query_stream(
         self, request: ReadRequest, deadline: float, caller: Principal = ANYONE
-    ) -> AsyncIterator[ReadResult]:
+    ) -> AsyncGenerator[ReadResult, None]:
         """Run a read and yield its rows in bounded chunks; the first carries the columns."""
         self._visible(request.database, caller)
         database = self._router.database(request.database)

@@ -8,6 +8,8 @@ INVALID_ARGUMENT so the caller learns which field was wrong.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -170,13 +172,19 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
         try:
             caller = self._caller(context)
             with self._slots.admit(caller.name):
+                deadline = self._deadline(context)
                 chunks = self._access.query_stream(
                     _read_request(request, context.peer(), self._limits),
-                    self._deadline(context),
+                    deadline,
                     caller,
                 )
-                async for chunk in chunks:
-                    yield _query_response(chunk)
+                expiry = _expire_at(deadline, context)
+                try:
+                    async with contextlib.aclosing(chunks):
+                        async for chunk in chunks:
+                            yield _query_response(chunk)
+                finally:
+                    expiry.cancel()
         except errors.DataAccessError as exc:
             await _abort(context, exc)
         except grpc.aio.AbortError:
@@ -353,6 +361,30 @@ def _slow_query(slow: SlowStatement) -> pb.SlowQuery:
         rows=slow.rows,
         finished_at=finished,
     )
+
+
+def _expire_at(deadline: float, context: Context) -> asyncio.TimerHandle:
+    """End a stream DEADLINE_EXCEEDED at ``deadline``, even while it waits for the client
+    to read (gRPC's pending write is outside the handler's code): its reader goes back."""
+    handler = asyncio.current_task()
+    assert handler is not None
+    loop = asyncio.get_running_loop()
+
+    def expire() -> None:
+        late = errors.DeadlineExceeded("the stream's deadline passed before it was read to its end")
+        abort = loop.create_task(_abort(context, late))
+        abort.add_done_callback(_drop_abort_error)
+        # After the abort's first step has queued the status in gRPC, not before: the
+        # cancelled handler closes its generators, so the reader and call slot are let go.
+        loop.call_soon(handler.cancel)
+
+    return loop.call_later(max(deadline - time.monotonic(), 0.0), expire)
+
+
+def _drop_abort_error(abort: asyncio.Task[NoReturn]) -> None:
+    # AbortError is how abort ends; UsageError if the handler aborted first. Either is fine.
+    if not abort.cancelled():
+        abort.exception()
 
 
 def _keep_bytes(request: bytes) -> bytes:
