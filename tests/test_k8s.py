@@ -23,7 +23,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk import environment_variables
 
-from service.config import Config
+from service.config import Config, Limits
 from service.server import SERVICE_NAME
 from tests.conftest import REPO, _wait_serving, free_port
 
@@ -291,6 +291,18 @@ def test_kubernetes_waits_longer_than_the_service_drains(overlay: str) -> None:
     )
     # A few seconds past the drain: the Redis sidecar stops after the service.
     assert pod.get("terminationGracePeriodSeconds", 30) >= grace + 5
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_memory_budget_fits_inside_the_container_limit(overlay: str) -> None:
+    container = _container(_pod(_render(overlay)), "dataaccess")
+    budget_mib = int(
+        _env(container).get("DATAACCESS_MEMORY_BUDGET_MIB")
+        or _config(_render(overlay)).get("limits", {}).get("memory_budget_mib", Limits.memory_budget_mib)
+    )
+    limit = _bytes(container["resources"]["limits"]["memory"])
+    # Room past the budget for the interpreter, gRPC's own buffers and the page cache.
+    assert budget_mib * 1024**2 * 1.25 <= limit, (budget_mib, limit)
 
 
 @pytest.fixture(autouse=True)
