@@ -296,9 +296,11 @@ def test_kubernetes_waits_longer_than_the_service_drains(overlay: str) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_memory_budget_fits_inside_the_container_limit(overlay: str) -> None:
     container = _container(_pod(_render(overlay)), "dataaccess")
+    configured = _config(_render(overlay)).get("limits", {}).get("memory_budget_mib")
     budget_mib = int(
         _env(container).get("DATAACCESS_MEMORY_BUDGET_MIB")
-        or _config(_render(overlay)).get("limits", {}).get("memory_budget_mib", Limits.memory_budget_mib)
+        or configured
+        or Limits.memory_budget_mib
     )
     limit = _bytes(container["resources"]["limits"]["memory"])
     # Room past the budget for the interpreter, gRPC's own buffers and the page cache.
