@@ -443,7 +443,7 @@ async def test_after_redis_restarts_the_cache_is_back_within_one_breaker_reset(
         while "bypass" in await _burst(running, 16):
             await asyncio.sleep(0.02)
         back_after = time.monotonic() - restarted
-        assert back_after < reset + 0.6, f"the cache came back after {back_after:.2f} s"
+        assert back_after < reset + 0.8, f"the cache came back after {back_after:.2f} s"
         for _ in range(5):  # and stays back: no read meets a connection from before
             assert "bypass" not in await _burst(running, 32)
         assert await _l2_state(running) == "closed"
