@@ -40,6 +40,9 @@ class SqliteSettings:
     max_page_count: int = (
         0  # 0: no cap; else the database's size cap in pages (SQLITE_FULL past it)
     )
+    # How often each database asks SQLite whether another process committed to it
+    # (PRAGMA data_version); 0 turns the check off.
+    outside_writes_check_seconds: float = 0.5
 
     def __post_init__(self) -> None:
         if self.synchronous not in SYNCHRONOUS_MODES:
@@ -48,6 +51,9 @@ class SqliteSettings:
             raise ConfigError(f"sqlite.temp_store: expected one of {', '.join(TEMP_STORES)}")
         _require_non_negative("sqlite.busy_timeout_ms", self.busy_timeout_ms)
         _require_non_negative("sqlite.cache_size_kib", self.cache_size_kib)
+        _require_non_negative(
+            "sqlite.outside_writes_check_seconds", self.outside_writes_check_seconds
+        )
 
 
 @dataclass(frozen=True)

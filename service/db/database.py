@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 
@@ -48,6 +49,7 @@ class Database:
         self._writer: WriteBatcher | None = None
         self.failure: errors.DataAccessError | None = None
         self.file_identity: tuple[int, int] | None = None
+        self._outside_writes: asyncio.Future[None] | None = None
         policy = PoolPolicy(
             size=limits.readers_per_database,
             acquire_timeout=limits.acquire_timeout_seconds,
@@ -109,6 +111,7 @@ class Database:
             )
             await self._writer.start()
             await self.pool.open()
+            self._watch_outside_writes()
         except BaseException:
             await self.close()
             raise
@@ -123,8 +126,18 @@ class Database:
             self._limits,
         )
 
+    def _watch_outside_writes(self) -> None:
+        every = self._settings.outside_writes_check_seconds
+        if every > 0 and self._after_commit is not None and self._writer_conn is not None:
+            watch = _watch_data_version(self.name, self._writer_conn, self._after_commit, every)
+            self._outside_writes = asyncio.ensure_future(watch)
+
     async def close(self) -> None:
         """Commit queued writes, close the readers, checkpoint the WAL and close the writer."""
+        if self._outside_writes is not None:
+            self._outside_writes.cancel()
+            await asyncio.gather(self._outside_writes, return_exceptions=True)
+            self._outside_writes = None
         if self._writer is not None:
             await self._writer.close()
             self._writer = None
@@ -139,6 +152,38 @@ class Database:
         finally:
             await conn.close()
             self._writer_conn = None
+
+
+async def _watch_data_version(
+    name: str, writer: SqliteConnection, after_commit: AfterCommit, every: float
+) -> None:
+    """Invalidate all that is cached from a database when another process commits to it.
+
+    The service's own commits bump exactly the tags they change. A commit by
+    anything else (the sqlite3 shell, a job, `migrate`, a second service) is
+    known only to SQLite: PRAGMA data_version on the writer's connection
+    changes when, and only when, another connection committed. Such a write
+    is seen within ``every`` seconds and drops every entry of the database.
+    """
+    seen: int | None = None
+    while True:
+        try:
+            version = await writer.run_trusted(_data_version)
+        except errors.DataAccessError as exc:
+            log.warning("data_version of %s unreadable: %s", name, exc.message)
+        else:
+            if seen is not None and version != seen:
+                log.info("another process wrote to %s: its cached reads are dropped", name)
+                try:
+                    await after_commit([f"database:{name}"], None)
+                except Exception:  # the next change is still to be seen
+                    log.exception("dropping the cached reads of %s failed", name)
+            seen = version
+        await asyncio.sleep(every)
+
+
+def _data_version(raw: sqlite3.Connection) -> int:
+    return int(raw.execute("PRAGMA data_version").fetchone()[0])
 
 
 def _checkpoint(raw: sqlite3.Connection) -> None:
