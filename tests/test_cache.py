@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from dataaccess_client.v1 import data_access_pb2 as pb
-from tests.conftest import Running, failure_of, plain_rows, row, started
+from tests.conftest import Running, base_document, failure_of, plain_rows, row, started
 
 COUNT_ITEMS = "SELECT count(*) FROM items"
 STATUS = {
@@ -19,6 +19,16 @@ STATUS = {
     pb.CACHE_STATUS_HIT_LOCAL: "hit_local",
     pb.CACHE_STATUS_BYPASS: "bypass",
 }
+
+
+@pytest.fixture
+def document(tmp_path: Path) -> dict[str, Any]:
+    """The default config with the check for other processes' commits off.
+
+    Rows written here behind the service's back stand for an entry gone
+    stale; that check (tested on its own) would drop them within its period.
+    """
+    return {**base_document(tmp_path / "data"), "sqlite": {"outside_writes_check_seconds": 0}}
 
 
 async def _read(running: Running, sql: str = COUNT_ITEMS, **kwargs: Any) -> tuple[Any, str]:

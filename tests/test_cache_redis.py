@@ -31,11 +31,17 @@ STATUS = {
 
 
 def with_redis(document: dict[str, Any], redis: RedisProcess, **cache: Any) -> dict[str, Any]:
-    """``document`` pointed at ``redis``, with quick breaker probes for tests."""
+    """``document`` pointed at ``redis``, with quick breaker probes for tests.
+
+    Rows written behind the service's back stand for an entry gone stale: the
+    check for other processes' commits (tested on its own) is off, so only
+    what a test does invalidates them.
+    """
     return {
         **document,
         "redis_url": redis.url,
         "cache": {"breaker_reset_seconds": 0.2, **cache},
+        "sqlite": {"outside_writes_check_seconds": 0, **document.get("sqlite", {})},
     }
 
 
