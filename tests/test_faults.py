@@ -1,8 +1,8 @@
 """The fault suite: a steady workload while Redis is paused, killed and restarted from
-its snapshot, a database file is made unreadable and restored, an outside process
-reads the file, a second service starts and stops on the same files, and the server
-is SIGKILLed. Zero acknowledged writes lost, zero stale reads, and Health answered
-within 1 s throughout (but while the server itself is down).
+its snapshot, a database file is made unreadable and restored, memory bombs are sent,
+an outside process reads the file, a second service starts and stops on the same
+files, and the server is SIGKILLed. Zero acknowledged writes lost, zero stale reads,
+and Health answered within 1 s throughout (but while the server itself is down).
 
 Run with ``-s`` to see the figures the README's Reliability section reports.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import signal
 import subprocess
 import time
@@ -24,6 +25,7 @@ import pytest
 from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
 from tests.conftest import RedisProcess, row
+from tests.test_memory import BOMBS, REFUSED
 from tests.test_other_processes import read_from_outside
 
 pytestmark = pytest.mark.slow
@@ -91,6 +93,17 @@ async def _health(stub: pb_grpc.DataAccessStub, tally: Tally, paused: asyncio.Ev
         await asyncio.sleep(0.1)
 
 
+def _bomb(port: int, name: str, outcomes: list[grpc.StatusCode]) -> None:
+    """Send one memory bomb from another thread's channel; note how it was answered."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        query = pb_grpc.DataAccessStub(channel).Query
+        try:
+            query(pb.QueryRequest(database="kitchen", sql=BOMBS[name]), timeout=5)
+            outcomes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as exc:
+            outcomes.append(exc.code())
+
+
 def _stop(process: subprocess.Popen[bytes]) -> None:
     process.send_signal(signal.SIGTERM)
     assert process.wait(20) == 0
@@ -135,6 +148,10 @@ async def test_faults_lose_no_acknowledged_write_and_serve_nothing_stale(
 
         await fault("database file made unreadable", unreadable, 1.0)
         await fault("database file restored", restored, 1.0)
+        bombs: list[grpc.StatusCode] = []
+        for bomb in ("json_group_array over millions of rows", "a big GROUP BY"):
+            send = functools.partial(_bomb, server.port, bomb, bombs)
+            await fault(f"memory bomb: {bomb}", send, 0.2)
         await fault("an outside process read the file", lambda: read_from_outside(path), 0.5)
         second: list[Any] = []
         await fault(
@@ -175,9 +192,11 @@ async def test_faults_lose_no_acknowledged_write_and_serve_nothing_stale(
         f"\nfault suite: {len(tally.faults)} faults ({'; '.join(tally.faults)}), "
         f"{tally.requests} requests, {len(tally.acknowledged)} writes acknowledged, "
         f"lost writes: {len(lost)}, stale reads: {len(tally.stale)}, "
-        f"worst Health: {tally.health_worst_ms:.0f} ms, errors: {dict(tally.errors)}"
+        f"worst Health: {tally.health_worst_ms:.0f} ms, errors: {dict(tally.errors)}, "
+        f"memory bombs answered: {[code.name for code in bombs]}"
     )
     assert not lost
+    assert set(bombs) <= REFUSED, bombs
     assert tally.stale == []
     assert tally.health_worst_ms < 1000
     assert len(tally.acknowledged) > 50
