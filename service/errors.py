@@ -1,9 +1,10 @@
-"""The DataAccessError tree and its one map to gRPC status codes.
+"""The DataAccessError tree, drawn below; it imports no gRPC.
 
 Every failure the service reports is one of these; lower errors (sqlite3,
 aiosqlite, redis, timeouts) are converted where they enter, with
 ``raise Mapped(...) from exc``, and only the servicer turns them into a
-status, through ``STATUS_BY_ERROR``::
+status, through ``service.status.STATUS_BY_ERROR``, which maps each branch to
+the gRPC status code of the same name::
 
     DataAccessError
     ├── NotFound              unknown database, table or column
@@ -21,8 +22,6 @@ status, through ``STATUS_BY_ERROR``::
 """
 
 from __future__ import annotations
-
-import grpc
 
 
 class DataAccessError(Exception):
@@ -80,28 +79,3 @@ class DataLoss(DataAccessError):
 
 class Internal(DataAccessError):
     """An unexpected failure: a bug."""
-
-
-STATUS_BY_ERROR: dict[type[DataAccessError], grpc.StatusCode] = {
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    Cancelled: grpc.StatusCode.CANCELLED,
-    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    DataLoss: grpc.StatusCode.DATA_LOSS,
-    Internal: grpc.StatusCode.INTERNAL,
-}
-
-
-def status_for(error: DataAccessError) -> grpc.StatusCode:
-    """The gRPC status code that reports ``error``."""
-    for kind in type(error).__mro__:
-        code = STATUS_BY_ERROR.get(kind)
-        if code is not None:
-            return code
-    return grpc.StatusCode.INTERNAL

@@ -33,6 +33,7 @@ from service.db.writes import InsertRequest
 from service.health import HealthChecker
 from service.merge import MergeSpec
 from service.stats import SlowStatement
+from service.status import status_for
 from service.values import from_proto, params_from_proto, row_from_proto, rows_to_proto
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def _answers_errors(
 
 
 async def _abort(context: Context, error: errors.DataAccessError) -> NoReturn:
-    code = errors.status_for(error)
+    code = status_for(error)
     status = status_pb2.Status(code=code.value[0], message=error.message)
     if isinstance(error, errors.InvalidArgument):
         violation = error_details_pb2.BadRequest.FieldViolation(
