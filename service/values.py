@@ -1,94 +1,10 @@
-"""proto Value <-> Python values (None, int, float, str, bytes), and rows of them."""
+"""The Python values a statement takes and returns: SQLite's storage classes, rows, parameters.
+
+Pure types, no protobuf: their proto form and the conversion live in service.codec.
+"""
 
 from __future__ import annotations
-
-import math
-import operator
-from collections.abc import Callable, Iterable, Mapping, Sequence
-
-from google.protobuf import struct_pb2
-
-from dataaccess_client.v1 import data_access_pb2 as pb
-from service.errors import InvalidArgument
 
 SqlValue = None | int | float | str | bytes
 SqlRow = tuple[SqlValue, ...]
 Params = tuple[SqlValue, ...] | dict[str, SqlValue]
-
-_NULL = pb.Value(null=struct_pb2.NULL_VALUE)
-
-
-def from_proto(value: pb.Value, field: str) -> SqlValue:
-    """The Python value of ``value``; ``field`` names it in the error if it is bad."""
-    kind = value.WhichOneof("kind")
-    if kind is None:
-        raise InvalidArgument(
-            "a Value must set one of null, integer, real, text, blob", field=field
-        )
-    if kind == "null":
-        return None
-    result: SqlValue = getattr(value, kind)
-    if kind == "real" and math.isnan(value.real):
-        raise InvalidArgument("NaN cannot be stored: SQLite turns it into NULL", field=field)
-    return result
-
-
-def to_proto(value: SqlValue) -> pb.Value:
-    """The proto Value of a value SQLite returned."""
-    if value is None:
-        return _NULL
-    if isinstance(value, int):
-        return pb.Value(integer=value)
-    if isinstance(value, float):
-        return pb.Value(real=value)
-    if isinstance(value, str):
-        return pb.Value(text=value)
-    return pb.Value(blob=bytes(value))
-
-
-def row_to_proto(row: Sequence[SqlValue]) -> pb.Row:
-    """One SQLite row as a proto Row."""
-    return pb.Row(values=[to_proto(v) for v in row])
-
-
-def rows_to_proto(rows: Iterable[Sequence[SqlValue]]) -> list[pb.Row]:
-    """SQLite rows as proto Rows."""
-    return [row_to_proto(row) for row in rows]
-
-
-def row_from_proto(row: pb.Row, field: str) -> SqlRow:
-    """A proto Row as a tuple of Python values; the field is named only if one is bad."""
-    try:
-        return tuple([_READERS[v.WhichOneof("kind")](v) for v in row.values])
-    except (KeyError, ValueError):
-        return tuple(from_proto(v, f"{field}.values[{i}]") for i, v in enumerate(row.values))
-
-
-def _real(value: pb.Value) -> float:
-    real: float = value.real
-    if real != real:  # NaN
-        raise ValueError("NaN")
-    return real
-
-
-_READERS: dict[str | None, Callable[[pb.Value], SqlValue]] = {
-    "integer": operator.attrgetter("integer"),
-    "text": operator.attrgetter("text"),
-    "real": _real,
-    "blob": operator.attrgetter("blob"),
-    "null": lambda _value: None,
-}
-
-
-def params_from_proto(
-    positional: Sequence[pb.Value], named: Mapping[str, pb.Value], field: str = ""
-) -> Params:
-    """The statement parameters of a request: a tuple, or a dict for named ones."""
-    if positional and named:
-        raise InvalidArgument("give params or named_params, not both", field=f"{field}named_params")
-    if named:
-        return {
-            key.lstrip(":@$"): from_proto(v, f"{field}named_params[{key}]")
-            for key, v in named.items()
-        }
-    return tuple(from_proto(v, f"{field}params[{i}]") for i, v in enumerate(positional))
