@@ -136,6 +136,11 @@ class WriteBatcher:
         """Write calls waiting for a transaction now."""
         return self._queue.qsize()
 
+    @property
+    def in_transaction(self) -> int:
+        """Write calls in the transaction being run now."""
+        return 0 if self._group is None else len(self._group.jobs)
+
     def reset_counters(self) -> None:
         """Start counting commits from zero."""
         self.counters = WriteCounters()
