@@ -3,7 +3,7 @@
 Every failure the service reports is one of these; lower errors (sqlite3,
 aiosqlite, redis, timeouts) are converted where they enter, with
 ``raise Mapped(...) from exc``, and only the servicer turns them into a
-status, through ``service.status.STATUS_BY_ERROR``, which maps each branch to
+status, through ``service.api.status.STATUS_BY_ERROR``, which maps each branch to
 the gRPC status code of the same name::
 
     DataAccessError

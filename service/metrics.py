@@ -5,8 +5,8 @@ query latency, and the cache, pool and write-queue figures at scrape time.
   ``grpc_code``), ``grpc_server_msg_received_total``,
   ``grpc_server_msg_sent_total`` and the ``grpc_server_handling_seconds``
   histogram, labelled ``grpc_type``, ``grpc_service``, ``grpc_method`` as
-  go-grpc-prometheus labels them (py-grpc-prometheus has no grpc.aio
-  support, hence this interceptor);
+  go-grpc-prometheus labels them, recorded by the api tier's interceptor
+  (``service.api.metrics_interceptor``);
 - ``dataaccess_query_duration_seconds`` by database;
 - read at scrape time, so the hot path pays nothing:
   ``dataaccess_cache_hits_total``, ``..._misses_total``,
@@ -22,11 +22,9 @@ reads as a counter reset.
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import grpc
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -83,10 +81,6 @@ class Metrics:
             self._server.server_close()
             self._server = None
 
-    def interceptor(self) -> grpc.aio.ServerInterceptor:  # type: ignore[type-arg]
-        """The aio server interceptor that counts and times every call."""
-        return _GrpcMetrics(self)
-
 
 def _counter(registry: CollectorRegistry) -> Callable[[str, str, list[str]], Any]:
     from prometheus_client import Counter
@@ -95,87 +89,6 @@ def _counter(registry: CollectorRegistry) -> Callable[[str, str, list[str]], Any
         return Counter(name.removesuffix("_total"), doc, labels, registry=registry)
 
     return make
-
-
-class _GrpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, metrics: Metrics) -> None:
-        self._m = metrics
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        service, _, method = details.method[1:].rpartition("/")
-        if handler.unary_unary is not None:
-            labels = ("unary", service, method)
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, labels),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            labels = ("server_stream", service, method)
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, labels),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler  # no client-streaming methods are served
-
-    def _unary(self, behavior: Any, labels: tuple[str, str, str]) -> Any:
-        async def counted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = self._start(labels)
-            try:
-                response = await behavior(request, context)
-            except BaseException:
-                self._finish(labels, started, context, failed=True)
-                raise
-            self._m.sent.labels(*labels).inc()
-            self._finish(labels, started, context, failed=False)
-            return response
-
-        return counted
-
-    def _stream(self, behavior: Any, labels: tuple[str, str, str]) -> Any:
-        async def counted(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            started = self._start(labels)
-            sent = self._m.sent.labels(*labels)
-            try:
-                async for response in behavior(request, context):
-                    sent.inc()
-                    yield response
-            except BaseException:
-                self._finish(labels, started, context, failed=True)
-                raise
-            self._finish(labels, started, context, failed=False)
-
-        return counted
-
-    def _start(self, labels: tuple[str, str, str]) -> float:
-        self._m.started.labels(*labels).inc()
-        self._m.received.labels(*labels).inc()
-        return time.perf_counter()
-
-    def _finish(
-        self,
-        labels: tuple[str, str, str],
-        started: float,
-        context: grpc.aio.ServicerContext[Any, Any],
-        failed: bool,
-    ) -> None:
-        code = context.code() if hasattr(context, "code") else None
-        if code is None:
-            name = "UNKNOWN" if failed else "OK"
-        else:
-            name = code.name if isinstance(code, grpc.StatusCode) else grpc.StatusCode(code).name
-        self._m.handled.labels(*labels, name).inc()
-        self._m.handling.labels(*labels).observe(time.perf_counter() - started)
 
 
 class _StateCollector(Collector):

@@ -23,6 +23,9 @@ from grpc_reflection.v1alpha import reflection
 
 from dataaccess_client.v1 import data_access_pb2 as pb
 from service.access import DataAccess
+from service.api.metrics_interceptor import GrpcMetrics
+from service.api.servicer import DataAccessServicer, add_to_server, encode_read
+from service.api.tracing import server_interceptors
 from service.auth import Authenticator
 from service.cache.redis_tier import RedisSettings
 from service.cache.tagged import CacheSettings, TagCache
@@ -31,7 +34,6 @@ from service.db.migrate import CorruptDatabase, apply_migrations
 from service.health import HealthChecker
 from service.metrics import Metrics
 from service.router import Router
-from service.servicer import DataAccessServicer, add_to_server, encode_read
 from service.telemetry import Telemetry
 from service.tls import CertificateError, CertificateFiles, Certificates
 
@@ -71,9 +73,9 @@ class DataAccessServer:
         await self.router.open()
         self._hold_undelivered()
         await self.cache.start()
-        interceptors = self.telemetry.server_interceptors()
+        interceptors = server_interceptors(self.telemetry)
         if self.metrics is not None:
-            interceptors.insert(0, self.metrics.interceptor())
+            interceptors.insert(0, GrpcMetrics(self.metrics))
         server = grpc.aio.server(
             options=self._options(),
             interceptors=interceptors,

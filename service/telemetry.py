@@ -5,10 +5,11 @@ Nothing is exported unless an OTLP endpoint is set
 then spans go over OTLP/gRPC (what Jaeger ingests) in batches, with the
 service name, resource attributes and sampler the standard variables give.
 The server span of every call comes from the gRPC instrumentation's aio
-interceptor and continues the caller's W3C ``traceparent``; the health
-service and anything in ``OTEL_PYTHON_GRPC_EXCLUDED_SERVICES`` are left
-out. Redis calls are traced by the redis instrumentation. SQLite has none
-that sees aiosqlite's threads, so the database spans are made here.
+interceptor (set up in ``service.api.tracing``) and continues the caller's
+W3C ``traceparent``; the health service and anything in
+``OTEL_PYTHON_GRPC_EXCLUDED_SERVICES`` are left out. Redis calls are traced
+by the redis instrumentation. SQLite has none that sees aiosqlite's threads,
+so the database spans are made here.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-import grpc
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -73,22 +72,6 @@ class Telemetry:
         log.info("exporting traces", extra={"endpoint": endpoint})
         tracer = provider.get_tracer("dataaccess")
         return cls(tracer, provider, DEFAULT_EXCLUDED + services, exporter)
-
-    def server_interceptors(self) -> list[Any]:
-        """The interceptor that makes each call's server span (none when not exporting)."""
-        if self.provider is None:
-            return []
-        from opentelemetry.instrumentation.grpc import aio_server_interceptor
-
-        excluded = frozenset(self.excluded_services)
-
-        def traced(details: grpc.HandlerCallDetails) -> bool:
-            # The instrumentation's own filters re-parse the method name several
-            # times per call; this is one slice and a set lookup.
-            method: str = details.method
-            return method[1 : method.rfind("/")] not in excluded
-
-        return [aio_server_interceptor(tracer_provider=self.provider, filter_=traced)]  # type: ignore[no-untyped-call]
 
     def flush_seconds(self, grace: float) -> float:
         """How much of a ``grace``-second shutdown goes to exporting buffered spans."""

@@ -27,14 +27,14 @@ from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
 from service import errors
 from service.access import DataAccess, ReadRequest, ReadResult, WriteOptions, WriteResult
 from service.admission import CallerSlots
+from service.api.codec import from_proto, params_from_proto, row_from_proto, rows_to_proto
+from service.api.status import status_for
 from service.auth import Authenticator, Principal
-from service.codec import from_proto, params_from_proto, row_from_proto, rows_to_proto
 from service.config import Limits
 from service.db.writes import InsertRequest
 from service.health import HealthChecker
 from service.merge import MergeSpec
 from service.stats import SlowStatement
-from service.status import status_for
 
 log = logging.getLogger(__name__)
 Req = TypeVar("Req")
