@@ -15,9 +15,9 @@ import sys
 
 from service.config import Config, ConfigError
 from service.db.migrate import MigrationError
-from service.logs import setup_logging
+from service.observe.logs import setup_logging
+from service.observe.telemetry import Telemetry
 from service.server import StartError, migrate, serve
-from service.telemetry import Telemetry
 
 USAGE = "usage: python -m service [serve|migrate]"
 log = logging.getLogger("service")

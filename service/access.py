@@ -43,10 +43,9 @@ from service.db.reads import (
 from service.db.schema import rows_up_to
 from service.db.writes import InsertRequest, StatementPlan, WriteOutcome, WritePlan, plan_insert
 from service.fingerprint import fingerprint
-from service.health import HealthReport
 from service.merge import MergeSpec, merge_rows
-from service.router import Router, pick_member
-from service.stats import (
+from service.observe.health import HealthReport
+from service.observe.stats import (
     TINY_TABLE_ROWS,
     Advisory,
     SlowStatement,
@@ -54,6 +53,7 @@ from service.stats import (
     StatementStats,
     scanned_table,
 )
+from service.router import Router, pick_member
 from service.values import Params, SqlRow, SqlValue
 
 DB_SYSTEM = "sqlite"

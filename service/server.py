@@ -31,10 +31,10 @@ from service.cache.redis_tier import RedisSettings
 from service.cache.tagged import CacheSettings, TagCache
 from service.config import Config, TlsConfig
 from service.db.migrate import CorruptDatabase, apply_migrations
-from service.health import HealthChecker
-from service.metrics import Metrics
+from service.observe.health import HealthChecker
+from service.observe.metrics import Metrics
+from service.observe.telemetry import Telemetry
 from service.router import Router
-from service.telemetry import Telemetry
 from service.tls import CertificateError, CertificateFiles, Certificates
 
 log = logging.getLogger(__name__)

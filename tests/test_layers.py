@@ -34,8 +34,8 @@ CORE = (
     "service.cache.tagged",
     "service.router",
     "service.merge",
-    "service.metrics",
-    "service.telemetry",
+    "service.observe.metrics",
+    "service.observe.telemetry",
 )
 
 # Imports each named module in turn and prints, per module, the wire-format

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
-from service.logs import JsonFormatter
+from service.observe.logs import JsonFormatter
 from tests.conftest import Running, free_port, row, started
 
 

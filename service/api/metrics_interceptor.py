@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from service.metrics import Metrics
+from service.observe.metrics import Metrics
 
 
 class GrpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]

@@ -32,9 +32,9 @@ from service.api.status import status_for
 from service.auth import Authenticator, Principal
 from service.config import Limits
 from service.db.writes import InsertRequest
-from service.health import HealthChecker
 from service.merge import MergeSpec
-from service.stats import SlowStatement
+from service.observe.health import HealthChecker
+from service.observe.stats import SlowStatement
 
 log = logging.getLogger(__name__)
 Req = TypeVar("Req")

@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from service.telemetry import Telemetry
+from service.observe.telemetry import Telemetry
 
 
 def server_interceptors(telemetry: Telemetry) -> list[Any]:
