@@ -43,7 +43,6 @@ from service.db.reads import (
 from service.db.schema import rows_up_to
 from service.db.writes import InsertRequest, StatementPlan, WriteOutcome, WritePlan, plan_insert
 from service.fingerprint import fingerprint
-from service.merge import MergeSpec, merge_rows
 from service.observe.health import HealthReport
 from service.observe.stats import (
     TINY_TABLE_ROWS,
@@ -53,7 +52,8 @@ from service.observe.stats import (
     StatementStats,
     scanned_table,
 )
-from service.router import Router, pick_member
+from service.routing.merge import MergeSpec, merge_rows
+from service.routing.router import Router, pick_member
 from service.values import Params, SqlRow, SqlValue
 
 DB_SYSTEM = "sqlite"

@@ -34,7 +34,7 @@ from service.db.migrate import CorruptDatabase, apply_migrations
 from service.observe.health import HealthChecker
 from service.observe.metrics import Metrics
 from service.observe.telemetry import Telemetry
-from service.router import Router
+from service.routing.router import Router
 from service.tls import CertificateError, CertificateFiles, Certificates
 
 log = logging.getLogger(__name__)

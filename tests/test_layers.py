@@ -32,8 +32,8 @@ CORE = (
     "service.db.writer",
     "service.db.database",
     "service.cache.tagged",
-    "service.router",
-    "service.merge",
+    "service.routing.router",
+    "service.routing.merge",
     "service.observe.metrics",
     "service.observe.telemetry",
 )

@@ -32,9 +32,9 @@ from service.api.status import status_for
 from service.auth import Authenticator, Principal
 from service.config import Limits
 from service.db.writes import InsertRequest
-from service.merge import MergeSpec
 from service.observe.health import HealthChecker
 from service.observe.stats import SlowStatement
+from service.routing.merge import MergeSpec
 
 log = logging.getLogger(__name__)
 Req = TypeVar("Req")

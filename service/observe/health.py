@@ -32,7 +32,7 @@ from service import errors
 from service.cache.redis_tier import RedisUnavailable
 from service.cache.tagged import TagCache
 from service.db.database import Database
-from service.router import Router
+from service.routing.router import Router
 
 log = logging.getLogger(__name__)
 HEALTHY, DEGRADED, CRITICAL = "healthy", "degraded", "critical"
