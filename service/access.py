@@ -1,6 +1,6 @@
 """One method per RPC, each reading top-down: router -> pool/writer -> SQLite -> result.
 
-This layer speaks domain values (service.values, dataclasses), never protobuf
+This layer speaks domain values (service.values, service.domain), never protobuf
 or gRPC. Deadlines are absolute ``time.monotonic()`` values.
 """
 
@@ -12,7 +12,7 @@ import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from opentelemetry import trace
@@ -42,6 +42,16 @@ from service.db.reads import (
 )
 from service.db.schema import rows_up_to
 from service.db.writes import InsertRequest, StatementPlan, WriteOutcome, WritePlan, plan_insert
+from service.domain import (
+    CacheMode,
+    CacheStatus,
+    EncodedRead,
+    ReadRequest,
+    ReadResult,
+    WriteOptions,
+    WriteResult,
+    WriteSnapshot,
+)
 from service.fingerprint import fingerprint
 from service.observe.health import HealthReport
 from service.observe.stats import (
@@ -52,33 +62,15 @@ from service.observe.stats import (
     StatementStats,
     scanned_table,
 )
-from service.routing.merge import MergeSpec, merge_rows
+from service.routing.merge import merge_rows
 from service.routing.router import Router, pick_member
-from service.values import Params, SqlRow, SqlValue
+from service.values import Params, SqlRow
 
 DB_SYSTEM = "sqlite"
 T = TypeVar("T")
 ALL_TAG = "all"  # every entry carries it, so Invalidate(all) is one bump
 _HOT_MAX_REQUEST = 4096  # requests larger than this are not remembered by identity
 _HOT_MAX_BYTES = 8 * 1024 * 1024  # all remembered requests together
-
-
-@dataclass(frozen=True)
-class ReadRequest:
-    """A Query or QueryStream."""
-
-    database: str
-    sql: str
-    params: Params = ()
-    max_rows: int = 0
-    cache_tags: Sequence[str] = ()
-    route_key: SqlValue = None
-    routed: bool = False
-    cache_mode: str = "use"
-    ttl_seconds: float = 0.0
-    merge: MergeSpec = field(default_factory=MergeSpec)
-    stale_while_revalidate: float = 0.0
-    caller: str = ""  # who asked (the peer), for N+1 advisories
 
 
 @dataclass(frozen=True)
@@ -90,53 +82,6 @@ class _HotRead:
     policy: EntryPolicy
     target: str
     members: list[str]
-
-
-@dataclass(frozen=True)
-class ReadResult:
-    """A Query's answer, or one chunk of a QueryStream."""
-
-    columns: Sequence[tuple[str, str]]
-    rows: Sequence[SqlRow]
-    databases: Sequence[str]
-    tags: Sequence[str]
-    truncated: bool = False
-    cache_status: str = "bypass"
-
-
-@dataclass(frozen=True)
-class EncodedRead:
-    """A Query's answer as the wire carries it (cache hits skip encoding), and its source."""
-
-    payload: bytes
-    cache_status: str
-
-
-@dataclass(frozen=True)
-class WriteOptions:
-    """What every write RPC may add: tags to bump and an idempotency key."""
-
-    invalidate_tags: Sequence[str] = ()
-    idempotency_key: str = ""
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """A committed BatchInsert or BatchUpdate."""
-
-    rows_affected: Sequence[int]
-    last_insert_rowid: int
-    invalidated_tags: Sequence[str]
-
-
-@dataclass(frozen=True)
-class WriteSnapshot:
-    """Commit counters of one database."""
-
-    database: str
-    transactions: int
-    batches: int
-    rows: int
 
 
 @dataclass(frozen=True)
@@ -206,7 +151,7 @@ class DataAccess:
         tags = await self._cache_tags(members, request, deadline)
         if tags is None:
             result = await self._run_query(members, request, deadline)
-            return EncodedRead(self._encode(result), "bypass")
+            return EncodedRead(self._encode(result), CacheStatus.BYPASS)
 
         async def load() -> bytes:
             result = await self._run_query(members, request, deadline)
@@ -215,7 +160,7 @@ class DataAccess:
         policy = EntryPolicy(
             ttl=request.ttl_seconds or self._cache_ttl,
             stale_while_revalidate=request.stale_while_revalidate,
-            refresh=request.cache_mode == "refresh",
+            refresh=request.cache_mode is CacheMode.REFRESH,
         )
         key = cache_key(
             [db.name for db in members], request, (request.merge, sorted(request.cache_tags))
@@ -228,7 +173,7 @@ class DataAccess:
             # This caller joined a load bound by another caller's shorter deadline.
             retry = replace(policy, refresh=True)
             payload, status = await self._cache.get_or_load(key, tags, load, retry)
-        if identity and request.cache_mode == "use" and len(identity) <= _HOT_MAX_REQUEST:
+        if identity and request.cache_mode is CacheMode.USE and len(identity) <= _HOT_MAX_REQUEST:
             self._remember(identity, _HotRead(key, tags, policy, request.database, names))
         return EncodedRead(payload, status)
 
@@ -245,7 +190,7 @@ class DataAccess:
         self, members: Sequence[Database], request: ReadRequest, deadline: float
     ) -> list[str] | None:
         """What a result is cached under, learnt from SQLite's authorizer, not from the SQL."""
-        if request.cache_mode == "bypass":
+        if request.cache_mode is CacheMode.BYPASS:
             return None
         tags: list[str] = []
         for database in members:

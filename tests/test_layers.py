@@ -28,6 +28,7 @@ def _is_api(module: str) -> bool:
 CORE = (
     "service.errors",
     "service.values",
+    "service.domain",
     "service.db.connection",
     "service.db.writer",
     "service.db.database",

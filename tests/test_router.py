@@ -9,7 +9,8 @@ import grpc
 import pytest
 
 from dataaccess_client.v1 import data_access_pb2 as pb
-from service.routing.merge import MergeSpec, merge_rows
+from service.domain import MergeSpec
+from service.routing.merge import merge_rows
 from tests.conftest import failure_of, plain_rows, row, started, value
 
 

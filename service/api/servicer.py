@@ -25,16 +25,24 @@ from grpc_status import rpc_status
 from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
 from service import errors
-from service.access import DataAccess, ReadRequest, ReadResult, WriteOptions, WriteResult
+from service.access import DataAccess
 from service.admission import CallerSlots
 from service.api.codec import from_proto, params_from_proto, row_from_proto, rows_to_proto
 from service.api.status import status_for
 from service.auth import Authenticator, Principal
 from service.config import Limits
 from service.db.writes import InsertRequest
+from service.domain import (
+    CacheMode,
+    CacheStatus,
+    MergeSpec,
+    ReadRequest,
+    ReadResult,
+    WriteOptions,
+    WriteResult,
+)
 from service.observe.health import HealthChecker
 from service.observe.stats import SlowStatement
-from service.routing.merge import MergeSpec
 
 log = logging.getLogger(__name__)
 Req = TypeVar("Req")
@@ -42,11 +50,11 @@ Resp = TypeVar("Resp")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 _CACHE_STATUS = {
-    "miss": pb.CACHE_STATUS_MISS,
-    "hit_local": pb.CACHE_STATUS_HIT_LOCAL,
-    "hit_redis": pb.CACHE_STATUS_HIT_REDIS,
-    "stale": pb.CACHE_STATUS_STALE,
-    "bypass": pb.CACHE_STATUS_BYPASS,
+    CacheStatus.MISS: pb.CACHE_STATUS_MISS,
+    CacheStatus.HIT_LOCAL: pb.CACHE_STATUS_HIT_LOCAL,
+    CacheStatus.HIT_REDIS: pb.CACHE_STATUS_HIT_REDIS,
+    CacheStatus.STALE: pb.CACHE_STATUS_STALE,
+    CacheStatus.BYPASS: pb.CACHE_STATUS_BYPASS,
 }
 _STATUS_SUFFIX = {
     name: pb.QueryResponse(cache_status=status).SerializeToString()
@@ -65,9 +73,9 @@ _ON_CONFLICT = {
     pb.ON_CONFLICT_UPSERT: "upsert",
 }
 _CACHE_MODE = {
-    pb.CACHE_MODE_USE: "use",
-    pb.CACHE_MODE_BYPASS: "bypass",
-    pb.CACHE_MODE_REFRESH: "refresh",
+    pb.CACHE_MODE_USE: CacheMode.USE,
+    pb.CACHE_MODE_BYPASS: CacheMode.BYPASS,
+    pb.CACHE_MODE_REFRESH: CacheMode.REFRESH,
 }
 _AGGREGATE = {
     pb.AGGREGATE_FUNCTION_SUM: "sum",
@@ -451,7 +459,7 @@ def _read_request(request: pb.QueryRequest, caller: str, limits: Limits) -> Read
         cache_tags=_tags(cache.tags, "cache.tags", limits),
         route_key=from_proto(request.route_key, "route_key") if routed else None,
         routed=routed,
-        cache_mode=_CACHE_MODE.get(cache.mode, "use"),
+        cache_mode=_CACHE_MODE.get(cache.mode, CacheMode.USE),
         ttl_seconds=_seconds(cache, "ttl"),
         stale_while_revalidate=_seconds(cache, "stale_while_revalidate"),
         merge=_merge_spec(request.merge) if request.HasField("merge") else MergeSpec(),

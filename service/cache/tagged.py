@@ -46,11 +46,11 @@ from service.cache.redis_tier import (
 )
 from service.cache.subscription import InvalidationListener
 from service.cache.tokens import Snapshot, TagTokens
+from service.domain import CacheResult, CacheStatus
 
 log = logging.getLogger(__name__)
-HIT_LOCAL, HIT_REDIS, MISS, STALE, BYPASS = "hit_local", "hit_redis", "miss", "stale", "bypass"
 Loader = Callable[[], Awaitable[bytes]]
-Answer = tuple[bytes, str]
+Answer = tuple[bytes, CacheStatus]
 FlightKey = tuple[str, tuple[tuple[str, str], ...]]
 _POLL_SECONDS = 0.01
 
@@ -177,7 +177,7 @@ class TagCache:
     ) -> Answer:
         """The answer for ``key`` and where it came from."""
         answer = await self._get_or_load(key, tags, loader, policy)
-        if answer[1] == STALE:
+        if answer[1] is CacheStatus.STALE:
             self._refresh_later(key, tags, loader, policy)
         return answer
 
@@ -224,7 +224,7 @@ class TagCache:
     ) -> Answer:
         if self.redis is None:
             if not self.local.enabled:
-                return await loader(), BYPASS
+                return await loader(), CacheStatus.BYPASS
             return await self._local_only(key, tags, loader, policy)
         if not self.redis_usable:
             return await self._bypass(loader)
@@ -286,7 +286,7 @@ class TagCache:
             return await self._l1_answer(key, policy, redis)
         with self._tracer.start_as_current_span("cache.l1") as span:
             served = await self._l1_answer(key, policy, redis)
-            span.set_attribute("cache.result", _result(served))
+            span.set_attribute("cache.result", _result(served).value)
             return served
 
     async def _l1_answer(
@@ -302,17 +302,15 @@ class TagCache:
         with self._tracer.start_as_current_span("cache.l2") as span:
             found = await redis.lookup(key, tags)
             fresh = found.entry is not None and found.entry.fresh
-            span.set_attribute(
-                "cache.result", "miss" if not found.current() else "hit" if fresh else "stale"
-            )
+            span.set_attribute("cache.result", _l2_result(found.current(), fresh).value)
             return found
 
     async def _bypass(self, loader: Loader) -> Answer:
         """Redis may not be used now: run the query without the cache."""
         self.l2_counters.bypasses += 1
         with self._tracer.start_as_current_span("cache.l2") as span:
-            span.set_attribute("cache.result", "bypass")
-        return await loader(), BYPASS
+            span.set_attribute("cache.result", CacheResult.BYPASS.value)
+        return await loader(), CacheStatus.BYPASS
 
     def _from_local(self, key: str, policy: EntryPolicy, redis: RedisTier | None) -> Answer | None:
         """L1's answer if its tokens are current here (and recently confirmed in Redis).
@@ -327,7 +325,7 @@ class TagCache:
             return None
         if redis is not None and time.monotonic() - entry.checked_at >= self._window:
             return None
-        return self._serve(entry.value, entry.fresh_until, policy, HIT_LOCAL)
+        return self._serve(entry.value, entry.fresh_until, policy, CacheStatus.HIT_LOCAL)
 
     async def _revalidate(
         self, redis: RedisTier, entry: Entry, policy: EntryPolicy
@@ -338,7 +336,7 @@ class TagCache:
         if await redis.tokens(list(entry.snapshot)) != entry.snapshot:
             return None
         entry.checked_at = time.monotonic()
-        return self._serve(entry.value, entry.fresh_until, policy, HIT_LOCAL)
+        return self._serve(entry.value, entry.fresh_until, policy, CacheStatus.HIT_LOCAL)
 
     def _from_redis(
         self, key: str, stored: StoredEntry, policy: EntryPolicy, changes: int, l1: bool
@@ -350,18 +348,18 @@ class TagCache:
         if l1 and fresh_until > now and self.tokens.is_current(stored.snapshot):
             expires = fresh_until + policy.stale_while_revalidate
             self.local.put(key, Entry(stored.value, stored.snapshot, fresh_until, expires, now))
-        return self._serve(stored.value, fresh_until, policy, HIT_REDIS)
+        return self._serve(stored.value, fresh_until, policy, CacheStatus.HIT_REDIS)
 
     def _serve(
-        self, value: bytes, fresh_until: float, policy: EntryPolicy, status: str
+        self, value: bytes, fresh_until: float, policy: EntryPolicy, status: CacheStatus
     ) -> Answer | None:
         """A hit while fresh; past its ttl, STALE within stale_while_revalidate, else nothing."""
-        counters = self.local.counters if status == HIT_LOCAL else self.l2_counters
+        counters = self.local.counters if status is CacheStatus.HIT_LOCAL else self.l2_counters
         now = time.monotonic()
         if now >= fresh_until and now >= fresh_until + policy.stale_while_revalidate:
             return None
         counters.hits += 1
-        return value, status if now < fresh_until else STALE
+        return value, status if now < fresh_until else CacheStatus.STALE
 
     @property
     def _window(self) -> float:
@@ -403,7 +401,7 @@ class TagCache:
             fresh_until = now + policy.ttl
             expires = fresh_until + policy.stale_while_revalidate
             self.local.put(key, Entry(value, snapshot, fresh_until, expires, now))
-        return value, MISS
+        return value, CacheStatus.MISS
 
     async def _wait_for_entry(
         self, redis: RedisTier, key: str, snapshot: Snapshot, lease: int
@@ -421,7 +419,7 @@ class TagCache:
                 return None  # invalidated meanwhile: its entry would not be current
             if found.current() and found.entry is not None and found.entry.fresh:
                 self.l2_counters.hits += 1
-                return found.entry.value, HIT_REDIS
+                return found.entry.value, CacheStatus.HIT_REDIS
             if time.monotonic() >= until:
                 return None
             await asyncio.sleep(_POLL_SECONDS)
@@ -442,7 +440,7 @@ class TagCache:
                 entry = self.local.get(key)
                 fresh = entry is not None and time.monotonic() < entry.fresh_until
                 if entry is not None and fresh and entry.snapshot == snapshot:
-                    return entry.value, HIT_LOCAL
+                    return entry.value, CacheStatus.HIT_LOCAL
             if flight is None or refresh or flight.task.cancelled():
                 flight = self._start(flight_key, load)
             try:
@@ -550,7 +548,13 @@ class TagCache:
         self.loads = 0
 
 
-def _result(served: Answer | None) -> str:
+def _result(served: Answer | None) -> CacheResult:
     if served is None:
-        return "miss"
-    return "stale" if served[1] == STALE else "hit"
+        return CacheResult.MISS
+    return CacheResult.STALE if served[1] is CacheStatus.STALE else CacheResult.HIT
+
+
+def _l2_result(current: bool, fresh: bool) -> CacheResult:
+    if not current:
+        return CacheResult.MISS
+    return CacheResult.HIT if fresh else CacheResult.STALE

@@ -10,23 +10,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from service import errors
+from service.domain import MergeSpec
 from service.values import SqlRow, SqlValue
 
 AGGREGATES = ("sum", "count", "min", "max")
-
-
-@dataclass(frozen=True)
-class MergeSpec:
-    """How member results combine; empty means concatenate."""
-
-    order_by: str = ""
-    limit: int = 0
-    group_by: Sequence[str] = ()
-    aggregates: Sequence[tuple[str, str]] = field(default_factory=tuple)  # (column, function)
 
 
 def merge_rows(
