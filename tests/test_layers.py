@@ -29,6 +29,7 @@ CORE = (
     "service.errors",
     "service.values",
     "service.domain",
+    "service.config",
     "service.db.connection",
     "service.db.writer",
     "service.db.database",

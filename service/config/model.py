@@ -1,0 +1,287 @@
+"""The configuration's model: frozen dataclasses that check their own values.
+
+Each class validates itself in ``__post_init__`` and raises ConfigError with
+one line that names the key, so a Config that exists is a valid one. Reading
+the environment and YAML into these classes is ``loading``'s job.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+TEMP_STORES = ("DEFAULT", "FILE", "MEMORY")
+
+
+class ConfigError(Exception):
+    """The configuration is wrong; the message is one line naming the key."""
+
+
+@dataclass(frozen=True)
+class SqliteSettings:
+    """PRAGMAs and limits every connection opens with."""
+
+    synchronous: str = "NORMAL"
+    busy_timeout_ms: int = 5000
+    cache_size_kib: int = 8192  # per connection; the soft heap limit caps them all together
+    mmap_size_bytes: int = 268_435_456
+    # FILE: sorts, DISTINCT and GROUP BY spill to temp_dir. MEMORY would hold them in
+    # the heap (unbounded but for the heap limit) and measured 4x slower for GROUP BY.
+    temp_store: str = "FILE"
+    temp_dir: Path | None = None  # SQLite's temporary files (SQLITE_TMPDIR); None: data_dir/tmp
+    max_page_count: int = (
+        0  # 0: no cap; else the database's size cap in pages (SQLITE_FULL past it)
+    )
+    # How often each database asks SQLite whether another process committed to it
+    # (PRAGMA data_version); 0 turns the check off.
+    outside_writes_check_seconds: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.synchronous not in SYNCHRONOUS_MODES:
+            raise ConfigError(f"sqlite.synchronous: expected one of {', '.join(SYNCHRONOUS_MODES)}")
+        if self.temp_store not in TEMP_STORES:
+            raise ConfigError(f"sqlite.temp_store: expected one of {', '.join(TEMP_STORES)}")
+        _require_non_negative("sqlite.busy_timeout_ms", self.busy_timeout_ms)
+        _require_non_negative("sqlite.cache_size_kib", self.cache_size_kib)
+        _require_non_negative(
+            "sqlite.outside_writes_check_seconds", self.outside_writes_check_seconds
+        )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on requests, results and waits."""
+
+    max_rows: int = 10_000
+    max_result_bytes: int = 8 * 1024 * 1024
+    max_message_bytes: int = 16 * 1024 * 1024
+    stream_chunk_rows: int = 1000
+    stream_chunk_bytes: int = 1024 * 1024
+    max_sql_length: int = 100_000
+    max_params: int = 999
+    readers_per_database: int = 4
+    acquire_timeout_seconds: float = 5.0
+    default_deadline_seconds: float = 30.0
+    idempotency_window_seconds: float = 86_400.0
+    reader_idle_timeout_seconds: float = 300.0
+    reader_max_lifetime_seconds: float = 3600.0
+    reader_validate_after_idle_seconds: float = 30.0
+    write_queue_size: int = 1024
+    group_commit: bool = True  # False: one transaction per write RPC (for comparison only)
+    max_concurrent_rpcs: int = 1024  # past it, new calls get RESOURCE_EXHAUSTED at once
+    max_concurrent_per_caller: int = 256  # per token; only with auth on
+    # Tags a caller names (cache.tags, invalidate_tags, Invalidate's tags): each
+    # is held in process and in Redis, so a request may name only so many.
+    max_tags_per_request: int = 32
+    max_tag_bytes: int = 256
+    max_batch_rows: int = 100_000  # rows in one BatchInsert, or param sets in one BatchUpdate
+    # The process's memory budget: SQLite's heap (all connections share it) is held
+    # to 3/8 of it, leaving the rest for Python, gRPC, the L1 cache and results.
+    memory_budget_mib: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("max_rows", "max_result_bytes", "max_message_bytes", "stream_chunk_rows"):
+            _require_positive(f"limits.{name}", getattr(self, name))
+        _require_positive("limits.readers_per_database", self.readers_per_database)
+        _require_positive("limits.acquire_timeout_seconds", self.acquire_timeout_seconds)
+        _require_positive("limits.default_deadline_seconds", self.default_deadline_seconds)
+        _require_positive("limits.max_tags_per_request", self.max_tags_per_request)
+        _require_positive("limits.max_tag_bytes", self.max_tag_bytes)
+        if self.memory_budget_mib < 64:
+            raise ConfigError("limits.memory_budget_mib: must be at least 64")
+        if self.max_result_bytes >= self.max_message_bytes:
+            raise ConfigError("limits.max_result_bytes: must be below limits.max_message_bytes")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """How the cache checks Redis and rides out its faults (YAML section ``cache``)."""
+
+    l1_validation_window_seconds: float = 0.1  # an L1 hit older than this asks Redis (MGET)
+    redis_socket_timeout_seconds: float = 0.25
+    redis_connect_timeout_seconds: float = 0.25
+    redis_health_check_interval_seconds: float = 5.0
+    redis_key_prefix: str = "dataaccess"
+    redis_max_connections: int = 64
+    breaker_failures: int = 3  # failures in a row that open the breaker
+    breaker_reset_seconds: float = 1.0  # how often an open breaker probes Redis
+    lease_seconds: float = 2.0  # how long other replicas wait for one replica's load
+    # How long a tag's token stays in Redis at least; a load extends it to
+    # outlive the entry it stores, so only tokens nothing uses go sooner.
+    token_ttl_seconds: float = 3600.0
+
+    def __post_init__(self) -> None:
+        _require_non_negative(
+            "cache.l1_validation_window_seconds", self.l1_validation_window_seconds
+        )
+        for name in (
+            "redis_socket_timeout_seconds",
+            "redis_connect_timeout_seconds",
+            "breaker_failures",
+            "breaker_reset_seconds",
+            "lease_seconds",
+            "token_ttl_seconds",
+            "redis_max_connections",
+        ):
+            _require_positive(f"cache.{name}", getattr(self, name))
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Serve over TLS; with ``client_ca_file``, callers must present a certificate it signed."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cert_file", "key_file", "client_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ConfigError(f"tls.{name}: {path} is not a file")
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """One bearer token: a name for logs, its SHA-256 (hex, never the token), its scopes."""
+
+    name: str
+    sha256: str
+    scopes: frozenset[str]
+
+    def __post_init__(self) -> None:
+        where = f"auth.tokens.{self.name}"
+        if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            raise ConfigError(f"{where}.sha256: expected 64 lower-case hex digits")
+        for scope in self.scopes:
+            if scope != "admin" and not re.fullmatch(r"(read|write):(\*|\w+)", scope):
+                raise ConfigError(
+                    f"{where}.scopes: {scope!r} is not read:NAME, write:NAME or admin"
+                )
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """One SQLite database the service serves."""
+
+    name: str
+    path: Path
+    migrations: Path | None = None
+    allowed_tables: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class RouteBound:
+    """One step of a range route: keys below ``below`` go to ``member``."""
+
+    member: str
+    below: str | int | float | None = None
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """How a group's ``route_key`` picks one member."""
+
+    kind: str
+    column: str | None = None
+    bounds: tuple[RouteBound, ...] = ()
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """A named set of databases queried together."""
+
+    name: str
+    members: tuple[str, ...]
+    route: RouteConfig | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the server needs, validated."""
+
+    listen: str = "127.0.0.1:50051"
+    # True only when several server processes are meant to share ``listen``
+    # (SO_REUSEPORT); off, a second server on a busy address fails to start.
+    listen_reuse_port: bool = False
+    metrics_listen: str | None = None  # host:port of the Prometheus endpoint; None: off
+    data_dir: Path = Path("data")
+    redis_url: str | None = None
+    l1_max_entries: int = 10_000
+    l1_max_bytes: int = 64 * 1024 * 1024
+    cache_ttl_seconds: float = 60.0
+    log_level: str = "INFO"
+    shutdown_grace_seconds: float = 20.0
+    health_interval_seconds: float = 2.0  # how often the standard health status is refreshed
+    health_deep_interval_seconds: float = 10.0  # a deep Health report is reused this long
+    databases: tuple[DatabaseConfig, ...] = ()
+    groups: tuple[GroupConfig, ...] = ()
+    sqlite: SqliteSettings = field(default_factory=SqliteSettings)
+    limits: Limits = field(default_factory=Limits)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    auth_tokens: tuple[TokenConfig, ...] = ()  # none: auth is off
+    tls: TlsConfig | None = None  # none: plaintext (loopback, or a mesh that encrypts)
+
+    def __post_init__(self) -> None:
+        _require_non_negative("l1_max_entries", self.l1_max_entries)
+        _require_positive("health_interval_seconds", self.health_interval_seconds)
+        _require_non_negative("health_deep_interval_seconds", self.health_deep_interval_seconds)
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ConfigError("redis_url: expected redis://, rediss:// or unix://")
+        if not 0 < self.shutdown_grace_seconds < 30:
+            raise ConfigError("shutdown_grace_seconds: must be above 0 and below Kubernetes' 30 s")
+        if not self.databases:
+            raise ConfigError("databases: at least one database is needed")
+        _check_names(self.databases, self.groups)
+        for database in self.databases:
+            if not database.path.parent.is_dir():
+                raise ConfigError(
+                    f"databases.{database.name}.path: folder {database.path.parent} does not exist"
+                )
+            if database.migrations is not None and not database.migrations.is_dir():
+                raise ConfigError(
+                    f"databases.{database.name}.migrations: folder {database.migrations} "
+                    "does not exist"
+                )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Config:
+        """Build the Config from ``environ`` and the YAML file it may name."""
+        # Imported here: loading builds these classes, so it imports this module.
+        from service.config.loading import load
+
+        return load(environ)
+
+    def database(self, name: str) -> DatabaseConfig | None:
+        """The database called ``name``, if any."""
+        return next((db for db in self.databases if db.name == name), None)
+
+
+def _check_names(databases: tuple[DatabaseConfig, ...], groups: tuple[GroupConfig, ...]) -> None:
+    seen: set[str] = set()
+    for name in [db.name for db in databases] + [g.name for g in groups]:
+        if name in seen:
+            raise ConfigError(f"databases/groups: duplicate name {name!r}")
+        seen.add(name)
+    database_names = {db.name for db in databases}
+    for group in groups:
+        members = list(group.members)
+        members += [b.member for b in group.route.bounds] if group.route else []
+        for member in members:
+            if member not in database_names:
+                raise ConfigError(f"groups.{group.name}: unknown member {member!r}")
+
+
+def _require_positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: must be above 0")
+
+
+def _require_non_negative(key: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{key}: must not be negative")
