@@ -134,13 +134,13 @@ class Database:
 
     async def close(self) -> None:
         """Commit queued writes, close the readers, checkpoint the WAL and close the writer."""
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
         if self._outside_writes is not None:
             self._outside_writes.cancel()
             await asyncio.gather(self._outside_writes, return_exceptions=True)
             self._outside_writes = None
-        if self._writer is not None:
-            await self._writer.close()
-            self._writer = None
         await self.pool.close()
         conn = self._writer_conn
         if conn is None:
@@ -168,7 +168,11 @@ async def _watch_data_version(
     seen: int | None = None
     while True:
         try:
-            version = await writer.run_trusted(_data_version)
+            # Shielded: a cancelled hop is interrupted, and on this shared connection
+            # the interrupt would land on whatever the writer runs at that moment.
+            hop = asyncio.ensure_future(writer.run_trusted(_data_version))
+            hop.add_done_callback(_observed)
+            version = await asyncio.shield(hop)
         except errors.DataAccessError as exc:
             log.warning("data_version of %s unreadable: %s", name, exc.message)
         else:
@@ -180,6 +184,12 @@ async def _watch_data_version(
                     log.exception("dropping the cached reads of %s failed", name)
             seen = version
         await asyncio.sleep(every)
+
+
+def _observed(hop: asyncio.Future[int]) -> None:
+    # A hop left running by a cancelled watcher has nobody to read its error.
+    if not hop.cancelled():
+        hop.exception()
 
 
 def _data_version(raw: sqlite3.Connection) -> int:
