@@ -345,11 +345,9 @@ class DataAccess:
         self._check_batch(len(request.rows), "rows")
         if self._router.is_group(database_name):
             members = self._router.groups[database_name].members
-            caller.require("write", database_name, members)
             self._check_invalidate_tags(write, members, caller)
             return await self._insert_routed(database_name, request, write, deadline)
         database = self._router.database(database_name)
-        caller.require("write", database.name)
         self._check_invalidate_tags(write, [database.name], caller)
         plan = plan_insert(request, database.schema, database.allowed)
         if not request.rows:
@@ -390,7 +388,6 @@ class DataAccess:
         """Run DML statements in one transaction, answered after the commit."""
         self.check_write(database_name, caller)
         database = self._router.database(database_name)
-        caller.require("write", database.name)
         self._check_invalidate_tags(write, [database.name], caller)
         if not statements:
             raise errors.InvalidArgument("at least one statement is needed", field="statements")
