@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 from bench.harness import Row, serving
-from service.db import idempotency
+from service.db.sqlite import idempotency
 
 SEEDED_KEYS = 1_000_000
 

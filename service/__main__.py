@@ -14,7 +14,7 @@ import signal
 import sys
 
 from service.config import Config, ConfigError
-from service.db.migrate import MigrationError
+from service.db.sqlite.migrate import MigrationError
 from service.observe.logs import setup_logging
 from service.observe.telemetry import Telemetry
 from service.server import StartError, migrate, serve

@@ -28,10 +28,10 @@ from service.auth import (
 from service.cache.keys import cache_key
 from service.cache.tagged import CacheUnavailable, EntryPolicy, TagCache, TierSnapshot
 from service.config import Limits
-from service.db.database import Database
-from service.db.idempotency import IdempotentPlan
-from service.db.pool import PoolSnapshot
-from service.db.reads import (
+from service.db.sqlite.database import Database
+from service.db.sqlite.idempotency import IdempotentPlan
+from service.db.sqlite.pool import PoolSnapshot
+from service.db.sqlite.reads import (
     Fetched,
     OpenStream,
     close_stream,
@@ -40,8 +40,14 @@ from service.db.reads import (
     open_stream,
     query_plan,
 )
-from service.db.schema import rows_up_to
-from service.db.writes import InsertRequest, StatementPlan, WriteOutcome, WritePlan, plan_insert
+from service.db.sqlite.schema import rows_up_to
+from service.db.sqlite.write_plans import (
+    InsertRequest,
+    StatementPlan,
+    WriteOutcome,
+    WritePlan,
+    plan_insert,
+)
 from service.domain import (
     CacheMode,
     CacheStatus,

@@ -30,7 +30,7 @@ from service.auth import Authenticator
 from service.cache.redis_tier import RedisSettings
 from service.cache.tagged import CacheSettings, TagCache
 from service.config import Config, TlsConfig
-from service.db.migrate import CorruptDatabase, apply_migrations
+from service.db.sqlite.migrate import CorruptDatabase, apply_migrations
 from service.observe.health import HealthChecker
 from service.observe.metrics import Metrics
 from service.observe.telemetry import Telemetry

@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from dataaccess_client.v1 import data_access_pb2 as pb
-from service.db.guard import Catalog, Guard, ShapeMemo
+from service.db.sqlite.guard import Catalog, Guard, ShapeMemo
 from tests.conftest import Running, failure_of, plain_rows, row, started, value
 
 MIGRATION = """

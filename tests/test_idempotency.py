@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dataaccess_client.v1 import data_access_pb2 as pb
-from service.db import idempotency
+from service.db.sqlite import idempotency
 from tests.conftest import Running, row, started
 
 OLD_TABLE = (  # the table as files made before the expiry index hold it

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.db.migrate import MigrationError, apply_migrations
+from service.db.sqlite.migrate import MigrationError, apply_migrations
 
 
 def _folder(tmp_path: Path) -> Path:

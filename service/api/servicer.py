@@ -31,7 +31,7 @@ from service.api.codec import from_proto, params_from_proto, row_from_proto, row
 from service.api.status import status_for
 from service.auth import Authenticator, Principal
 from service.config import Limits
-from service.db.writes import InsertRequest
+from service.db.sqlite.write_plans import InsertRequest
 from service.domain import (
     CacheMode,
     CacheStatus,

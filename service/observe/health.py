@@ -31,7 +31,7 @@ from urllib.parse import quote
 from service import errors
 from service.cache.redis_tier import RedisUnavailable
 from service.cache.tagged import TagCache
-from service.db.database import Database
+from service.db.sqlite.database import Database
 from service.routing.router import Router
 
 log = logging.getLogger(__name__)

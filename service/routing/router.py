@@ -15,8 +15,8 @@ from opentelemetry import trace
 
 from service import errors
 from service.config import Config, GroupConfig, RouteConfig
-from service.db.database import Database
-from service.db.writer import AfterCommit
+from service.db.sqlite.database import Database
+from service.db.sqlite.group_commit import AfterCommit
 from service.values import SqlValue
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ import aiosqlite
 
 from service import errors
 from service.config import Limits, SqliteSettings
-from service.db.guard import Guard, ShapeMemo, read_catalog
-from service.db.sqlite_errors import translate
+from service.db.sqlite.error_map import translate
+from service.db.sqlite.guard import Guard, ShapeMemo, read_catalog
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], T]

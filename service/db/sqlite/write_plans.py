@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from service import errors
-from service.db.guard import Guard
-from service.db.schema import Schema, TableInfo, quote_identifier
+from service.db.sqlite.guard import Guard
+from service.db.sqlite.schema import Schema, TableInfo, quote_identifier
 from service.values import SqlRow
 
 _INSERT_VERBS = {

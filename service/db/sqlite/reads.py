@@ -6,7 +6,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from service import errors
-from service.db.guard import Guard, StatementShape
+from service.db.sqlite.guard import Guard, StatementShape
 from service.values import Params, SqlRow
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from opentelemetry import trace
 
 from service import errors
-from service.db.connection import SqliteConnection
+from service.db.sqlite.connection import SqliteConnection
 
 log = logging.getLogger(__name__)
 Opener = Callable[[], Awaitable[SqliteConnection]]

@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 
 from service import errors
-from service.db.guard import Guard
-from service.db.writes import WriteOutcome, WritePlan
+from service.db.sqlite.guard import Guard
+from service.db.sqlite.write_plans import WriteOutcome, WritePlan
 
 TABLE = "_dataaccess_idempotency"
 CREATE_TABLE = (

@@ -16,7 +16,12 @@ import sqlite3
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from service.db.volatility import CLOCK_FUNCTIONS, VOLATILE_FUNCTIONS, binds_now, sql_reads_now
+from service.db.sqlite.volatility import (
+    CLOCK_FUNCTIONS,
+    VOLATILE_FUNCTIONS,
+    binds_now,
+    sql_reads_now,
+)
 from service.values import Params
 
 READ_FUNCTIONS = frozenset(

@@ -10,12 +10,12 @@ from opentelemetry import trace
 
 from service import errors
 from service.config import DatabaseConfig, Limits, SqliteSettings
-from service.db import idempotency, outbox
-from service.db.connection import SqliteConnection, open_reader, open_writer
-from service.db.guard import Guard, ShapeMemo, StatementShape
-from service.db.pool import PoolPolicy, ReaderPool
-from service.db.schema import Schema, read_schema
-from service.db.writer import AfterCommit, WriteBatcher
+from service.db.sqlite import idempotency, outbox
+from service.db.sqlite.connection import SqliteConnection, open_reader, open_writer
+from service.db.sqlite.group_commit import AfterCommit, WriteBatcher
+from service.db.sqlite.guard import Guard, ShapeMemo, StatementShape
+from service.db.sqlite.pool import PoolPolicy, ReaderPool
+from service.db.sqlite.schema import Schema, read_schema
 from service.values import Params
 
 log = logging.getLogger(__name__)

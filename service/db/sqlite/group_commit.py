@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from opentelemetry import trace
 
 from service import errors
-from service.db import outbox
-from service.db.connection import SqliteConnection
-from service.db.sqlite_errors import translate
-from service.db.writes import WriteOutcome, WritePlan
+from service.db.sqlite import outbox
+from service.db.sqlite.connection import SqliteConnection
+from service.db.sqlite.error_map import translate
+from service.db.sqlite.write_plans import WriteOutcome, WritePlan
 
 log = logging.getLogger(__name__)
 _PROGRESS_STEPS = 1000
