@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -55,6 +55,7 @@ def row(*values: Any) -> pb.Row:
 def plain(message: pb.Value) -> Any:
     """The Python value of a proto Value."""
     kind = message.WhichOneof("kind")
+    assert kind is not None, "a Value with no kind set"
     return None if kind == "null" else getattr(message, kind)
 
 
@@ -82,8 +83,10 @@ async def failure_of(call: Any) -> Failure:
 
 
 def _bad_request_fields(exc: grpc.aio.AioRpcError) -> list[str]:
-    for key, raw in exc.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
+    # grpc-stubs give aio errors grpc.RpcError's tuple of _Metadatum; they carry (key, value) pairs
+    metadata = cast("grpc.aio.Metadata", exc.trailing_metadata())
+    for key, raw in metadata or ():
+        if key == "grpc-status-details-bin" and isinstance(raw, bytes):
             status = status_pb2.Status.FromString(raw)
             fields = []
             for detail in status.details:
@@ -137,7 +140,7 @@ class Running:
     server: DataAccessServer
     port: int
     channel: grpc.aio.Channel
-    stub: pb_grpc.DataAccessStub
+    stub: pb_grpc.DataAccessAsyncStub
     data_dir: Path
 
     def sqlite(self, database: str) -> sqlite3.Connection:
@@ -156,7 +159,7 @@ async def started(tmp_path: Path, document: dict[str, Any]) -> AsyncIterator[Run
     try:
         yield Running(server, port, channel, pb_grpc.DataAccessStub(channel), data_dir)
     finally:
-        await channel.close()
+        await channel.close(None)
         await server.stop(grace=1.0)
 
 

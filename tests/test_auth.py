@@ -205,6 +205,7 @@ async def test_writers_may_bump_their_own_tags_but_not_everyone_elses(secured: R
 async def test_garbage_from_a_caller_without_a_token_is_unauthenticated(secured: Running) -> None:
     for method in ("QueryStream", "BatchInsert", "Stats"):
         path = f"/dataaccess.v1.DataAccess/{method}"
+        call: Callable[[bytes], Any]
         if method == "QueryStream":
             call = secured.channel.unary_stream(
                 path, request_serializer=None, response_deserializer=None
@@ -214,7 +215,7 @@ async def test_garbage_from_a_caller_without_a_token_is_unauthenticated(secured:
                 path, request_serializer=None, response_deserializer=None
             )
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            answer = call(b"\xff\xff\xff garbage")
+            answer: Any = call(b"\xff\xff\xff garbage")  # a stream to drain or a call to await
             if method == "QueryStream":
                 async for _ in answer:
                     pass
@@ -247,9 +248,11 @@ def _bearer(name: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {_secret(name)}")]
 
 
-async def _refusal(call: Callable[[str], Any]) -> tuple[grpc.StatusCode, str]:
+async def _refusal(
+    call: Callable[[Running, str], Any], running: Running, name: str
+) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await call("")
+        await call(running, name)
     return refused.value.code(), refused.value.details() or ""
 
 
@@ -288,10 +291,10 @@ async def test_a_name_the_caller_has_no_scope_on_answers_as_an_unknown_one(
     secured: Running, rpc: str
 ) -> None:
     call = NAMED_CALLS[rpc]
-    unknown = await _refusal(lambda _: call(secured, "nowhere"))
+    unknown = await _refusal(call, secured, "nowhere")
     assert unknown == (NOT_FOUND, "unknown database 'nowhere'")
     for hidden in ("kitchen2", "live", "history"):  # a database, a member, a group
-        code, details = await _refusal(lambda _, name=hidden: call(secured, name))
+        code, details = await _refusal(call, secured, hidden)
         assert (code, details.replace(hidden, "nowhere")) == unknown, hidden
 
 

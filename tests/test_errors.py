@@ -110,7 +110,9 @@ async def test_unique_violation_is_already_exists_and_other_constraints_failed_p
 ) -> None:
     stub = running.stub
 
-    def insert(columns: list[str], *values: object) -> object:
+    def insert(
+        columns: list[str], *values: object
+    ) -> grpc.aio.UnaryUnaryCall[pb.BatchInsertRequest, pb.BatchInsertResponse]:
         return stub.BatchInsert(
             pb.BatchInsertRequest(
                 database="kitchen", table="items", columns=columns, rows=[row(*values)]

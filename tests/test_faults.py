@@ -45,7 +45,7 @@ class Tally:
     running: bool = True
 
 
-async def _writer(stub: pb_grpc.DataAccessStub, tally: Tally) -> None:
+async def _writer(stub: pb_grpc.DataAccessAsyncStub, tally: Tally) -> None:
     seq = 1000
     while tally.running:
         seq += 1
@@ -63,7 +63,7 @@ async def _writer(stub: pb_grpc.DataAccessStub, tally: Tally) -> None:
             await asyncio.sleep(0.05)
 
 
-async def _reader(stub: pb_grpc.DataAccessStub, tally: Tally) -> None:
+async def _reader(stub: pb_grpc.DataAccessAsyncStub, tally: Tally) -> None:
     while tally.running:
         floor = len(tally.acknowledged)
         tally.requests += 1
@@ -77,7 +77,7 @@ async def _reader(stub: pb_grpc.DataAccessStub, tally: Tally) -> None:
             await asyncio.sleep(0.05)
 
 
-async def _health(stub: pb_grpc.DataAccessStub, tally: Tally, paused: asyncio.Event) -> None:
+async def _health(stub: pb_grpc.DataAccessAsyncStub, tally: Tally, paused: asyncio.Event) -> None:
     while tally.running:
         if not paused.is_set():
             started = time.monotonic()
@@ -164,7 +164,7 @@ async def test_faults_lose_no_acknowledged_write_and_serve_nothing_stale(
         server_down.set()
         await fault("server killed (SIGKILL)", server.process.kill, 0.5)
         restarted = await asyncio.to_thread(service_process, {**document})
-        await channel.close()
+        await channel.close(None)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{restarted.port}")
         stub = pb_grpc.DataAccessStub(channel)
         tasks += [
@@ -185,7 +185,7 @@ async def test_faults_lose_no_acknowledged_write_and_serve_nothing_stale(
             cache=pb.CacheOptions(mode=pb.CACHE_MODE_BYPASS),
         )
     )
-    await channel.close()
+    await channel.close(None)
     stored = {r.values[0].integer for r in rows.rows}
     lost = tally.acknowledged - stored
     print(

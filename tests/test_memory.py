@@ -72,7 +72,7 @@ async def _sample(pid: int, peak: dict[str, int], files: set[str], stop: asyncio
         await asyncio.sleep(0.005)
 
 
-async def _attack(stub: pb_grpc.DataAccessStub, sql: str) -> grpc.StatusCode:
+async def _attack(stub: pb_grpc.DataAccessAsyncStub, sql: str) -> grpc.StatusCode:
     metadata = [("authorization", f"Bearer {TOKEN}")]
     try:
         await stub.Query(pb.QueryRequest(database="live", sql=sql), timeout=5, metadata=metadata)

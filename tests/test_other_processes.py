@@ -124,14 +124,14 @@ async def test_outside_readers_and_a_second_service_lose_no_acknowledged_write(
     acknowledged |= await one.insert(range(1080, 1120))
     assert await one.stored() == acknowledged, "the first service misses the second's writes"
     assert await two.stored() == acknowledged, "the second service misses the first's writes"
-    await two.channel.close()
+    await two.channel.close(None)
     second.process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(second.process.wait, 20) == 0
 
     assert await asyncio.to_thread(read_from_outside, path) >= len(acknowledged)
     acknowledged |= await one.insert(range(1120, 1160))
     assert await one.stored() == acknowledged
-    await one.channel.close()
+    await one.channel.close(None)
     first.process.kill()
     await asyncio.to_thread(first.process.wait, 10)
 
@@ -140,7 +140,7 @@ async def test_outside_readers_and_a_second_service_lose_no_acknowledged_write(
     try:
         lost = acknowledged - await three.stored()
     finally:
-        await three.channel.close()
+        await three.channel.close(None)
     assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged writes lost"
     restarted.process.kill()
     await asyncio.to_thread(restarted.process.wait, 10)
@@ -172,5 +172,5 @@ async def test_a_write_through_one_process_is_never_served_stale_by_the_other(
             after = await reader.stub.Query(count, timeout=5)
             assert after.rows[0].values[0].integer == before.rows[0].values[0].integer + 1
     finally:
-        await reader.channel.close()
-        await writer.channel.close()
+        await reader.channel.close(None)
+        await writer.channel.close(None)

@@ -47,7 +47,7 @@ async def test_a_write_queued_at_shutdown_commits_while_the_watcher_stops(
         blocker.close()
     answer = await insert
     await stopping
-    await channel.close()
+    await channel.close(None)
     assert answer.rows_affected == 1
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT count(*) FROM items WHERE qty = 4242").fetchone() == (1,)

@@ -21,7 +21,9 @@ def _items(running: Running) -> list[tuple[object, ...]]:
         return conn.execute("SELECT id, code, qty FROM items ORDER BY id").fetchall()
 
 
-def _insert(running: Running, rows: list[pb.Row], **kwargs: object) -> object:
+def _insert(
+    running: Running, rows: list[pb.Row], **kwargs: Any
+) -> grpc.aio.UnaryUnaryCall[pb.BatchInsertRequest, pb.BatchInsertResponse]:
     return running.stub.BatchInsert(
         pb.BatchInsertRequest(
             database="kitchen", table="items", columns=["id", "code", "qty"], rows=rows, **kwargs
