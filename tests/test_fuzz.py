@@ -69,7 +69,7 @@ def _status(call: Any) -> grpc.StatusCode:
         if hasattr(result, "__iter__") and not isinstance(result, bytes):
             list(result)
     except grpc.RpcError as exc:
-        return exc.code()  # type: ignore[no-any-return]
+        return exc.code()
     return grpc.StatusCode.OK
 
 

@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from dataaccess_client.v1 import data_access_pb2 as pb
-from tests.conftest import started
+from tests.conftest import Running, started
 
 
-async def _select(running: Any, n: int) -> int:
+async def _select(running: Running, n: int) -> int:
     response = await running.stub.Query(pb.QueryRequest(database="live", sql=f"SELECT {n}"))
     return int(response.rows[0].values[0].integer)
 
 
-async def _pool(running: Any) -> pb.PoolStats:
+async def _pool(running: Running) -> pb.PoolStats:
     stats = await running.stub.Stats(pb.StatsRequest())
     return {p.database: p for p in stats.pools}["live"]
 

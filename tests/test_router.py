@@ -11,6 +11,7 @@ import pytest
 from dataaccess_client.v1 import data_access_pb2 as pb
 from service.domain import MergeSpec
 from service.routing.merge import merge_rows
+from service.values import SqlRow
 from tests.conftest import failure_of, plain_rows, row, started, value
 
 
@@ -100,9 +101,9 @@ async def test_route_key_picks_each_member(grouped: Any) -> None:
         )
         assert list(response.databases) == [member]
     hashed = set()
-    for key in range(40):
+    for number in range(40):
         response = await grouped.stub.Query(
-            pb.QueryRequest(database="spread", sql="SELECT 1", route_key=value(key))
+            pb.QueryRequest(database="spread", sql="SELECT 1", route_key=value(number))
         )
         hashed.add(response.databases[0])
     assert hashed == {"archive", "live"}
@@ -134,7 +135,7 @@ async def test_member_missing_the_table_fails_not_found_naming_it(grouped: Any) 
 
 
 def test_merge_orders_across_storage_classes_and_directions() -> None:
-    parts = [[(None, 2), (1, 1), ("a", 3)], [(0.5, 9), (2, 0), (b"z", 1)]]
+    parts: list[list[SqlRow]] = [[(None, 2), (1, 1), ("a", 3)], [(0.5, 9), (2, 0), (b"z", 1)]]
     merged = merge_rows(["k", "v"], parts, MergeSpec(order_by="k"))
     assert [r[0] for r in merged] == [None, 0.5, 1, 2, "a", b"z"]
     mixed = merge_rows(

@@ -92,8 +92,9 @@ async def test_the_caps_come_from_config(tmp_path: Path, document: dict[str, Any
             failed = await failure_of(_query(running, tags))
             assert failed.fields == ["cache.tags"]
     for name in ("max_tags_per_request", "max_tag_bytes"):
+        zero: dict[str, Any] = {name: 0}
         with pytest.raises(ConfigError, match=f"limits.{name}"):
-            Limits(**{name: 0})
+            Limits(**zero)
 
 
 async def test_a_bumped_tag_token_is_kept_in_redis_for_an_hour_not_a_week(

@@ -235,7 +235,10 @@ async def test_the_client_package_carries_the_callers_trace_into_the_service(
     trace_id, span_id = secrets.randbits(128), secrets.randbits(64)
     caller = otel_trace.NonRecordingSpan(
         otel_trace.SpanContext(
-            trace_id, span_id, is_remote=False, trace_flags=otel_trace.TraceFlags.SAMPLED
+            trace_id,
+            span_id,
+            is_remote=False,
+            trace_flags=otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED),
         )
     )
     token = otel_context.attach(otel_trace.set_span_in_context(caller))
