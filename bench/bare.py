@@ -16,8 +16,8 @@ from typing import Any
 
 import grpc
 
-from dataaccess_client.v1 import data_access_pb2 as pb
-from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
+from dataaccess.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DataAccess"].full_name
 # The channel options service/server.py sets by default, so only the handler differs.
@@ -44,7 +44,7 @@ def _as_is(response: bytes) -> bytes:
     return response
 
 
-def handlers(servicer: BareDataAccess) -> dict[str, grpc.RpcMethodHandler]:
+def handlers(servicer: BareDataAccess) -> dict[str, grpc.RpcMethodHandler[pb.QueryRequest, bytes]]:
     """Query's handler: the generated request parser, bytes passed through on the way out."""
     query = grpc.unary_unary_rpc_method_handler(
         servicer.Query,
@@ -57,7 +57,8 @@ def handlers(servicer: BareDataAccess) -> dict[str, grpc.RpcMethodHandler]:
 async def serve(port: int, response: bytes) -> None:
     """Serve on ``port`` until SIGTERM or SIGINT."""
     server = grpc.aio.server(options=OPTIONS)
-    methods = handlers(BareDataAccess(response))
+    # Only Query is registered: the stubs' abstract RPCs are never served, so never written.
+    methods = handlers(BareDataAccess(response))  # type: ignore[abstract]
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, methods),))
     # As the generated add_DataAccessServicer_to_server does, for the registered-method path.
     server.add_registered_method_handlers(SERVICE_NAME, methods)  # type: ignore[attr-defined]

@@ -58,7 +58,8 @@ def _latencies(port: int, calls: int, idempotent: bool) -> list[float]:
 def bench_idempotent(workdir: Path, quick: bool) -> list[Row]:
     """p50 latency of a one-row idempotent BatchInsert over a plain one, 1M live keys."""
     rounds, calls = (3, 100) if quick else (5, 300)
-    ours, theirs = [], []
+    ours: list[float] = []
+    theirs: list[float] = []
     started = time.perf_counter()
     with serving(workdir, {"synchronous": "NORMAL"}, {}, prepare=seed_keys) as port:
         print(

@@ -10,13 +10,13 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import grpc
 
-from dataaccess_client.v1 import data_access_pb2 as pb
-from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
+from dataaccess.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
 
 
 def event_row(i: int) -> pb.Row:
@@ -95,12 +95,12 @@ def main(argv: list[str]) -> None:
     """Run the scenario named in ``argv`` and print its JSON."""
     scenario, port, *numbers = argv
     args = [int(n) for n in numbers]
-    runners = {
+    runners: dict[str, Callable[..., Coroutine[Any, Any, dict[str, Any]]]] = {
         "batch_insert": batch_insert,
         "concurrent_inserts": concurrent_inserts,
         "single_inserts": single_inserts,
     }
-    runner: Callable[..., Awaitable[dict[str, Any]]] = runners[scenario]
+    runner = runners[scenario]
     print(json.dumps(asyncio.run(runner(int(port), *args))))
 
 

@@ -37,8 +37,8 @@ from typing import Any
 import grpc
 
 from bench.load import event_row, insert_request
-from dataaccess_client.v1 import data_access_pb2 as pb
-from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
+from dataaccess.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
 
 QUERY = pb.QueryRequest(
     database="events",
@@ -81,7 +81,7 @@ class Sample:
 
 
 async def drive(
-    stub: pb_grpc.DataAccessStub,
+    stub: pb_grpc.DataAccessAsyncStub,
     concurrency: int,
     count: int,
     seconds: float,
