@@ -91,6 +91,18 @@ class EncodedRead:
 
 
 @dataclass(frozen=True)
+class InsertRequest:
+    """A BatchInsert as the domain sees it."""
+
+    table: str
+    columns: Sequence[str]
+    rows: Sequence[SqlRow]
+    on_conflict: str = "abort"
+    conflict_columns: Sequence[str] = ()
+    update_columns: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
 class WriteOptions:
     """What every write RPC may add: tags to bump and an idempotency key."""
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import functools
 import gc
 import logging
 import socket
@@ -30,6 +29,7 @@ from service.auth import Authenticator
 from service.cache.redis_tier import RedisSettings
 from service.cache.tagged import CacheSettings, TagCache
 from service.config import Config, TlsConfig
+from service.db import build_databases
 from service.db.sqlite.migrate import CorruptDatabase, apply_migrations
 from service.observe.health import HealthChecker
 from service.observe.metrics import Metrics
@@ -55,12 +55,13 @@ class DataAccessServer:
         self.metrics_port = 0
         tracer = self.telemetry.tracer
         self.cache = TagCache(cache_settings(config), tracer)
-        self.router = Router(
+        databases = build_databases(
             config,
             self.cache.invalidate_committed,
             use_outbox=config.redis_url is not None,
             tracer=tracer,
         )
+        self.router = Router(config, databases)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._server: grpc.aio.Server | None = None
         self._servicer: DataAccessServicer | None = None
@@ -141,10 +142,10 @@ class DataAccessServer:
     def _hold_undelivered(self) -> None:
         """Invalidations a previous run committed but may not have delivered: deliver first."""
         for database in self.router.databases.values():
-            tags, rows = database.undelivered
+            tags, delivered = database.undelivered()
             if tags:
                 log.info("holding undelivered invalidations", extra={"database": database.name})
-                self.cache.hold(tags, functools.partial(database.writer.delivered, rows))
+                self.cache.hold(tags, delivered)
 
     def _bind(self, server: grpc.aio.Server) -> int:
         """Listen in plaintext, or over TLS (mutual when a client CA is configured)."""

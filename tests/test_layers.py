@@ -30,13 +30,23 @@ CORE = (
     "service.values",
     "service.domain",
     "service.config",
+    "service.tags",
+    "service.scopes",
+    "service.hot_reads",
+    "service.access",
+    "service.db",
+    "service.db.door",
     "service.db.sqlite.connection",
     "service.db.sqlite.group_commit",
     "service.db.sqlite.database",
+    "service.db.sqlite.migrate",
     "service.cache.tagged",
     "service.routing.router",
+    "service.routing.fan_out",
     "service.routing.merge",
+    "service.observe.health",
     "service.observe.metrics",
+    "service.observe.stats_report",
     "service.observe.telemetry",
 )
 
@@ -111,3 +121,24 @@ def test_the_probe_sees_the_api_import_grpc() -> None:
     assert "grpc" in blamed.get("service.api.status", []), blamed
     assert any(name.endswith("_pb2") for name in blamed.get("service.api.codec", [])), blamed
     assert not any(_is_api(name) for name in _modules_below_the_api())
+
+
+# Imports the generated stubs and prints the modules of the hand-written client that came along.
+_STUBS_PROBE = """
+import json, sys
+from dataaccess.v1 import data_access_pb2, data_access_pb2_grpc
+assert data_access_pb2_grpc.DataAccessStub and data_access_pb2.QueryRequest
+print(json.dumps(sorted(name for name in sys.modules if name.startswith("dataaccess_client"))))
+"""
+
+
+def test_the_generated_stubs_import_without_the_hand_written_client() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _STUBS_PROBE],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(result.stdout) == []

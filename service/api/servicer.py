@@ -31,10 +31,10 @@ from service.api.codec import from_proto, params_from_proto, row_from_proto, row
 from service.api.status import status_for
 from service.auth import Authenticator, Principal
 from service.config import Limits
-from service.db.sqlite.write_plans import InsertRequest
 from service.domain import (
     CacheMode,
     CacheStatus,
+    InsertRequest,
     MergeSpec,
     ReadRequest,
     ReadResult,
@@ -42,7 +42,7 @@ from service.domain import (
     WriteResult,
 )
 from service.observe.health import HealthChecker
-from service.observe.stats import SlowStatement
+from service.observe.statements import SlowStatement
 
 log = logging.getLogger(__name__)
 Req = TypeVar("Req")

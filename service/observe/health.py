@@ -19,25 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import shutil
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import quote
 
-from service import errors
 from service.cache.redis_tier import RedisUnavailable
 from service.cache.tagged import TagCache
-from service.db.sqlite.database import Database
+from service.db.door import Database, Finding
 from service.routing.router import Router
 
 log = logging.getLogger(__name__)
 HEALTHY, DEGRADED, CRITICAL = "healthy", "degraded", "critical"
 _RANK = {HEALTHY: 0, DEGRADED: 1, CRITICAL: 2}
-_INDEX = re.compile(r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:IF\s+NOT\s+EXISTS\s+)?[\"`\[]?(\w+)", re.I)
 _PROBE_SECONDS = 1.0
 _LOW_DISK_BYTES = 256 * 1024 * 1024
 
@@ -70,9 +63,6 @@ class HealthChecker:
         self._deep_interval = deep_interval
         self._deep: tuple[float, HealthReport] | None = None
         self._deep_lock = asyncio.Lock()
-        self._expected = {
-            name: _expected_indexes(db.config.migrations) for name, db in router.databases.items()
-        }
 
     async def report(self, deep: bool = False) -> HealthReport:
         """Every check now (the deep report is reused within ``deep_interval``)."""
@@ -119,45 +109,7 @@ class HealthChecker:
         name = f"database:{database.name}"
         if database.failure is not None:
             return [Check(name, CRITICAL, database.failure.message, 0.0)]
-        started = time.monotonic()
-        unreadable = await asyncio.to_thread(
-            _unreadable, database.config.path, database.file_identity
-        )
-        if unreadable:
-            return [Check(name, CRITICAL, unreadable, _ms_since(started))]
-        try:
-            found = await self._probe(database, deep)
-        except errors.DataAccessError as exc:
-            return [Check(name, CRITICAL, exc.message, _ms_since(started))]
-        checks = [Check(name, HEALTHY, "probe query answered", _ms_since(started))]
-        checks += self._settings(name, found)
-        checks.append(self._indexes(name, database.name, found.indexes))
-        checks.append(await asyncio.to_thread(_disk, name, database.config.path))
-        if deep:
-            ok = found.quick_check == "ok"
-            status = HEALTHY if ok else CRITICAL
-            checks.append(Check(f"{name}:quick_check", status, found.quick_check, found.check_ms))
-        return checks
-
-    async def _probe(self, database: Database, deep: bool) -> _Found:
-        deadline = time.monotonic() + _PROBE_SECONDS * (10 if deep else 1)
-        async with database.pool.reader(deadline) as conn:
-            return await conn.run_trusted(lambda raw: _look(raw, deep), deadline)
-
-    def _settings(self, name: str, found: _Found) -> list[Check]:
-        foreign = HEALTHY if found.foreign_keys else DEGRADED
-        wal = HEALTHY if found.journal_mode == "wal" else DEGRADED
-        return [
-            Check(f"{name}:foreign_keys", foreign, f"foreign_keys={int(found.foreign_keys)}", 0.0),
-            Check(f"{name}:wal", wal, f"journal_mode={found.journal_mode}", 0.0),
-        ]
-
-    def _indexes(self, name: str, database: str, present: set[str]) -> Check:
-        missing = sorted(self._expected.get(database, set()) - present)
-        if missing:
-            return Check(f"{name}:indexes", DEGRADED, f"missing: {', '.join(missing)}", 0.0)
-        expected = len(self._expected.get(database, ()))
-        return Check(f"{name}:indexes", HEALTHY, f"all {expected} expected indexes present", 0.0)
+        return [_check(name, finding) for finding in await database.probe(deep)]
 
     async def _redis(self) -> Check:
         started = time.monotonic()
@@ -172,80 +124,10 @@ class HealthChecker:
         return Check("redis", status, f"PING answered; breaker {state}", _ms_since(started))
 
 
-@dataclass(frozen=True)
-class _Found:
-    foreign_keys: bool
-    journal_mode: str
-    indexes: set[str]
-    quick_check: str = ""
-    check_ms: float = 0.0
-
-
-def _look(raw: sqlite3.Connection, deep: bool) -> _Found:
-    raw.execute("SELECT 1").fetchall()
-    foreign = bool(raw.execute("PRAGMA foreign_keys").fetchone()[0])
-    mode = str(raw.execute("PRAGMA journal_mode").fetchone()[0]).lower()
-    rows = raw.execute("SELECT name FROM sqlite_schema WHERE type = 'index'").fetchall()
-    indexes = {str(row[0]) for row in rows}
-    if not deep:
-        return _Found(foreign, mode, indexes)
-    started = time.monotonic()
-    verdict = "; ".join(str(row[0]) for row in raw.execute("PRAGMA quick_check").fetchall())
-    return _Found(foreign, mode, indexes, verdict, _ms_since(started))
-
-
-def _unreadable(path: Path, identity: tuple[int, int] | None) -> str:
-    """Why ``path`` cannot serve as a database file, or '' when it can.
-
-    The file is opened through SQLite only: closing a descriptor that anything
-    else opened on it would drop every POSIX lock this process holds there, and
-    another process could then delete the live WAL under our connections.
-    SQLite keeps such descriptors open until its last connection to the file goes.
-    A file swapped in under the open one would read its first page from the live
-    WAL and look sound, so the path must still name the file that was opened.
-    """
-    try:
-        stat = path.stat()
-    except OSError as exc:
-        return f"cannot read {path}: {exc.strerror}"
-    if identity is not None and (stat.st_dev, stat.st_ino) != identity:
-        return f"{path} is not the SQLite database the service opened: it was replaced or moved"
-    try:
-        probe = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        return f"cannot read {path}: {exc}"
-    try:
-        probe.execute("SELECT count(*) FROM sqlite_schema").fetchall()
-    except sqlite3.DatabaseError as exc:
-        if getattr(exc, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
-            return f"{path} is not a SQLite database: {exc}"
-        return f"cannot read {path}: {exc}"
-    finally:
-        probe.close()
-    return ""
-
-
-def _disk(name: str, path: Path) -> Check:
-    started = time.monotonic()
-    usage = shutil.disk_usage(path.parent)
-    share = usage.free / usage.total if usage.total else 0.0
-    message = f"{usage.free / 2**30:.1f} GiB free ({share:.0%})"
-    if share < 0.01:
-        status = CRITICAL
-    elif share < 0.05 or usage.free < _LOW_DISK_BYTES:
-        status = DEGRADED
-    else:
-        status = HEALTHY
-    return Check(f"{name}:disk", status, message, _ms_since(started))
-
-
-def _expected_indexes(migrations: Path | None) -> set[str]:
-    if migrations is None or not migrations.is_dir():
-        return set()
-    names: set[str] = set()
-    for script in sorted(migrations.glob("*.sql")):
-        names.update(_INDEX.findall(script.read_text(encoding="utf-8")))
-    return names
+def _check(name: str, finding: Finding) -> Check:
+    """A database probe's finding as a health check named after its database."""
+    check = f"{name}:{finding.aspect}" if finding.aspect else name
+    return Check(check, finding.severity.value, finding.message, finding.duration_ms)
 
 
 def _ms_since(started: float) -> float:

@@ -116,7 +116,8 @@ class _StateCollector(Collector):
 
     def _pool_families(self) -> Iterator[Any]:
         databases = [d for d in self._router.databases.values() if d.failure is None]
-        snapshots = {d.name: d.pool.snapshot() for d in databases}
+        figures = {d.name: d.figures() for d in databases}
+        snapshots = {name: f.pool for name, f in figures.items()}
         for name, doc, attr in (
             ("connections", "Reader connections.", "size"),
             ("in_use", "Reader connections lent out.", "in_use"),
@@ -125,7 +126,6 @@ class _StateCollector(Collector):
             yield _family(
                 GaugeMetricFamily, f"dataaccess_pool_{name}", doc, "database", snapshots, attr
             )
-        snapshot_list = list(snapshots.values())
         timeouts = CounterMetricFamily(
             "dataaccess_pool_timeouts", "Reader acquires that timed out.", labels=["database"]
         )
@@ -135,10 +135,10 @@ class _StateCollector(Collector):
         transactions = CounterMetricFamily(
             "dataaccess_write_transactions", "Write transactions committed.", labels=["database"]
         )
-        for database, snapshot in zip(databases, snapshot_list, strict=True):
-            timeouts.add_metric([database.name], snapshot.timeouts)
-            depth.add_metric([database.name], database.writer.queued)
-            transactions.add_metric([database.name], database.writer.counters.transactions)
+        for name, figure in figures.items():
+            timeouts.add_metric([name], figure.pool.timeouts)
+            depth.add_metric([name], figure.write_queue)
+            transactions.add_metric([name], figure.writes.transactions)
         yield from (timeouts, depth, transactions)
 
 

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
-
-from opentelemetry import trace
+from collections.abc import Mapping, Sequence
 
 from service import errors
 from service.config import Config, GroupConfig, RouteConfig
-from service.db.sqlite.database import Database
-from service.db.sqlite.group_commit import AfterCommit
+from service.db.door import Database
 from service.values import SqlValue
 
 log = logging.getLogger(__name__)
@@ -25,17 +22,8 @@ log = logging.getLogger(__name__)
 class Router:
     """Finds the database or the group members a call names."""
 
-    def __init__(
-        self,
-        config: Config,
-        after_commit: AfterCommit | None = None,
-        use_outbox: bool = False,
-        tracer: trace.Tracer | None = None,
-    ) -> None:
-        self.databases = {
-            db.name: Database(db, config.sqlite, config.limits, after_commit, use_outbox, tracer)
-            for db in config.databases
-        }
+    def __init__(self, config: Config, databases: Mapping[str, Database]) -> None:
+        self.databases = dict(databases)
         self.groups = {group.name: group for group in config.groups}
         # With auth on, a caller is not told the names of databases it may not know of.
         self._list_known = not config.auth_tokens
@@ -83,7 +71,7 @@ class Router:
                 await database.open()
             except (errors.DataLoss, errors.Unavailable) as exc:
                 log.error("database %s cannot be served: %s", database.name, exc.message)
-                database.failure = exc
+                database.fail(exc)
 
     async def close(self) -> None:
         """Close every database, checkpointing its WAL."""

@@ -1,27 +1,62 @@
-"""One configured SQLite database: its reader pool, its group-commit writer and its schema."""
+"""One configured SQLite database behind the ``Database`` door: readers, writer, schema.
+
+It opens the writer (creating the file, in WAL mode), reads the schema,
+opens the reader pool and watches for writes made by other processes; the
+door's verbs run on those connections, each read in a ``db.query`` span.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import replace
 
 from opentelemetry import trace
 
 from service import errors
 from service.config import DatabaseConfig, Limits, SqliteSettings
-from service.db.sqlite import idempotency, outbox
+from service.db.door import (
+    AfterCommit,
+    Column,
+    DatabaseFigures,
+    Finding,
+    QueryPlan,
+    Rows,
+    Severity,
+    Statements,
+    TagsOfWrite,
+    WriteOutcome,
+)
+from service.db.sqlite import idempotency, outbox, probe
 from service.db.sqlite.connection import SqliteConnection, open_reader, open_writer
-from service.db.sqlite.group_commit import AfterCommit, WriteBatcher
+from service.db.sqlite.group_commit import WriteBatcher
 from service.db.sqlite.guard import Guard, ShapeMemo, StatementShape
+from service.db.sqlite.outside_writes import watch_data_version
+from service.db.sqlite.plans import (
+    TINY_TABLE_ROWS,
+    limit_stops_the_scan,
+    query_plan,
+    scanned_table,
+)
 from service.db.sqlite.pool import PoolPolicy, ReaderPool
-from service.db.sqlite.schema import Schema, read_schema
-from service.values import Params
+from service.db.sqlite.reads import OpenStream, close_stream, fetch_chunk, fetch_rows, open_stream
+from service.db.sqlite.schema import Schema, read_schema, rows_up_to
+from service.db.sqlite.write_plans import StatementPlan, WritePlan, plan_insert
+from service.domain import InsertRequest, WriteOptions, WriteSnapshot
+from service.fingerprint import fingerprint
+from service.values import Params, SqlRow
 
 log = logging.getLogger(__name__)
+DB_SYSTEM = "sqlite"
+_PROBE_SECONDS = 1.0
 
 
-class Database:
+class SqliteDatabase:
     """Opens, serves and closes one database file."""
 
     def __init__(
@@ -33,21 +68,21 @@ class Database:
         use_outbox: bool = False,
         tracer: trace.Tracer | None = None,
     ) -> None:
-        self.name = config.name
-        self._tracer = tracer
+        self.config = config
+        self._tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
         self._after_commit = after_commit
         self._use_outbox = use_outbox
-        self.undelivered: tuple[list[str], list[int]] = ([], [])
-        self.config = config
+        self._undelivered: tuple[list[str], list[int]] = ([], [])
         self._settings = settings
         self._limits = limits
         self._read_memo = ShapeMemo()
         self._write_memo = ShapeMemo()
+        self._expected_indexes = probe.expected_indexes(config.migrations)
         self.schema = Schema({})
         self.allowed: frozenset[str] = frozenset()
         self._writer_conn: SqliteConnection | None = None
         self._writer: WriteBatcher | None = None
-        self.failure: errors.DataAccessError | None = None
+        self._failure: errors.DataAccessError | None = None
         self.file_identity: tuple[int, int] | None = None
         self._outside_writes: asyncio.Future[None] | None = None
         policy = PoolPolicy(
@@ -59,12 +94,38 @@ class Database:
         )
         self.pool = ReaderPool(config.name, policy, self._open_reader, tracer)
 
-    def read_shape(self, sql: str) -> StatementShape | None:
-        """The tables ``sql`` reads, if a reader of this database prepared it before."""
-        return self._read_memo.get(sql)
+    @property
+    def name(self) -> str:
+        """The database's configured name."""
+        return self.config.name
 
-    async def learn_shape(self, sql: str, params: Params, deadline: float) -> StatementShape | None:
-        """Prepare ``sql`` under EXPLAIN, without running it, to learn which tables it reads."""
+    @property
+    def failure(self) -> errors.DataAccessError | None:
+        """Why the database cannot serve, or None."""
+        return self._failure
+
+    def fail(self, failure: errors.DataAccessError) -> None:
+        """Serve ``failure`` to every call from now on."""
+        self._failure = failure
+
+    @property
+    def declared_names(self) -> frozenset[str]:
+        """Every schema object's declared name."""
+        return self.schema.names
+
+    @property
+    def writer(self) -> WriteBatcher:
+        """The database's group-commit writer."""
+        assert self._writer is not None, "open() first"
+        return self._writer
+
+    # Reads
+
+    async def read_shape(self, sql: str, params: Params, deadline: float) -> StatementShape | None:
+        """The tables ``sql`` reads: remembered, or learnt by preparing it under EXPLAIN."""
+        known = self._read_memo.get(sql)
+        if known is not None:
+            return known
 
         def explain(raw: sqlite3.Connection, guard: Guard) -> StatementShape | None:
             guard.begin(sql)
@@ -74,11 +135,160 @@ class Database:
         async with self.pool.reader(deadline) as conn:
             return await conn.run(lambda raw: explain(raw, conn.guard), deadline, field="sql")
 
-    @property
-    def writer(self) -> WriteBatcher:
-        """The database's group-commit writer."""
-        assert self._writer is not None, "Database.open() first"
-        return self._writer
+    async def read(
+        self, sql: str, params: Params, max_rows: int, max_bytes: int, deadline: float
+    ) -> Rows:
+        """Run a read on a reader and fetch up to ``max_rows`` rows within ``max_bytes``."""
+        async with self.pool.reader(deadline) as conn:
+            attributes = self._query_attributes(sql)
+            with self._tracer.start_as_current_span(
+                "db.query", kind=trace.SpanKind.CLIENT, attributes=attributes
+            ) as span:
+                started = time.monotonic()
+                fetched = await conn.run(
+                    lambda raw: fetch_rows(raw, conn.guard, sql, params, max_rows, max_bytes),
+                    deadline,
+                )
+                span.set_attribute("db.response.returned_rows", len(fetched.rows))
+        reads = fetched.shape.reads if fetched.shape is not None else frozenset()
+        elapsed_ms = (time.monotonic() - started) * 1000
+        return Rows(
+            self._columns(fetched.columns, reads), fetched.rows, fetched.more, reads, elapsed_ms
+        )
+
+    @asynccontextmanager
+    async def stream(
+        self, sql: str, params: Params, chunk_bytes: int, deadline: float
+    ) -> AsyncIterator[SqliteRowStream]:
+        """Run a read whose rows are fetched chunk by chunk while the context is open."""
+        # Not the current span: a context entered here would be left across yields.
+        span = self._tracer.start_span(
+            "db.query", kind=trace.SpanKind.CLIENT, attributes=self._query_attributes(sql)
+        )
+        rows: SqliteRowStream | None = None
+        try:
+            async with self.pool.reader(deadline) as conn:
+                opened = await conn.run(
+                    lambda raw: open_stream(raw, conn.guard, sql, params), deadline
+                )
+                try:
+                    reads = opened.shape.reads if opened.shape is not None else frozenset()
+                    columns = self._columns(opened.columns, reads)
+                    rows = SqliteRowStream(conn, opened, columns, reads, chunk_bytes, deadline)
+                    yield rows
+                finally:
+                    await conn.run(lambda raw: close_stream(opened))
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(trace.StatusCode.ERROR, type(exc).__name__)
+            raise
+        finally:
+            span.set_attribute("db.response.returned_rows", rows.sent if rows else 0)
+            span.end()
+
+    def _columns(self, names: Sequence[str], reads: frozenset[str]) -> list[Column]:
+        return [(name, self.schema.decl_type(name, reads)) for name in names]
+
+    def _query_attributes(self, sql: str) -> dict[str, str]:
+        """A db.query span's attributes: the SQL as a fingerprint, never its values."""
+        return {
+            "db.system.name": DB_SYSTEM,
+            "db.namespace": self.name,
+            "db.query.text": fingerprint(sql, self.schema.names),
+        }
+
+    async def plan_of(self, sql: str, params: Params, deadline: float) -> QueryPlan:
+        """How SQLite would run a read, and the whole-table scan worth an index, if any."""
+        async with self.pool.reader(deadline) as conn:
+            lines = await conn.run(lambda raw: query_plan(raw, conn.guard, sql, params), deadline)
+            table = self.schema.table(scanned_table(lines) or "")
+            if table is None or limit_stops_the_scan(sql, lines):
+                return QueryPlan(lines)
+            count = functools.partial(rows_up_to, table=table.name, bound=TINY_TABLE_ROWS + 1)
+            if await conn.run_trusted(count, deadline) <= TINY_TABLE_ROWS:
+                return QueryPlan(lines)
+            return QueryPlan(lines, scanned_table(lines))
+
+    def columns_of(self, table: str) -> set[str]:
+        """The lower-cased columns of ``table`` (empty when unknown)."""
+        return self.schema.columns_of(table)
+
+    # Writes
+
+    def check_insert(self, request: InsertRequest) -> None:
+        """Raise unless ``request`` fits the schema and may write its table."""
+        plan_insert(request, self.schema, self.allowed)
+
+    async def insert(
+        self, request: InsertRequest, write: WriteOptions, deadline: float, tags_of: TagsOfWrite
+    ) -> WriteOutcome:
+        """Insert rows in one transaction; the tags are bumped after the COMMIT."""
+        plan = plan_insert(request, self.schema, self.allowed)
+        return await self._submit(plan, write, deadline, tags_of)
+
+    async def update(
+        self, statements: Statements, write: WriteOptions, deadline: float, tags_of: TagsOfWrite
+    ) -> WriteOutcome:
+        """Run DML statements in one transaction; the tags are bumped after the COMMIT."""
+        return await self._submit(StatementPlan(statements), write, deadline, tags_of)
+
+    async def _submit(
+        self, plan: WritePlan, write: WriteOptions, deadline: float, tags_of: TagsOfWrite
+    ) -> WriteOutcome:
+        if write.idempotency_key:
+            window = self._limits.idempotency_window_seconds
+            plan = idempotency.IdempotentPlan(plan, write.idempotency_key, window)
+
+        def with_cascades(outcome: WriteOutcome) -> Sequence[str]:
+            return tags_of(self._cascaded(outcome))
+
+        # The writer hands the tags to the cache after the COMMIT, before answering.
+        return self._cascaded(await self.writer.submit(plan, deadline, with_cascades))
+
+    def _cascaded(self, outcome: WriteOutcome) -> WriteOutcome:
+        """``outcome`` naming also the tables its foreign-key actions changed."""
+        return replace(outcome, tables=self.schema.changed_with(outcome.tables))
+
+    # Health and figures
+
+    async def probe(self, deep: bool) -> list[Finding]:
+        """The file, a probe query on a reader, the settings, the disk; integrity when deep."""
+        started = time.monotonic()
+        path = self.config.path
+        unreadable = await asyncio.to_thread(probe.unreadable, path, self.file_identity)
+        if unreadable:
+            return [Finding("", Severity.CRITICAL, unreadable, probe.ms_since(started))]
+        deadline = time.monotonic() + _PROBE_SECONDS * (10 if deep else 1)
+        try:
+            async with self.pool.reader(deadline) as conn:
+                looked = await conn.run_trusted(lambda raw: probe.look(raw, deep), deadline)
+        except errors.DataAccessError as exc:
+            return [Finding("", Severity.CRITICAL, exc.message, probe.ms_since(started))]
+        found = [Finding("", Severity.HEALTHY, "probe query answered", probe.ms_since(started))]
+        found += probe.findings(looked, self._expected_indexes, deep)
+        found.insert(4, await asyncio.to_thread(probe.disk, path))
+        return found
+
+    def figures(self) -> DatabaseFigures:
+        """The reader pool's and the writer's counters."""
+        writes = WriteSnapshot(self.name, **vars(self.writer.counters))
+        return DatabaseFigures(self.pool.snapshot(), writes, self.writer.queued)
+
+    def reset_figures(self) -> None:
+        """Start the counters again."""
+        self.pool.reset_stats()
+        self.writer.reset_counters()
+
+    def undelivered(self) -> tuple[list[str], Callable[[], None]]:
+        """Tags a previous run committed but may not have bumped, and their receipt."""
+        tags, rows = self._undelivered
+
+        def delivered() -> None:
+            self.writer.delivered(rows)
+
+        return tags, delivered
+
+    # Opening and closing
 
     async def open(self) -> None:
         """Open the writer (creating the file, in WAL mode), read the schema, open the readers."""
@@ -98,7 +308,7 @@ class Database:
             await conn.run_trusted(idempotency.create)
             if self._use_outbox:
                 await conn.run_trusted(lambda raw: raw.execute(outbox.CREATE_TABLE))
-                self.undelivered = await conn.run_trusted(outbox.undelivered)
+                self._undelivered = await conn.run_trusted(outbox.undelivered)
             self.schema = await conn.run_trusted(read_schema)
             self.allowed = conn.guard.allowed_tables
             self._writer = WriteBatcher(
@@ -129,7 +339,7 @@ class Database:
     def _watch_outside_writes(self) -> None:
         every = self._settings.outside_writes_check_seconds
         if every > 0 and self._after_commit is not None and self._writer_conn is not None:
-            watch = _watch_data_version(self.name, self._writer_conn, self._after_commit, every)
+            watch = watch_data_version(self.name, self._writer_conn, self._after_commit, every)
             self._outside_writes = asyncio.ensure_future(watch)
 
     async def close(self) -> None:
@@ -154,46 +364,38 @@ class Database:
             self._writer_conn = None
 
 
-async def _watch_data_version(
-    name: str, writer: SqliteConnection, after_commit: AfterCommit, every: float
-) -> None:
-    """Invalidate all that is cached from a database when another process commits to it.
+class SqliteRowStream:
+    """A statement being streamed on a reader lent for as long as the stream is open."""
 
-    The service's own commits bump exactly the tags they change. A commit by
-    anything else (the sqlite3 shell, a job, `migrate`, a second service) is
-    known only to SQLite: PRAGMA data_version on the writer's connection
-    changes when, and only when, another connection committed. Such a write
-    is seen within ``every`` seconds and drops every entry of the database.
-    """
-    seen: int | None = None
-    while True:
-        try:
-            # Shielded: a cancelled hop is interrupted, and on this shared connection
-            # the interrupt would land on whatever the writer runs at that moment.
-            hop = asyncio.ensure_future(writer.run_trusted(_data_version))
-            hop.add_done_callback(_observed)
-            version = await asyncio.shield(hop)
-        except errors.DataAccessError as exc:
-            log.warning("data_version of %s unreadable: %s", name, exc.message)
-        else:
-            if seen is not None and version != seen:
-                log.info("another process wrote to %s: its cached reads are dropped", name)
-                try:
-                    await after_commit([f"database:{name}"], None)
-                except Exception:  # the next change is still to be seen
-                    log.exception("dropping the cached reads of %s failed", name)
-            seen = version
-        await asyncio.sleep(every)
+    def __init__(
+        self,
+        conn: SqliteConnection,
+        opened: OpenStream,
+        columns: Sequence[Column],
+        reads: frozenset[str],
+        chunk_bytes: int,
+        deadline: float,
+    ) -> None:
+        self._conn = conn
+        self._opened = opened
+        self.columns = columns
+        self.reads = reads
+        self._chunk_bytes = chunk_bytes
+        self._deadline = deadline
+        self.sent = 0
+
+    async def next_chunk(self, max_rows: int) -> tuple[list[SqlRow], bool]:
+        """Up to ``max_rows`` more rows, and whether the statement is exhausted."""
+        work = functools.partial(_next_chunk, self._opened, max_rows, self._chunk_bytes)
+        rows, exhausted = await self._conn.run(work, self._deadline)
+        self.sent += len(rows)
+        return rows, exhausted
 
 
-def _observed(hop: asyncio.Future[int]) -> None:
-    # A hop left running by a cancelled watcher has nobody to read its error.
-    if not hop.cancelled():
-        hop.exception()
-
-
-def _data_version(raw: sqlite3.Connection) -> int:
-    return int(raw.execute("PRAGMA data_version").fetchone()[0])
+def _next_chunk(
+    opened: OpenStream, rows: int, max_bytes: int, _raw: sqlite3.Connection
+) -> tuple[list[SqlRow], bool]:
+    return fetch_chunk(opened, rows, max_bytes)
 
 
 def _checkpoint(raw: sqlite3.Connection) -> None:

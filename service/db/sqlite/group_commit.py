@@ -13,24 +13,23 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
 
 from service import errors
+from service.db.door import AfterCommit, WriteOutcome
 from service.db.sqlite import outbox
 from service.db.sqlite.connection import SqliteConnection
 from service.db.sqlite.error_map import translate
-from service.db.sqlite.write_plans import WriteOutcome, WritePlan
+from service.db.sqlite.write_plans import WritePlan
 
 log = logging.getLogger(__name__)
 _PROGRESS_STEPS = 1000
 _GATHER_PASSES = 8
 _GATHER_WINDOW_SECONDS = 0.001
 TagsOf = Callable[[WriteOutcome], Sequence[str]]
-# After each COMMIT: the tags it changed, and a receipt to call once they were delivered.
-AfterCommit = Callable[[list[str], Callable[[], None] | None], Awaitable[None]]
 
 
 @dataclass

@@ -21,8 +21,9 @@ import time
 from dataclasses import dataclass
 
 from service import errors
+from service.db.door import WriteOutcome
 from service.db.sqlite.guard import Guard
-from service.db.sqlite.write_plans import WriteOutcome, WritePlan
+from service.db.sqlite.write_plans import WritePlan
 
 TABLE = "_dataaccess_idempotency"
 CREATE_TABLE = (

@@ -21,24 +21,11 @@ from typing import Any
 from opentelemetry import trace
 
 from service import errors
+from service.db.door import PoolSnapshot
 from service.db.sqlite.connection import SqliteConnection
 
 log = logging.getLogger(__name__)
 Opener = Callable[[], Awaitable[SqliteConnection]]
-
-
-@dataclass(frozen=True)
-class PoolSnapshot:
-    """A reader pool's counters at one moment."""
-
-    database: str
-    size: int
-    in_use: int
-    waiters: int
-    acquire_p50_ms: float
-    acquire_p99_ms: float
-    timeouts: int
-    recycled: int
 
 
 @dataclass(frozen=True)

@@ -69,12 +69,6 @@ def close_stream(stream: OpenStream) -> None:
     stream.cursor.close()
 
 
-def query_plan(raw: sqlite3.Connection, guard: Guard, sql: str, params: Params) -> list[str]:
-    """The ``EXPLAIN QUERY PLAN`` lines of ``sql``, which is prepared but not run."""
-    guard.begin(sql)
-    return [str(row[3]) for row in raw.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()]
-
-
 def _execute(raw: sqlite3.Connection, guard: Guard, sql: str, params: Params) -> sqlite3.Cursor:
     guard.begin(sql)
     cursor = raw.execute(sql, params)

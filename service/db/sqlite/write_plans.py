@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from service import errors
+from service.db.door import WriteOutcome
 from service.db.sqlite.guard import Guard
 from service.db.sqlite.schema import Schema, TableInfo, quote_identifier
+from service.domain import InsertRequest
 from service.values import SqlRow
 
 _INSERT_VERBS = {
@@ -24,21 +26,6 @@ _INSERT_VERBS = {
     "upsert": "INSERT",
 }
 _DRAIN_ROWS = 256  # RETURNING rows read at a time, only to reach the statement's end
-
-
-@dataclass(frozen=True)
-class WriteOutcome:
-    """What one write RPC changed."""
-
-    rows_affected: tuple[int, ...]
-    last_insert_rowid: int
-    tables: frozenset[str]
-    replayed: bool = False  # an idempotent retry's stored answer: nothing was written now
-
-    @property
-    def rows_written(self) -> int:
-        """Rows this call wrote now (none when replayed)."""
-        return 0 if self.replayed else sum(self.rows_affected)
 
 
 class WritePlan(Protocol):
@@ -154,18 +141,6 @@ def _has_rowid(raw: sqlite3.Connection, guard: Guard, table: str) -> bool:
     finally:
         guard.trusted = False
     return found is None or not found[0]
-
-
-@dataclass(frozen=True)
-class InsertRequest:
-    """A BatchInsert as the domain sees it."""
-
-    table: str
-    columns: Sequence[str]
-    rows: Sequence[SqlRow]
-    on_conflict: str = "abort"
-    conflict_columns: Sequence[str] = ()
-    update_columns: Sequence[str] = ()
 
 
 def plan_insert(request: InsertRequest, schema: Schema, allowed: frozenset[str]) -> InsertPlan:

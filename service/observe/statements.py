@@ -7,11 +7,9 @@ fingerprint (literals replaced), duration, rows and caller. Advisories:
 - N+1: one caller running the same fingerprint at least ``n_plus_one_count``
   times within ``n_plus_one_window`` seconds (a loop of point reads that one
   query with IN or a join would replace);
-- full scan: a fingerprint whose ``EXPLAIN QUERY PLAN`` scans a whole table,
-  with a CREATE INDEX on the columns its WHERE clause compares; not for a
-  table of at most ``TINY_TABLE_ROWS`` rows (a scan costs less than a seek
-  would save), nor for a scan in rowid order that ``LIMIT`` stops early
-  (``SELECT ... ORDER BY id LIMIT 20``, no WHERE, no aggregate, no sort).
+- full scan: a fingerprint whose plan scans a whole table worth an index (the
+  database says which: see ``QueryPlan``), with a CREATE INDEX on the columns
+  its WHERE clause compares.
 """
 
 from __future__ import annotations
@@ -23,22 +21,14 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from service.fingerprint import fingerprint, tokens
+from service.db.door import QueryPlan
+from service.fingerprint import fingerprint
 from service.values import Params
 
 _WINDOW_SECONDS = 300.0
 _SAMPLES_PER_STATEMENT = 2048
 _MAX_STATEMENTS = 512
 _SLOWEST = 10
-TINY_TABLE_ROWS = 1000
-_SCAN = re.compile(r"SCAN (\w+)$")
-# Words after which LIMIT no longer bounds how many rows the scan reads.
-_READS_ALL = frozenset(
-    """
-    WHERE GROUP HAVING DISTINCT OVER JOIN UNION EXCEPT INTERSECT OFFSET
-    COUNT SUM TOTAL AVG MIN MAX GROUP_CONCAT STRING_AGG JSON_GROUP_ARRAY JSON_GROUP_OBJECT
-    """.split()
-)
 _COMPARED = re.compile(
     r"""["`\[]?([A-Za-z_][\w$]*)["`\]]?\s*(?:=|==|<|>|<=|>=|\bIN\b|\bIS\b|\bLIKE\b|\bBETWEEN\b)""",
     re.IGNORECASE,
@@ -91,7 +81,7 @@ class _Statement:
     explained: bool = False
 
 
-class StatementStats:
+class StatementTimings:
     """What SQLite ran for reads, by (database, fingerprint)."""
 
     def __init__(self, n_plus_one_count: int = 20, n_plus_one_window: float = 1.0) -> None:
@@ -135,23 +125,15 @@ class StatementStats:
         ]
 
     def explained(
-        self,
-        database: str,
-        shape: str,
-        plan: list[str],
-        columns_of: Callable[[str], set[str]],
-        table_rows: int | None = None,
+        self, database: str, shape: str, plan: QueryPlan, columns_of: Callable[[str], set[str]]
     ) -> None:
-        """Take a statement's ``EXPLAIN QUERY PLAN`` lines (``columns_of``: a table's columns;
-        ``table_rows``: how many rows the scanned table holds, counted up to a bound)."""
+        """Take a statement's plan (``columns_of``: a table's columns)."""
         statement = self._statements.get((database, shape))
         if statement is None:
             return
         statement.explained = True
-        table = scanned_table(plan)
-        if table is None or (table_rows is not None and table_rows <= TINY_TABLE_ROWS):
-            return
-        if _limit_stops_the_scan(statement.sql, plan):
+        table = plan.scanned_table
+        if table is None:
             return
         upper = statement.sql.upper()
         where = statement.sql[upper.index("WHERE") :] if "WHERE" in upper else ""
@@ -235,19 +217,6 @@ class StatementStats:
                 f"{caller} ran it {self.n_plus_one_count} times within "
                 f"{self.n_plus_one_window:g} s: one query with IN (...) or a join would do",
             )
-
-
-def scanned_table(plan: list[str]) -> str | None:
-    """The first table (or alias) a plan scans whole, if any."""
-    scanned = [m.group(1) for line in plan if (m := _SCAN.match(line.strip()))]
-    return scanned[0] if scanned else None
-
-
-def _limit_stops_the_scan(sql: str, plan: list[str]) -> bool:
-    """Whether the plan is one scan in rowid order that the statement's LIMIT cuts short."""
-    words = {text.upper() for kind, text in tokens(sql) if kind == "other"}
-    one_scan = len(plan) == 1 and _SCAN.match(plan[0].strip()) is not None
-    return one_scan and "LIMIT" in words and not words & _READS_ALL
 
 
 def _percentile(ordered: list[float], q: float) -> float:

@@ -1,0 +1,208 @@
+"""The one door to a database, whatever its engine: the verbs the tiers above use.
+
+``access``, ``routing`` and ``observe`` reach a database only through the
+``Database`` protocol and the plain values here; pools, connections, the
+group-commit writer and the statement guard stay behind it. SQLite
+(``service.db.sqlite``) is the one implementation today; a second engine is
+added beside it without touching the tiers above.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from service import errors
+from service.domain import InsertRequest, WriteOptions, WriteSnapshot
+from service.values import Params, SqlRow
+
+Column = tuple[str, str]  # (name, declared type)
+Statements = Sequence[tuple[str, Sequence[SqlRow]]]  # (sql, parameter sets), as BatchUpdate
+
+
+class ReadShape(Protocol):
+    """What a read statement reads (declared table names), and whether it is cacheable."""
+
+    @property
+    def reads(self) -> frozenset[str]: ...
+
+    def cacheable(self, params: Params) -> bool:
+        """Whether the result, with ``params`` bound, stays the same until a write."""
+        ...
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The rows one read fetched, with their columns and what the statement read."""
+
+    columns: Sequence[Column]
+    rows: list[SqlRow]
+    more: bool  # rows past the cap exist
+    reads: frozenset[str]
+    elapsed_ms: float
+
+
+class RowStream(Protocol):
+    """A read being streamed: its columns, what it reads, and its rows chunk by chunk."""
+
+    @property
+    def columns(self) -> Sequence[Column]: ...
+
+    @property
+    def reads(self) -> frozenset[str]: ...
+
+    async def next_chunk(self, max_rows: int) -> tuple[list[SqlRow], bool]:
+        """Up to ``max_rows`` more rows (fewer when the chunk's bytes run out), and
+        whether the statement is exhausted."""
+        ...
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What one write RPC changed."""
+
+    rows_affected: tuple[int, ...]
+    last_insert_rowid: int
+    tables: frozenset[str]  # declared names, cascades and triggers included
+    replayed: bool = False  # an idempotent retry's stored answer: nothing was written now
+
+    @property
+    def rows_written(self) -> int:
+        """Rows this call wrote now (none when replayed)."""
+        return 0 if self.replayed else sum(self.rows_affected)
+
+
+# After the COMMIT and before the caller is answered: the tags a write bumps.
+TagsOfWrite = Callable[[WriteOutcome], Sequence[str]]
+# After each COMMIT: the tags it changed, and a receipt to call once they were delivered.
+AfterCommit = Callable[[list[str], Callable[[], None] | None], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class PoolSnapshot:
+    """A reader pool's counters at one moment."""
+
+    database: str
+    size: int
+    in_use: int
+    waiters: int
+    acquire_p50_ms: float
+    acquire_p99_ms: float
+    timeouts: int
+    recycled: int
+
+
+@dataclass(frozen=True)
+class DatabaseFigures:
+    """A database's counters for Stats and metrics."""
+
+    pool: PoolSnapshot
+    writes: WriteSnapshot
+    write_queue: int  # write calls waiting for the writer
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """How the engine would run a read: its plan, and a whole-table scan worth advice."""
+
+    lines: list[str]
+    scanned_table: str | None = None  # a table the plan reads whole, when that is worth an index
+
+
+class Severity(StrEnum):
+    """How a probe finding counts towards health."""
+
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing a probe found: ``aspect`` is '' for the database as a whole."""
+
+    aspect: str
+    severity: Severity
+    message: str
+    duration_ms: float = 0.0
+
+
+class Database(Protocol):
+    """One configured database, as every tier above ``db`` sees it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def failure(self) -> errors.DataAccessError | None:
+        """Why the database cannot serve (it answers this error alone), or None."""
+        ...
+
+    @property
+    def declared_names(self) -> frozenset[str]:
+        """Every schema object's declared name, for fingerprints."""
+        ...
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def fail(self, failure: errors.DataAccessError) -> None:
+        """Serve ``failure`` to every call from now on."""
+        ...
+
+    async def read_shape(self, sql: str, params: Params, deadline: float) -> ReadShape | None:
+        """What ``sql`` reads, learnt from the engine without running it."""
+        ...
+
+    async def read(
+        self, sql: str, params: Params, max_rows: int, max_bytes: int, deadline: float
+    ) -> Rows:
+        """Run a read and fetch up to ``max_rows`` rows within ``max_bytes``."""
+        ...
+
+    def stream(
+        self, sql: str, params: Params, chunk_bytes: int, deadline: float
+    ) -> AbstractAsyncContextManager[RowStream]:
+        """Run a read whose rows are fetched chunk by chunk while the context is open."""
+        ...
+
+    def check_insert(self, request: InsertRequest) -> None:
+        """Raise unless ``request`` fits the schema and may write its table."""
+        ...
+
+    async def insert(
+        self, request: InsertRequest, write: WriteOptions, deadline: float, tags_of: TagsOfWrite
+    ) -> WriteOutcome:
+        """Insert rows in one transaction; the tags are bumped after the COMMIT."""
+        ...
+
+    async def update(
+        self, statements: Statements, write: WriteOptions, deadline: float, tags_of: TagsOfWrite
+    ) -> WriteOutcome:
+        """Run DML statements in one transaction; the tags are bumped after the COMMIT."""
+        ...
+
+    async def plan_of(self, sql: str, params: Params, deadline: float) -> QueryPlan:
+        """How the engine would run a read, and the whole-table scan worth an index, if any."""
+        ...
+
+    def columns_of(self, table: str) -> set[str]:
+        """The lower-cased columns of ``table`` (empty when unknown)."""
+        ...
+
+    async def probe(self, deep: bool) -> list[Finding]:
+        """Check that the database serves: quickly, or deeply (integrity too)."""
+        ...
+
+    def figures(self) -> DatabaseFigures: ...
+
+    def reset_figures(self) -> None: ...
+
+    def undelivered(self) -> tuple[list[str], Callable[[], None]]:
+        """Tags a previous run committed but may not have bumped, and how to mark them
+        delivered."""
+        ...
