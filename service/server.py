@@ -23,7 +23,9 @@ from grpc_reflection.v1alpha import reflection
 from dataaccess_client.v1 import data_access_pb2 as pb
 from service.access import DataAccess
 from service.api.metrics_interceptor import GrpcMetrics
-from service.api.servicer import DataAccessServicer, add_to_server, encode_read
+from service.api.registration import add_to_server
+from service.api.responses import encode_read
+from service.api.servicer import DataAccessServicer
 from service.api.tracing import server_interceptors
 from service.auth import Authenticator
 from service.cache.redis_tier import RedisSettings
