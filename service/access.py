@@ -17,7 +17,6 @@ from dataclasses import replace
 from opentelemetry import trace
 
 from service import errors
-from service.auth import ANYONE, Principal
 from service.cache.keys import cache_key
 from service.cache.tagged import CacheUnavailable, EntryPolicy, TagCache
 from service.config import Limits
@@ -38,7 +37,7 @@ from service.observe.statements import StatementTimings
 from service.observe.stats_report import StatsReport, stats_report
 from service.routing.fan_out import combine, fetch_all
 from service.routing.router import Router, pick_member
-from service.scopes import Scopes
+from service.scopes import ANYONE, Principal, Scopes
 from service.tags import ALL_TAG, database_tag, invalidated, table_tags
 from service.values import SqlRow
 
@@ -178,7 +177,7 @@ class DataAccess:
             request.params,
             rows.elapsed_ms,
             len(rows.rows),
-            request.caller,
+            request.peer,
             database.declared_names,
         )
 

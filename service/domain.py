@@ -67,7 +67,7 @@ class ReadRequest:
     ttl_seconds: float = 0.0
     merge: MergeSpec = field(default_factory=MergeSpec)
     stale_while_revalidate: float = 0.0
-    caller: str = ""  # who asked (the peer), for N+1 advisories
+    peer: str = ""  # who asked (the gRPC peer address), for N+1 advisories
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,85 @@
-"""Who may know of, read and write which database: scopes checked against the router.
+"""Scopes: what a caller may do, and which databases it may know of, read and write.
 
-A name the caller holds no scope on answers exactly as an unknown one, on
-every RPC, so existence cannot be probed. A scope on a group lets the caller
-know of its members (the group's answers name them).
+A token's scopes are ``read:<database|group|*>``, ``write:<database|group|*>``
+and ``admin`` (Invalidate, Stats, deep Health). A group is allowed when its
+own name or every one of its members is.
+
+A caller is told a database or group exists only when it holds a scope on it
+(read or write, on it, on one of a group's members or on a group it is in)
+or is admin: any other name answers NOT_FOUND exactly as an unknown one does,
+on every RPC, so names cannot be probed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from service.auth import Principal, check_database, tag_database, unknown_database
+from service import errors
 from service.observe.health import HealthReport
 from service.routing.router import Router
 from service.tags import is_reserved
+
+ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller and what it may do."""
+
+    name: str
+    scopes: frozenset[str]
+
+    def may(self, action: str, target: str, members: Sequence[str] = ()) -> bool:
+        """Whether ``action`` (read or write) on ``target`` (or on all its members) is allowed."""
+        granted = self.scopes
+        if f"{action}:*" in granted or f"{action}:{target}" in granted:
+            return True
+        return bool(members) and all(f"{action}:{m}" in granted for m in members)
+
+    def require(self, action: str, target: str, members: Sequence[str] = ()) -> None:
+        """Raise PermissionDenied unless ``may``."""
+        if not self.may(action, target, members):
+            raise errors.PermissionDenied(f"{self.name} may not {action} {target}")
+
+    def sees(self, target: str, members: Sequence[str] = ()) -> bool:
+        """Whether the caller may learn that ``target`` exists (any scope on it, or admin)."""
+        if ADMIN in self.scopes:
+            return True
+        names = (target, *members)
+        return any(self.may(action, name) for action in ("read", "write") for name in names)
+
+    def require_admin(self, what: str) -> None:
+        """Raise PermissionDenied unless the caller has the admin scope."""
+        if ADMIN not in self.scopes:
+            raise errors.PermissionDenied(f"{self.name} may not {what} (needs admin)")
+
+
+def unknown_database(name: str) -> errors.NotFound:
+    """The one answer for a name that is not there or not the caller's to know of."""
+    return errors.NotFound(f"unknown database {name!r}", field="database")
+
+
+def tag_database(tag: str, names: Sequence[str]) -> str | None:
+    """The database a reserved tag names: ``database:NAME`` exactly, or ``table:NAME.TABLE``.
+
+    ``names`` go longest first, so with databases ``a`` and ``a.b``, ``table:a.b.t`` is a.b's.
+    """
+    for name in names:
+        if tag == f"database:{name}" or tag.startswith(f"table:{name}."):
+            return name
+    return None
+
+
+def check_database(check: str, names: Sequence[str]) -> str | None:
+    """The database a health check is about (``database:NAME`` or ``database:NAME:what``)."""
+    for name in names:
+        if check == f"database:{name}" or check.startswith(f"database:{name}:"):
+            return name
+    return None
+
+
+ANYONE = Principal("anyone", frozenset({"read:*", "write:*", ADMIN}))
 
 
 class Scopes:

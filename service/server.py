@@ -22,12 +22,13 @@ from grpc_reflection.v1alpha import reflection
 
 from dataaccess_client.v1 import data_access_pb2 as pb
 from service.access import DataAccess
+from service.api.auth import Authenticator
 from service.api.metrics_interceptor import GrpcMetrics
 from service.api.registration import add_to_server
 from service.api.responses import encode_read
 from service.api.servicer import DataAccessServicer
+from service.api.tls import CertificateError, CertificateFiles, Certificates
 from service.api.tracing import server_interceptors
-from service.auth import Authenticator
 from service.cache.redis_tier import RedisSettings
 from service.cache.tagged import CacheSettings, TagCache
 from service.config import Config, TlsConfig
@@ -37,7 +38,6 @@ from service.observe.health import HealthChecker
 from service.observe.metrics import Metrics
 from service.observe.telemetry import Telemetry
 from service.routing.router import Router
-from service.tls import CertificateError, CertificateFiles, Certificates
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DataAccess"].full_name
@@ -215,7 +215,7 @@ def reloading_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
     files = CertificateFiles(tls)
 
     def fetch() -> grpc.ServerCertificateConfiguration | None:
-        # On gRPC's own threads, once per handshake: see service/tls.py.
+        # On gRPC's own threads, once per handshake: see service/api/tls.py.
         fresh = files.changed()
         return None if fresh is None else _certificate_configuration(fresh)
 

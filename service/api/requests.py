@@ -45,7 +45,7 @@ def parse_query(request: bytes) -> pb.QueryRequest:
         raise errors.InvalidArgument(f"the request is not a QueryRequest: {exc}") from exc
 
 
-def read_request(request: pb.QueryRequest, caller: str, limits: Limits) -> ReadRequest:
+def read_request(request: pb.QueryRequest, peer: str, limits: Limits) -> ReadRequest:
     if request.max_rows < 0:
         raise errors.InvalidArgument("max_rows must not be negative", field="max_rows")
     routed = request.HasField("route_key")
@@ -62,7 +62,7 @@ def read_request(request: pb.QueryRequest, caller: str, limits: Limits) -> ReadR
         ttl_seconds=_seconds(cache, "ttl"),
         stale_while_revalidate=_seconds(cache, "stale_while_revalidate"),
         merge=_merge_spec(request.merge) if request.HasField("merge") else MergeSpec(),
-        caller=caller,
+        peer=peer,
     )
 
 

@@ -21,12 +21,13 @@ from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
 from service import errors
 from service.access import DataAccess
-from service.admission import CallerSlots
 from service.api import requests, responses
+from service.api.admission import CallerSlots
+from service.api.auth import Authenticator
 from service.api.status import Context, abort, answers_errors
-from service.auth import Authenticator, Principal
 from service.config import Limits
 from service.observe.health import HealthChecker
+from service.scopes import Principal
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from service import errors
-from service.auth import Principal
+from service.scopes import Principal
 
 log = logging.getLogger(__name__)
 Req = TypeVar("Req")

@@ -89,7 +89,7 @@ class StatementTimings:
         self.n_plus_one_window = n_plus_one_window
         self._statements: OrderedDict[tuple[str, str], _Statement] = OrderedDict()
         self._slowest: list[tuple[float, int, SlowStatement]] = []
-        self._by_caller: OrderedDict[tuple[str, str, str], deque[float]] = OrderedDict()
+        self._by_peer: OrderedDict[tuple[str, str, str], deque[float]] = OrderedDict()
         self._n_plus_one: dict[tuple[str, str], Advisory] = {}
         self._seq = 0
 
@@ -100,7 +100,7 @@ class StatementTimings:
         params: Params,
         ms: float,
         rows: int,
-        caller: str,
+        peer: str,
         names: frozenset[str] = frozenset(),
     ) -> None:
         """One statement ran (``names``: its database's declared names, for the fingerprint)."""
@@ -115,8 +115,8 @@ class StatementTimings:
         now = time.monotonic()
         statement.samples.append((now, ms, rows))
         self._note_slow(SlowStatement(database, shape, ms, rows, time.time()))
-        if caller:
-            self._note_caller(database, shape, caller, now)
+        if peer:
+            self._note_peer(database, shape, peer, now)
 
     def unexplained(self) -> list[tuple[str, str, str, Params]]:
         """(database, fingerprint, sql, params) of statements whose plan is not known yet."""
@@ -188,7 +188,7 @@ class StatementTimings:
         for statement in self._statements.values():
             statement.samples.clear()
         self._slowest.clear()
-        self._by_caller.clear()
+        self._by_peer.clear()
         self._n_plus_one.clear()
 
     def _note_slow(self, slow: SlowStatement) -> None:
@@ -199,14 +199,14 @@ class StatementTimings:
         elif entry > self._slowest[0]:
             heapq.heapreplace(self._slowest, entry)
 
-    def _note_caller(self, database: str, shape: str, caller: str, now: float) -> None:
-        key = (database, shape, caller)
-        times = self._by_caller.get(key)
+    def _note_peer(self, database: str, shape: str, peer: str, now: float) -> None:
+        key = (database, shape, peer)
+        times = self._by_peer.get(key)
         if times is None:
-            times = self._by_caller[key] = deque(maxlen=self.n_plus_one_count)
-            if len(self._by_caller) > 4 * _MAX_STATEMENTS:
-                self._by_caller.popitem(last=False)
-        self._by_caller.move_to_end(key)
+            times = self._by_peer[key] = deque(maxlen=self.n_plus_one_count)
+            if len(self._by_peer) > 4 * _MAX_STATEMENTS:
+                self._by_peer.popitem(last=False)
+        self._by_peer.move_to_end(key)
         times.append(now)
         full = len(times) == self.n_plus_one_count
         if full and now - times[0] <= self.n_plus_one_window:
@@ -214,7 +214,7 @@ class StatementTimings:
                 "n_plus_one",
                 database,
                 shape,
-                f"{caller} ran it {self.n_plus_one_count} times within "
+                f"{peer} ran it {self.n_plus_one_count} times within "
                 f"{self.n_plus_one_window:g} s: one query with IN (...) or a join would do",
             )
 

@@ -38,7 +38,7 @@ class _Job:
     deadline: float | None
     future: asyncio.Future[WriteOutcome]
     tags_of: TagsOf | None = None
-    caller: trace.SpanContext | None = None  # the span of the RPC that queued it
+    rpc_span: trace.SpanContext | None = None  # the span of the RPC that queued it
     cancelled: bool = False
 
     def stopped(self) -> bool:
@@ -194,13 +194,15 @@ class WriteBatcher:
         group = _Group(jobs, [None] * len(jobs))
         self._group = group
         # One transaction serves many calls: a child of the first, linked to all.
-        callers = [job.caller for job in jobs if job.caller is not None and job.caller.is_valid]
-        parent = trace.set_span_in_context(trace.NonRecordingSpan(callers[0])) if callers else None
+        rpc_spans = [job.rpc_span for job in jobs if job.rpc_span and job.rpc_span.is_valid]
+        parent = (
+            trace.set_span_in_context(trace.NonRecordingSpan(rpc_spans[0])) if rpc_spans else None
+        )
         with self._tracer.start_as_current_span(
             "db.write_batch",
             context=parent,
             kind=trace.SpanKind.CLIENT,
-            links=[trace.Link(caller) for caller in callers],
+            links=[trace.Link(span) for span in rpc_spans],
             attributes={
                 "db.system.name": "sqlite",
                 "db.namespace": self.database,
