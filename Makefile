@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
-GEN_DIR := client_py/dataaccess_client/v1
+GEN_DIR := client_py/dataaccess/v1
 PROTO := proto/dataaccess/v1/data_access.proto
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -75,20 +75,19 @@ test-fast: $(STAMP) redis-server kubectl ## the suite without the slow fault-inj
 	$(VENV_PATH) $(PY) -m pytest -m 'not slow'
 
 lint: $(STAMP) ## ruff and mypy --strict on service/ and the hand-written client
-	$(VENV)/bin/ruff check service client_py/dataaccess_client tests bench
-	$(VENV)/bin/ruff format --check service client_py/dataaccess_client tests bench
+	$(VENV)/bin/ruff check service client_py tests bench
+	$(VENV)/bin/ruff format --check service client_py tests bench
 	$(VENV)/bin/mypy service client_py/dataaccess_client
 
 fmt: $(STAMP) ## format and sort imports
-	$(VENV)/bin/ruff check --fix service client_py/dataaccess_client tests
-	$(VENV)/bin/ruff format service client_py/dataaccess_client tests
+	$(VENV)/bin/ruff check --fix service client_py tests bench
+	$(VENV)/bin/ruff format service client_py tests bench
 
-# The proto is compiled under the virtual path dataaccess_client/v1, so the
-# generated modules import each other from the client package as they stand.
-PROTOC = PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc \
-	-Idataaccess_client/v1=proto/dataaccess/v1 \
+# The stubs land at the proto package's path (client_py/dataaccess/v1), so the
+# generated modules import each other as `dataaccess.v1` and need nothing else.
+PROTOC = PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -Iproto \
 	--python_out=$$out --grpc_python_out=$$out --mypy_out=$$out --mypy_grpc_out=$$out \
-	dataaccess_client/v1/data_access.proto
+	dataaccess/v1/data_access.proto
 
 proto: $(STAMP) ## regenerate the stubs in client_py from proto/
 	out=client_py; $(PROTOC)
@@ -96,9 +95,9 @@ proto: $(STAMP) ## regenerate the stubs in client_py from proto/
 proto-check: $(STAMP) ## fail when regenerating the stubs changes a committed file
 	@out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; \
 	$(PROTOC) >/dev/null; \
-	generated=$$(ls "$$out"/dataaccess_client/v1/ | wc -l); \
+	generated=$$(ls "$$out"/dataaccess/v1/ | wc -l); \
 	[ "$$generated" -eq 4 ] || { echo "proto-check: expected 4 generated files, got $$generated"; exit 1; }; \
-	for f in "$$out"/dataaccess_client/v1/*; do \
+	for f in "$$out"/dataaccess/v1/*; do \
 	  diff -u $(GEN_DIR)/$$(basename $$f) $$f || { echo "proto-check: $$(basename $$f) is out of date: run make proto"; exit 1; }; \
 	done; echo "proto-check: the 4 generated files are up to date"
 

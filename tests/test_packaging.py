@@ -31,6 +31,14 @@ def test_building_the_client_leaves_nothing_in_its_source_tree(tmp_path: Path) -
     assert sorted(p.relative_to(source) for p in source.rglob("*")) == before
     [wheel] = (tmp_path / "wheels").glob("dataaccess_client-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for needed in ("py.typed", "cli.py", "v1/data_access_pb2.pyi", "v1/data_access_pb2_grpc.py"):
+    generated = [f"data_access_pb2{kind}" for kind in (".py", ".pyi", "_grpc.py", "_grpc.pyi")]
+    # The generated stubs at the proto package's path, apart from the hand-written client.
+    for needed in ("__init__.py", "py.typed", *(f"v1/{name}" for name in generated)):
+        assert f"dataaccess/{needed}" in names
+    for needed in ("py.typed", "client.py", "cli.py"):
         assert f"dataaccess_client/{needed}" in names
+    # The old path keeps only the modules that re-export the stubs for existing callers.
+    shims = {name for name in names if name.startswith("dataaccess_client/v1/")}
+    old_names = ("__init__.py", "data_access_pb2.py", "data_access_pb2_grpc.py")
+    assert shims == {f"dataaccess_client/v1/{name}" for name in old_names}
     assert not any("__pycache__" in name or name.startswith("tests/") for name in names)

@@ -1,7 +1,8 @@
 """The Python client of the dataaccess service: its public surface, re-exported in one place.
 
-The generated stubs live apart in ``dataaccess_client.v1``; the ``dataaccess``
-command is ``dataaccess_client.cli``.
+The generated stubs live apart in ``dataaccess.v1``, at the proto package's
+path (``dataaccess_client.v1`` only re-exports them for older callers); the
+``dataaccess`` command is ``dataaccess_client.cli``.
 """
 
 from __future__ import annotations

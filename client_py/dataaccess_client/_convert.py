@@ -8,6 +8,7 @@ from typing import TypeVar
 
 from google.protobuf import duration_pb2, struct_pb2
 
+from dataaccess.v1 import data_access_pb2 as pb
 from dataaccess_client._models import (
     HealthCheck,
     HealthResult,
@@ -19,7 +20,6 @@ from dataaccess_client._models import (
     SqlValue,
     UpdateResult,
 )
-from dataaccess_client.v1 import data_access_pb2 as pb
 
 EnumValue = TypeVar("EnumValue")
 

@@ -14,8 +14,8 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from dataaccess.v1 import data_access_pb2 as pb
 from dataaccess_client._models import HealthResult, QueryResult, SqlValue
-from dataaccess_client.v1 import data_access_pb2 as pb
 
 _BLOB_PREVIEW_BYTES = 16
 _STATUS_STYLES = {"healthy": "green", "degraded": "yellow", "critical": "bold red"}

@@ -22,6 +22,8 @@ from typing import TypeVar
 import grpc
 from grpc import aio
 
+from dataaccess.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
 from dataaccess_client import _convert, _policy, _tracing
 from dataaccess_client._models import (
     CacheMode,
@@ -35,8 +37,6 @@ from dataaccess_client._models import (
 )
 from dataaccess_client._policy import CallPolicy, ChannelOptions, TlsFiles
 from dataaccess_client.errors import from_rpc_error
-from dataaccess_client.v1 import data_access_pb2 as pb
-from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 

@@ -6,7 +6,7 @@ invalidation, health and statistics over a set of SQLite databases.
 """
 
 from collections import abc as _abc
-from dataaccess_client.v1 import data_access_pb2 as _data_access_pb2
+from dataaccess.v1 import data_access_pb2 as _data_access_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
