@@ -14,10 +14,10 @@ import signal
 import sys
 
 from service.config import Config, ConfigError
-from service.db.sqlite.migrate import MigrationError
+from service.db import MigrationError, migrate
 from service.observe.logs import setup_logging
 from service.observe.telemetry import Telemetry
-from service.server import StartError, migrate, serve
+from service.server import StartError, serve
 
 USAGE = "usage: python -m service [serve|migrate]"
 log = logging.getLogger("service")

@@ -32,8 +32,7 @@ from service.api.tracing import server_interceptors
 from service.cache.redis_tier import RedisSettings
 from service.cache.tagged import CacheSettings, TagCache
 from service.config import Config, TlsConfig
-from service.db import build_databases
-from service.db.sqlite.migrate import CorruptDatabase, apply_migrations
+from service.db import build_databases, migrate
 from service.observe.health import HealthChecker
 from service.observe.metrics import Metrics
 from service.observe.telemetry import Telemetry
@@ -284,20 +283,6 @@ def cache_settings(config: Config) -> CacheSettings:
         breaker_failures=c.breaker_failures,
         breaker_reset=c.breaker_reset_seconds,
     )
-
-
-def migrate(config: Config) -> None:
-    """Apply every database's pending migrations."""
-    for database in config.databases:
-        if database.migrations is None:
-            continue
-        try:
-            applied = apply_migrations(database.name, database.path, database.migrations)
-        except CorruptDatabase as exc:
-            log.error("database is corrupt, serving DATA_LOSS: %s", exc)
-            continue
-        for name in applied:
-            log.info("migrated", extra={"database": database.name, "migration": name})
 
 
 async def serve(

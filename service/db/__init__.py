@@ -6,11 +6,17 @@ engine today. Nothing above this package names an engine's module.
 
 from __future__ import annotations
 
+import logging
+
 from opentelemetry import trace
 
 from service.config import Config
 from service.db.door import AfterCommit, Database
 from service.db.sqlite.database import SqliteDatabase
+from service.db.sqlite.migrate import CorruptDatabase, MigrationError, apply_migrations
+
+__all__ = ["AfterCommit", "Database", "MigrationError", "build_databases", "migrate"]
+log = logging.getLogger(__name__)
 
 
 def build_databases(
@@ -24,3 +30,17 @@ def build_databases(
         db.name: SqliteDatabase(db, config.sqlite, config.limits, after_commit, use_outbox, tracer)
         for db in config.databases
     }
+
+
+def migrate(config: Config) -> None:
+    """Apply every database's pending migrations (a corrupt file is left to answer DATA_LOSS)."""
+    for database in config.databases:
+        if database.migrations is None:
+            continue
+        try:
+            applied = apply_migrations(database.name, database.path, database.migrations)
+        except CorruptDatabase as exc:
+            log.error("database is corrupt, serving DATA_LOSS: %s", exc)
+            continue
+        for name in applied:
+            log.info("migrated", extra={"database": database.name, "migration": name})
