@@ -1,0 +1,186 @@
+"""The dataaccess command's pure logic, without a server: its input, row files and output."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from google.protobuf import timestamp_pb2
+
+from dataaccess.v1 import data_access_pb2 as pb
+from dataaccess_client import _convert, _render
+from dataaccess_client._models import InsertResult
+from dataaccess_client._row_files import RowFileError, RowReader, format_of, number_or_text
+from dataaccess_client.cli import InsertTotals, build_parser, param_value
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
+# CLI input
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("42", 42),
+        ("-7", -7),
+        (str(INT64_MIN), INT64_MIN),
+        (str(INT64_MAX), INT64_MAX),
+        (str(INT64_MAX + 1), str(INT64_MAX + 1)),
+        ("1.5", 1.5),
+        ("-.5", -0.5),
+        ("2e3", 2000.0),
+        ("1e999", "1e999"),
+        ("null", None),
+        ("NULL", "NULL"),
+        ("007", "007"),
+        ("+5", "+5"),
+        ("nan", "nan"),
+        ("", ""),
+        ("abc", "abc"),
+    ],
+)
+def test_param_value(text, value):
+    parsed = param_value(text)
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_query_parser_collects_typed_params():
+    args = build_parser().parse_args(
+        ["--target", "h:1", "query", "live", "SELECT ?, ?", "-p", "1", "--param", "x"]
+    )
+    assert args.param == [1, "x"] and args.target == "h:1" and not args.bypass_cache
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--json", "--target", "h:1", "--timeout", "3", "--token", "t", "query", "live", "x"],
+        ["query", "live", "x", "--json", "--target", "h:1", "--timeout", "3", "--token", "t"],
+        ["--json", "--timeout", "3", "query", "live", "x", "--target", "h:1", "--token", "t"],
+        ["--target", "elsewhere:2", "query", "live", "x", "--target", "h:1", "--timeout=3"]
+        + ["--token=t", "--json"],  # after the command wins
+    ],
+)
+def test_global_options_are_taken_before_or_after_the_command(argv):
+    args = build_parser().parse_args(argv)
+    assert (args.json, args.target, args.timeout, args.token) == (True, "h:1", 3.0, "t")
+    assert (args.command, args.database, args.sql) == ("query", "live", "x")
+
+
+@pytest.mark.parametrize("command", [["health"], ["stats"], ["invalidate", "--all"]])
+def test_global_options_not_given_keep_their_defaults_after_any_command(command):
+    parser = build_parser()
+    before = parser.parse_args(["--tls-ca", "ca.pem", "--tls-cert", "c", *command])
+    after = parser.parse_args([*command, "--tls-ca", "ca.pem", "--tls-cert", "c"])
+    for args in (before, after):
+        assert (args.tls_ca, args.tls_cert, args.tls_key) == ("ca.pem", "c", None)
+        assert args.json is False and args.timeout == 10.0
+
+
+def test_invalidate_needs_something_to_drop(capsys):
+    from dataaccess_client.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["invalidate"])
+    assert exit_info.value.code == 2
+    assert "--tag" in capsys.readouterr().err
+
+
+def test_format_of():
+    assert format_of("rows.JSONL") == "jsonl" and format_of("a.ndjson") == "jsonl"
+    assert format_of("rows.csv") == "csv" and format_of("rows") == "csv"
+
+
+def reader(text, fmt):
+    data = text.encode()
+    return RowReader(io.BytesIO(data), fmt, name="f"), len(data)
+
+
+def test_csv_batches():
+    rows_reader, size = reader('\ufeffid,name,price\n1,a,1.5\n2,,\n3,"multi\nline",007\n', "csv")
+    assert rows_reader.columns == ["id", "name", "price"]
+    batches = list(rows_reader.batches(2))
+    assert batches == [[(1, "a", 1.5), (2, None, None)], [(3, "multi\nline", "007")]]
+    assert rows_reader.bytes_read == size
+
+
+def test_csv_wrong_width_names_the_line():
+    rows_reader, _ = reader("a,b\n1,2\n3\n", "csv")
+    with pytest.raises(RowFileError, match=r"f:3: 1 fields"):
+        list(rows_reader.batches(10))
+
+
+def test_csv_without_header():
+    with pytest.raises(RowFileError, match="header"):
+        reader("", "csv")
+
+
+def test_jsonl_batches():
+    lines = [
+        {"id": 1, "name": "a", "ok": True},
+        {"id": 2, "ok": False},
+        {"id": INT64_MAX, "name": None, "ok": 0.5},
+    ]
+    text = "\n".join(json.dumps(line) for line in lines[:2]) + "\n\n" + json.dumps(lines[2])
+    rows_reader, size = reader(text, "jsonl")
+    assert rows_reader.columns == ["id", "name", "ok"]
+    assert list(rows_reader.batches(1000)) == [[(1, "a", 1), (2, None, 0), (INT64_MAX, None, 0.5)]]
+    assert rows_reader.bytes_read == size
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"a": 1}\n{"a": 2, "b": 3}\n', "f:2: keys not among"),
+        ('{"a": [1]}\n', "nested list"),
+        ('{"a": 1}\n[1]\n', "one JSON object"),
+        ('{"a": 1}\n{oops\n', "f:2: not JSON"),
+    ],
+)
+def test_jsonl_errors(text, message):
+    rows_reader, _ = reader(text, "jsonl")
+    with pytest.raises(RowFileError, match=message):
+        list(rows_reader.batches(10))
+
+
+def test_batch_size_must_be_positive():
+    rows_reader, _ = reader("a\n1\n", "csv")
+    with pytest.raises(ValueError):
+        list(rows_reader.batches(0))
+
+
+def test_number_or_text_keeps_leading_zeros():
+    assert number_or_text("0") == 0 and number_or_text("00") == "00"
+
+
+# output
+
+
+def test_insert_totals():
+    totals = InsertTotals()
+    totals.add(2, InsertResult(rows_affected=2, last_insert_rowid=5, invalidated_tags=["t"]))
+    totals.add(1, InsertResult(rows_affected=0, last_insert_rowid=5, invalidated_tags=["t"]))
+    assert totals.summary() == "inserted 2 of 3 rows in 2 batches"
+    assert json.loads(_render.to_json(totals))["invalidated_tags"] == ["t"]
+
+
+def test_json_tags_blobs():
+    result = _convert.query_result(pb.QueryResponse(rows=[_convert.to_row([b"\x00", "x"])]))
+    assert json.loads(_render.to_json(result))["rows"] == [[{"$base64": "AA=="}, "x"]]
+
+
+def test_stats_sections_are_plain():
+    finished = timestamp_pb2.Timestamp(seconds=0)
+    stats = pb.StatsResponse(
+        advisories=[pb.Advisory(kind=pb.ADVISORY_KIND_FULL_SCAN, database="live")],
+        slow_queries=[pb.SlowQuery(database="live", finished_at=finished), pb.SlowQuery()],
+    )
+    sections = _render.stats_sections(stats)
+    assert sections["advisories"][0]["kind"] == "full_scan"
+    assert sections["slow_queries"][0]["finished_at"].startswith("1970-01-01T00:00:00")
+    assert sections["slow_queries"][1]["finished_at"] is None
+    assert sections["pools"] == []
+    assert [t.title for t in _render.stats_tables(stats)] == ["slow_queries", "advisories"]
