@@ -8,10 +8,22 @@ from decimal import Decimal
 import pytest
 
 from dataaccess.v1 import data_access_pb2 as pb
-from dataaccess_client import _convert
+from dataaccess_client import _convert, _rpcs
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+
+
+def query_request(*args, **kwargs):
+    return _rpcs.query.call(*args, **kwargs).request
+
+
+def insert_request(*args, **kwargs):
+    return _rpcs.batch_insert.call(*args, **kwargs).request
+
+
+def update_request(*args, **kwargs):
+    return _rpcs.batch_update.call(*args, **kwargs).request
 
 
 # values
@@ -68,7 +80,7 @@ def test_a_value_with_no_kind_is_refused():
 
 
 def test_query_request_positional_params_and_cache_options():
-    request = _convert.query_request(
+    request = query_request(
         "live", "SELECT ?", [1, "a", None], cache_mode="refresh", ttl=1.5, tags=["t"], max_rows=9
     )
     assert [_convert.from_value(v) for v in request.params] == [1, "a", None]
@@ -80,7 +92,7 @@ def test_query_request_positional_params_and_cache_options():
 
 
 def test_query_request_named_params_and_route_key():
-    request = _convert.query_request("history", "SELECT :id", {"id": 7}, route_key="2026-02-01")
+    request = query_request("history", "SELECT :id", {"id": 7}, route_key="2026-02-01")
     assert _convert.from_value(request.named_params["id"]) == 7
     assert not request.params
     assert request.route_key.text == "2026-02-01"
@@ -90,27 +102,27 @@ def test_query_request_named_params_and_route_key():
 @pytest.mark.parametrize("params", ["abc", b"abc"])
 def test_a_single_string_is_not_taken_as_params(params):
     with pytest.raises(TypeError, match="params"):
-        _convert.query_request("live", "SELECT ?", params)
+        query_request("live", "SELECT ?", params)
 
 
 def test_bad_choices_are_refused():
     with pytest.raises(ValueError, match="cache_mode"):
-        _convert.query_request("live", "SELECT 1", cache_mode="never")
+        query_request("live", "SELECT 1", cache_mode="never")
     with pytest.raises(ValueError, match="on_conflict"):
-        _convert.insert_request("live", "t", ["a"], [[1]], on_conflict="merge")
+        insert_request("live", "t", ["a"], [[1]], on_conflict="merge")
     with pytest.raises(ValueError):
-        _convert.query_request("live", "SELECT 1", ttl=-1)
+        query_request("live", "SELECT 1", ttl=-1)
 
 
 def test_insert_and_update_requests():
-    insert = _convert.insert_request(
+    insert = insert_request(
         "live", "t", ["a", "b"], [(1, "x"), (2, None)], on_conflict="upsert",
         conflict_columns=["a"], idempotency_key="k",
     )  # fmt: skip
     assert insert.on_conflict == pb.ON_CONFLICT_UPSERT
     assert [_convert.from_row(r) for r in insert.rows] == [(1, "x"), (2, None)]
     assert insert.idempotency_key == "k"
-    update = _convert.update_request("live", [("DELETE FROM t WHERE a = ?", [[1], [2]])])
+    update = update_request("live", [("DELETE FROM t WHERE a = ?", [[1], [2]])])
     assert update.statements[0].sql.startswith("DELETE")
     assert len(update.statements[0].param_sets) == 2
 

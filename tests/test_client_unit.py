@@ -1,6 +1,9 @@
-"""The client's pure logic, without a server: errors and retries."""
+"""The client's pure logic, without a server: errors, retries and the one table of RPCs."""
 
 from __future__ import annotations
+
+import inspect
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -8,7 +11,8 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 
-from dataaccess_client import errors
+from dataaccess.v1 import data_access_pb2 as pb
+from dataaccess_client import _rpcs, errors
 from dataaccess_client._policy import CallPolicy
 from dataaccess_client.client import AsyncClient, Client
 
@@ -160,3 +164,51 @@ async def test_async_client_retries_reads_but_not_writes():
             await client._unary(
                 lambda *a, **k: call(FlakyMethod(failures=5)(*a, **k)), "r", None, retry=True
             )
+
+
+# the one table of RPCs
+
+ROWS = [row for row in vars(_rpcs).values() if isinstance(row, _rpcs.Rpc)]
+
+
+def test_every_rpc_of_the_service_has_one_row():
+    service = pb.DESCRIPTOR.services_by_name["DataAccess"]
+    assert sorted(row.stub for row in ROWS) == sorted(service.methods_by_name)
+    retried = {row.name for row in ROWS if isinstance(row, _rpcs.Unary) and row.retry}
+    assert retried == {"query", "health", "stats"}
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda row: row.name)
+def test_both_clients_make_the_method_of_each_row(row):
+    async_method, sync_method = getattr(AsyncClient, row.name), getattr(Client, row.name)
+    assert async_method.__doc__ == sync_method.__doc__ == row.doc
+    assert async_method.__qualname__ == f"AsyncClient.{row.name}"
+    arguments = [*inspect.signature(row.call).parameters.values()]
+    for method in (async_method, sync_method):
+        this, *rest = inspect.signature(method).parameters.values()
+        assert this.name == "self" and rest == arguments
+    streams = isinstance(row, _rpcs.Stream)
+    assert inspect.isasyncgenfunction(async_method) is streams
+    assert inspect.iscoroutinefunction(async_method) is not streams
+    assert inspect.isgeneratorfunction(sync_method) is streams
+
+
+def test_signatures_read_as_written():
+    assert str(inspect.signature(Client.invalidate)) == (
+        "(self, tags: 'Sequence[str]' = (), databases: 'Sequence[str]' = (), "
+        "all: 'bool' = False, *, timeout: 'float | None' = None) -> 'list[str]'"
+    )
+    assert str(inspect.signature(AsyncClient.query_stream)).endswith(
+        "timeout: 'float | None' = None) -> 'AsyncIterator[QueryResult]'"
+    )
+    assert inspect.signature(Client.stats).return_annotation == "pb.StatsResponse"
+
+
+def test_the_methods_retry_as_their_rows_say():
+    with Client("127.0.0.1:1", retries=3, backoff=0) as client:
+        client._stub = SimpleNamespace(Stats=FlakyMethod(failures=1))
+        assert client.stats(timeout=5) == "answer" and len(client._stub.Stats.calls) == 2
+        client._stub = SimpleNamespace(Invalidate=FlakyMethod(failures=1))
+        with pytest.raises(errors.Unavailable):
+            client.invalidate(all=True)
+        assert len(client._stub.Invalidate.calls) == 1

@@ -87,31 +87,8 @@ def from_row(row: pb.Row) -> Row:
     return tuple(from_value(v) for v in row.values)
 
 
-def query_request(
-    database: str,
-    sql: str,
-    params: Params | None = None,
-    *,
-    max_rows: int = 0,
-    cache_mode: str = "use",
-    ttl: float | None = None,
-    tags: Sequence[str] = (),
-    route_key: SqlInput | None = None,
-) -> pb.QueryRequest:
-    """The QueryRequest for one read-only statement."""
-    request = pb.QueryRequest(
-        database=database,
-        sql=sql,
-        max_rows=max_rows,
-        cache=_cache_options(cache_mode, ttl, tags),
-    )
-    _set_params(request, params)
-    if route_key is not None:
-        request.route_key.CopyFrom(to_value(route_key))
-    return request
-
-
-def _set_params(request: pb.QueryRequest, params: Params | None) -> None:
+def set_params(request: pb.QueryRequest, params: Params | None) -> None:
+    """Set ``params`` on ``request``: a mapping as named parameters, a sequence as positional."""
     if params is None:
         return
     if isinstance(params, Mapping):
@@ -124,7 +101,8 @@ def _set_params(request: pb.QueryRequest, params: Params | None) -> None:
     request.params.extend(to_value(v) for v in params)
 
 
-def _cache_options(mode: str, ttl: float | None, tags: Sequence[str]) -> pb.CacheOptions:
+def cache_options(mode: str, ttl: float | None, tags: Sequence[str]) -> pb.CacheOptions:
+    """The CacheOptions of a read: its cache mode by name, its TTL in seconds and its tags."""
     options = pb.CacheOptions(mode=_choice("cache_mode", mode, _CACHE_MODES), tags=tags)
     if ttl is not None:
         options.ttl.CopyFrom(seconds_to_duration(ttl))
@@ -140,56 +118,16 @@ def seconds_to_duration(seconds: float) -> duration_pb2.Duration:
     return duration
 
 
+def on_conflict(name: str) -> pb.OnConflict.ValueType:
+    """The OnConflict of a BatchInsert, by name."""
+    return _choice("on_conflict", name, _ON_CONFLICT)
+
+
 def _choice(name: str, value: str, choices: Mapping[str, EnumValue]) -> EnumValue:
     try:
         return choices[value]
     except KeyError:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}") from None
-
-
-def insert_request(
-    database: str,
-    table: str,
-    columns: Sequence[str],
-    rows: Iterable[Iterable[SqlInput]],
-    *,
-    on_conflict: str = "abort",
-    conflict_columns: Sequence[str] = (),
-    update_columns: Sequence[str] = (),
-    invalidate_tags: Sequence[str] = (),
-    idempotency_key: str = "",
-) -> pb.BatchInsertRequest:
-    """The BatchInsertRequest for rows given in the order of ``columns``."""
-    return pb.BatchInsertRequest(
-        database=database,
-        table=table,
-        columns=columns,
-        rows=[to_row(row) for row in rows],
-        on_conflict=_choice("on_conflict", on_conflict, _ON_CONFLICT),
-        conflict_columns=conflict_columns,
-        update_columns=update_columns,
-        invalidate_tags=invalidate_tags,
-        idempotency_key=idempotency_key,
-    )
-
-
-def update_request(
-    database: str,
-    statements: Sequence[tuple[str, Sequence[Sequence[SqlInput]]]],
-    *,
-    invalidate_tags: Sequence[str] = (),
-    idempotency_key: str = "",
-) -> pb.BatchUpdateRequest:
-    """The BatchUpdateRequest for (sql, param_sets) pairs run in one transaction."""
-    return pb.BatchUpdateRequest(
-        database=database,
-        statements=[
-            pb.Statement(sql=sql, param_sets=[to_row(params) for params in param_sets])
-            for sql, param_sets in statements
-        ],
-        invalidate_tags=invalidate_tags,
-        idempotency_key=idempotency_key,
-    )
 
 
 def query_result(response: pb.QueryResponse) -> QueryResult:

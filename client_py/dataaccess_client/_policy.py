@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 
-from dataaccess_client.errors import status_code
+from dataaccess_client.errors import from_rpc_error, status_code
 
 TOKEN_ENV = "DATAACCESS_TOKEN"
 
@@ -92,6 +92,13 @@ class Attempts:
         if pause >= self.remaining():
             return None
         self._made += 1
+        return pause
+
+    def pause_or_raise(self, err: grpc.RpcError) -> float:
+        """The pause before retrying after ``err``; raises it as a client error if none is due."""
+        pause = self.pause_after(err)
+        if pause is None:
+            raise from_rpc_error(err) from err
         return pause
 
 
