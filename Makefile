@@ -22,7 +22,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml client_py/pyproject.toml
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ./client_py -e '.[dev]'
+	$(PY) -m pip install --quiet -e './client_py[cli]' -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the service, the client and the dev tools

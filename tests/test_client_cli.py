@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 
 import pytest
 from google.protobuf import timestamp_pb2
@@ -184,3 +186,35 @@ def test_stats_sections_are_plain():
     assert sections["slow_queries"][1]["finished_at"] is None
     assert sections["pools"] == []
     assert [t.title for t in _render.stats_tables(stats)] == ["slow_queries", "advisories"]
+
+
+# the cli extra: rich is the command's, not the client's
+
+
+def run_python(code):
+    """``code`` run in a fresh interpreter, so that nothing imported here hides its imports."""
+    command = [sys.executable, "-c", code]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_the_client_imports_without_rich():
+    done = run_python(
+        "import sys, dataaccess_client\n"
+        "print(sorted(name for name in sys.modules if name.partition('.')[0] == 'rich'))"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_command_without_rich_says_in_one_line_what_to_install():
+    # None in sys.modules makes `import rich` fail as it does where rich is not installed.
+    done = run_python(
+        "import sys\n"
+        "sys.modules['rich'] = None\n"
+        "from dataaccess_client.__main__ import main\n"
+        "sys.exit(main())"
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "dataaccess: the command needs rich: pip install 'dataaccess-client[cli]'"
+    ]

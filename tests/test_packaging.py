@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -35,10 +36,19 @@ def test_building_the_client_leaves_nothing_in_its_source_tree(tmp_path: Path) -
     # The generated stubs at the proto package's path, apart from the hand-written client.
     for needed in ("__init__.py", "py.typed", *(f"v1/{name}" for name in generated)):
         assert f"dataaccess/{needed}" in names
-    for needed in ("py.typed", "client.py", "cli.py"):
+    for needed in ("py.typed", "client.py", "cli.py", "__main__.py"):
         assert f"dataaccess_client/{needed}" in names
     # The old path keeps only the modules that re-export the stubs for existing callers.
     shims = {name for name in names if name.startswith("dataaccess_client/v1/")}
     old_names = ("__init__.py", "data_access_pb2.py", "data_access_pb2_grpc.py")
     assert shims == {f"dataaccess_client/v1/{name}" for name in old_names}
     assert not any("__pycache__" in name or name.startswith("tests/") for name in names)
+
+
+def test_the_command_needs_the_cli_extra_and_the_client_does_not() -> None:
+    project = tomllib.loads((CLIENT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert not any(dep.startswith("rich") for dep in project["dependencies"])
+    assert any(dep.startswith("rich") for dep in project["optional-dependencies"]["cli"])
+    assert project["scripts"]["dataaccess"] == "dataaccess_client.__main__:main"
+    install = (REPO / "Makefile").read_text(encoding="utf-8")
+    assert "-e './client_py[cli]'" in install  # make install brings the command's extra

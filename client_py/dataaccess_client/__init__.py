@@ -2,7 +2,7 @@
 
 The generated stubs live apart in ``dataaccess.v1``, at the proto package's
 path (``dataaccess_client.v1`` only re-exports them for older callers); the
-``dataaccess`` command is ``dataaccess_client.cli``.
+``dataaccess`` command is ``dataaccess_client.cli``, with the ``cli`` extra.
 """
 
 from __future__ import annotations
