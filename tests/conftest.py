@@ -25,6 +25,7 @@ from google.rpc import error_details_pb2, status_pb2
 from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
 from service.config import Config
+from service.db.sqlite.database import SqliteDatabase
 from service.server import DataAccessServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -131,6 +132,13 @@ def build_config(
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(document), encoding="utf-8")
     return Config.from_env({"DATAACCESS_CONFIG": str(path), **(env or {})})
+
+
+def sqlite_database(server: DataAccessServer, name: str) -> SqliteDatabase:
+    """The SQLite database ``name`` behind the door, for tests that reach its writer or pool."""
+    database = server.router.databases[name]
+    assert isinstance(database, SqliteDatabase), f"{name} is not a SQLite database"
+    return database
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 
 from dataaccess_client.v1 import data_access_pb2 as pb
-from tests.conftest import Running, failure_of, row, started, value
+from tests.conftest import Running, failure_of, row, sqlite_database, started, value
 
 SLOW_SQL = (
     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000) "
@@ -253,7 +253,7 @@ async def test_corrupt_database_is_data_loss_and_the_others_keep_serving(
 
 
 async def test_shutting_down_is_unavailable(running: Running) -> None:
-    database = running.server.router.database("kitchen")
+    database = sqlite_database(running.server, "kitchen")
     await database.writer.close()
     failure = await failure_of(
         running.stub.BatchInsert(

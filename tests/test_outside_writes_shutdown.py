@@ -12,7 +12,7 @@ import grpc
 from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
 from service.server import DataAccessServer
-from tests.conftest import build_config, row
+from tests.conftest import build_config, row, sqlite_database
 
 
 async def test_a_write_queued_at_shutdown_commits_while_the_watcher_stops(
@@ -23,7 +23,7 @@ async def test_a_write_queued_at_shutdown_commits_while_the_watcher_stops(
     server = DataAccessServer(build_config(tmp_path, document))
     port = await server.start()
     path = Path(document["data_dir"]) / "kitchen.db"
-    writer = server.router.databases["kitchen"].writer
+    writer = sqlite_database(server, "kitchen").writer
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dataaccess_client.v1 import data_access_pb2 as pb
-from tests.conftest import Running, started
+from tests.conftest import Running, sqlite_database, started
 
 
 async def _select(running: Running, n: int) -> int:
@@ -37,7 +37,7 @@ async def test_a_reader_that_fails_validation_is_replaced(
 ) -> None:
     document["limits"] = {"readers_per_database": 1, "reader_validate_after_idle_seconds": 0.01}
     async with started(tmp_path, document) as running:
-        pool = running.server.router.database("live").pool
+        pool = sqlite_database(running.server, "live").pool
         async with pool.reader() as conn:
             await conn.run(lambda raw: raw.close())  # the connection dies under the pool
         await asyncio.sleep(0.05)

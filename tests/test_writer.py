@@ -14,7 +14,7 @@ import pytest
 
 from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
-from tests.conftest import Running, failure_of, row, started
+from tests.conftest import Running, failure_of, row, sqlite_database, started
 from tests.test_errors import SLOW_SQL
 
 ENDLESS_SQL = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c"
@@ -47,7 +47,7 @@ async def test_200_concurrent_inserts_share_far_fewer_transactions(
 
 
 async def _share_transactions(running: Running) -> None:
-    writer = running.server.router.databases["kitchen"].writer
+    writer = sqlite_database(running.server, "kitchen").writer
     blocker = sqlite3.connect(running.data_dir / "kitchen.db", isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
     try:
