@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import NoReturn
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import NoReturn, TypeVar
 
 import grpc
 
@@ -26,10 +26,13 @@ from service.api.admission import CallerSlots
 from service.api.auth import Authenticator
 from service.api.status import Context, abort, answers_errors
 from service.config import Limits
+from service.domain import WriteOptions, WriteResult
 from service.observe.health import HealthChecker
 from service.scopes import Principal
 
 log = logging.getLogger(__name__)
+WriteReq = TypeVar("WriteReq", pb.BatchInsertRequest, pb.BatchUpdateRequest)
+Work = TypeVar("Work")
 
 
 class DataAccessServicer(pb_grpc.DataAccessServicer):
@@ -109,14 +112,8 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
     async def BatchInsert(
         self, request: pb.BatchInsertRequest, context: Context, caller: Principal
     ) -> pb.BatchInsertResponse:
-        self._access.check_write(request.database, caller)  # before any row is looked at
-        result = await self._access.batch_insert(
-            request.database,
-            requests.insert_request(request),
-            requests.write_options(request, self._limits),
-            self._deadline(context),
-            caller,
-        )
+        insert = self._access.batch_insert
+        result = await self._write(request, context, caller, requests.insert_request, insert)
         return pb.BatchInsertResponse(
             rows_affected=sum(result.rows_affected),
             last_insert_rowid=result.last_insert_rowid,
@@ -127,16 +124,25 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
     async def BatchUpdate(
         self, request: pb.BatchUpdateRequest, context: Context, caller: Principal
     ) -> pb.BatchUpdateResponse:
-        self._access.check_write(request.database, caller)  # before any row is looked at
-        result = await self._access.batch_update(
-            request.database,
-            requests.update_statements(request),
-            requests.write_options(request, self._limits),
-            self._deadline(context),
-            caller,
-        )
+        update = self._access.batch_update
+        result = await self._write(request, context, caller, requests.update_statements, update)
         return pb.BatchUpdateResponse(
             rows_affected=result.rows_affected, invalidated_tags=result.invalidated_tags
+        )
+
+    async def _write(
+        self,
+        request: WriteReq,
+        context: Context,
+        caller: Principal,
+        decode: Callable[[WriteReq], Work],
+        run: Callable[[str, Work, WriteOptions, float, Principal], Awaitable[WriteResult]],
+    ) -> WriteResult:
+        """Check the write scope before any row is looked at, decode, and run the write."""
+        self._access.check_write(request.database, caller)
+        options = requests.write_options(request, self._limits)
+        return await run(
+            request.database, decode(request), options, self._deadline(context), caller
         )
 
     @answers_errors

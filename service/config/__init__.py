@@ -6,36 +6,9 @@
 names the key. Import from here: ``from service.config import Config``.
 """
 
+from service.config import model
 from service.config.loading import REPO_MIGRATIONS
-from service.config.model import (
-    SYNCHRONOUS_MODES,
-    TEMP_STORES,
-    CacheConfig,
-    Config,
-    ConfigError,
-    DatabaseConfig,
-    GroupConfig,
-    Limits,
-    RouteBound,
-    RouteConfig,
-    SqliteSettings,
-    TlsConfig,
-    TokenConfig,
-)
+from service.config.model import *  # noqa: F403  (the names in model.__all__)
 
-__all__ = [
-    "REPO_MIGRATIONS",
-    "SYNCHRONOUS_MODES",
-    "TEMP_STORES",
-    "CacheConfig",
-    "Config",
-    "ConfigError",
-    "DatabaseConfig",
-    "GroupConfig",
-    "Limits",
-    "RouteBound",
-    "RouteConfig",
-    "SqliteSettings",
-    "TlsConfig",
-    "TokenConfig",
-]
+__all__ = ["REPO_MIGRATIONS"]
+__all__ += model.__all__

@@ -12,6 +12,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+__all__ = [
+    "SYNCHRONOUS_MODES",
+    "TEMP_STORES",
+    "CacheConfig",
+    "Config",
+    "ConfigError",
+    "DatabaseConfig",
+    "GroupConfig",
+    "Limits",
+    "RouteBound",
+    "RouteConfig",
+    "SqliteSettings",
+    "TlsConfig",
+    "TokenConfig",
+]
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 TEMP_STORES = ("DEFAULT", "FILE", "MEMORY")
 

@@ -126,40 +126,24 @@ class SqliteConnection:
         await self._conn.close()
 
 
-async def open_reader(
+async def open_connection(
     name: str,
     path: Path,
     allowed: frozenset[str] | None,
     memo: ShapeMemo,
     settings: SqliteSettings,
     limits: Limits,
+    *,
+    writer: bool,
 ) -> SqliteConnection:
-    """A read-only connection (mode=ro, query_only) behind a default-deny guard."""
+    """The database's one read-write connection (in WAL mode, behind the writer's guard),
+    or a read-only one (mode=ro, query_only, behind a default-deny guard)."""
     use_temp_dir(settings)
-    conn = await _connect(f"file:{quote(str(path))}?mode=ro", name)
-    guard = Guard(frozenset(), memo, writer=False)
+    conn = await _connect(f"file:{quote(str(path))}?mode={'rwc' if writer else 'ro'}", name)
+    guard = Guard(frozenset(), memo, writer=writer)
     wrapped = SqliteConnection(conn, guard, name)
     await _prepared(
-        wrapped, lambda raw: _prepare(raw, guard, allowed, settings, limits, writer=False)
-    )
-    return wrapped
-
-
-async def open_writer(
-    name: str,
-    path: Path,
-    allowed: frozenset[str] | None,
-    memo: ShapeMemo,
-    settings: SqliteSettings,
-    limits: Limits,
-) -> SqliteConnection:
-    """The database's one read-write connection, in WAL mode, behind the writer's guard."""
-    use_temp_dir(settings)
-    conn = await _connect(f"file:{quote(str(path))}?mode=rwc", name)
-    guard = Guard(frozenset(), memo, writer=True)
-    wrapped = SqliteConnection(conn, guard, name)
-    await _prepared(
-        wrapped, lambda raw: _prepare(raw, guard, allowed, settings, limits, writer=True)
+        wrapped, lambda raw: _prepare(raw, guard, allowed, settings, limits, writer=writer)
     )
     return wrapped
 

@@ -33,7 +33,7 @@ from service.db.door import (
     WriteOutcome,
 )
 from service.db.sqlite import idempotency, outbox, probe
-from service.db.sqlite.connection import SqliteConnection, open_reader, open_writer
+from service.db.sqlite.connection import SqliteConnection, open_connection
 from service.db.sqlite.group_commit import WriteBatcher
 from service.db.sqlite.guard import Guard, ShapeMemo, StatementShape
 from service.db.sqlite.outside_writes import watch_data_version
@@ -292,14 +292,7 @@ class SqliteDatabase:
 
     async def open(self) -> None:
         """Open the writer (creating the file, in WAL mode), read the schema, open the readers."""
-        conn = await open_writer(
-            self.name,
-            self.config.path,
-            self.config.allowed_tables,
-            self._write_memo,
-            self._settings,
-            self._limits,
-        )
+        conn = await self._open_connection(writer=True)
         self._writer_conn = conn
         # stat() opens no descriptor, so it cannot drop SQLite's POSIX locks.
         stat = self.config.path.stat()
@@ -327,13 +320,17 @@ class SqliteDatabase:
             raise
 
     async def _open_reader(self) -> SqliteConnection:
-        return await open_reader(
+        return await self._open_connection(writer=False)
+
+    async def _open_connection(self, *, writer: bool) -> SqliteConnection:
+        return await open_connection(
             self.name,
             self.config.path,
             self.config.allowed_tables,
-            self._read_memo,
+            self._write_memo if writer else self._read_memo,
             self._settings,
             self._limits,
+            writer=writer,
         )
 
     def _watch_outside_writes(self) -> None:
