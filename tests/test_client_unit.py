@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from types import SimpleNamespace
+from typing import Any
 
 import grpc
 import pytest
@@ -39,7 +40,8 @@ def bad_request_status(code=grpc.StatusCode.INVALID_ARGUMENT, message="bad") -> 
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
     status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
-    return status.SerializeToString()
+    serialized: bytes = status.SerializeToString()  # google.rpc is untyped here
+    return serialized
 
 
 # errors
@@ -82,7 +84,11 @@ def test_field_violations_from_sync_error():
 def test_field_violations_from_aio_error():
     trailing = aio.Metadata(("grpc-status-details-bin", bad_request_status()))
     rpc_error = aio.AioRpcError(
-        grpc.StatusCode.INVALID_ARGUMENT, aio.Metadata(), trailing, details="bad"
+        grpc.StatusCode.INVALID_ARGUMENT,
+        aio.Metadata(),
+        trailing,
+        details="bad",
+        debug_error_string=None,  # its default; grpc-stubs make it required
     )
     err = errors.from_rpc_error(rpc_error)
     assert isinstance(err, errors.InvalidArgument)
@@ -117,6 +123,7 @@ def test_attempts_retry_only_unavailable_and_only_so_often():
     assert attempts.pause_after(FakeRpcError(grpc.StatusCode.NOT_FOUND)) is None
     pauses = [attempts.pause_after(unavailable) for _ in range(3)]
     assert pauses[2] is None
+    assert pauses[0] is not None and pauses[1] is not None
     assert 0.005 <= pauses[0] <= 0.01 and 0.01 <= pauses[1] <= 0.02
     assert policy.attempts(None, retry=False).pause_after(unavailable) is None
 
@@ -141,6 +148,7 @@ class FlakyMethod:
 
 
 def test_sync_client_retries_reads_but_not_writes():
+    client: Any  # handed fakes for its stub's methods
     with Client("127.0.0.1:1", retries=3, backoff=0, token="t") as client:
         method = FlakyMethod(failures=2)
         assert client._unary(method, "req", None, retry=True) == "answer"
@@ -152,6 +160,7 @@ def test_sync_client_retries_reads_but_not_writes():
 
 
 async def test_async_client_retries_reads_but_not_writes():
+    client: Any  # handed fakes for its stub's methods
     async with AsyncClient("127.0.0.1:1", retries=1, backoff=0) as client:
 
         async def call(method):
@@ -205,6 +214,7 @@ def test_signatures_read_as_written():
 
 
 def test_the_methods_retry_as_their_rows_say():
+    client: Any  # handed a fake stub
     with Client("127.0.0.1:1", retries=3, backoff=0) as client:
         client._stub = SimpleNamespace(Stats=FlakyMethod(failures=1))
         assert client.stats(timeout=5) == "answer" and len(client._stub.Stats.calls) == 2
