@@ -75,34 +75,9 @@ class DataAccessServer:
         await self.router.open()
         self._hold_undelivered()
         await self.cache.start()
-        interceptors = server_interceptors(self.telemetry)
-        if self.metrics is not None:
-            interceptors.insert(0, GrpcMetrics(self.metrics))
-        server = grpc.aio.server(
-            options=self._options(),
-            interceptors=interceptors,
-            # A backstop for every service; DataAccess calls are admitted by the servicer.
-            maximum_concurrent_rpcs=4 * self.config.limits.max_concurrent_rpcs,
-        )
         config = self.config
-        access = DataAccess(
-            self.router,
-            config.limits,
-            self.cache,
-            config.cache_ttl_seconds,
-            encode_read,
-            self.telemetry.tracer,
-            self._observe_query,
-        )
         checker = HealthChecker(self.router, self.cache, config.health_deep_interval_seconds)
-        auth = Authenticator(config.auth_tokens)
-        self._servicer = DataAccessServicer(access, config.limits, checker, auth)
-        add_to_server(self._servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        if not config.auth_tokens:  # with auth on, the API is not described to strangers
-            reflection.enable_server_reflection(
-                [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-            )
+        server = self._grpc_server(checker)
         try:
             self.port = self._bind(server)
         except (RuntimeError, OSError, CertificateError) as exc:
@@ -122,6 +97,37 @@ class DataAccessServer:
         )
         log.info("serving", extra=self._serving_fields())
         return self.port
+
+    def _grpc_server(self, checker: HealthChecker) -> grpc.aio.Server:
+        """The gRPC server with DataAccess, the standard health service and reflection."""
+        config = self.config
+        interceptors = server_interceptors(self.telemetry)
+        if self.metrics is not None:
+            interceptors.insert(0, GrpcMetrics(self.metrics))
+        server = grpc.aio.server(
+            options=self._options(),
+            interceptors=interceptors,
+            # A backstop for every service; DataAccess calls are admitted by the servicer.
+            maximum_concurrent_rpcs=4 * config.limits.max_concurrent_rpcs,
+        )
+        access = DataAccess(
+            self.router,
+            config.limits,
+            self.cache,
+            config.cache_ttl_seconds,
+            encode_read,
+            self.telemetry.tracer,
+            self._observe_query,
+        )
+        auth = Authenticator(config.auth_tokens)
+        self._servicer = DataAccessServicer(access, config.limits, checker, auth)
+        add_to_server(self._servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if not config.auth_tokens:  # with auth on, the API is not described to strangers
+            reflection.enable_server_reflection(
+                [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            )
+        return server
 
     def _serving_fields(self) -> dict[str, object]:
         """What the "serving" line says: where, what, and which cache tiers are on."""

@@ -44,12 +44,12 @@ from service.db.sqlite.plans import (
     scanned_table,
 )
 from service.db.sqlite.pool import PoolPolicy, ReaderPool
-from service.db.sqlite.reads import OpenStream, close_stream, fetch_chunk, fetch_rows, open_stream
+from service.db.sqlite.reads import SqliteRowStream, close_stream, fetch_rows, open_stream
 from service.db.sqlite.schema import Schema, read_schema, rows_up_to
 from service.db.sqlite.write_plans import StatementPlan, WritePlan, plan_insert
 from service.domain import InsertRequest, WriteOptions, WriteSnapshot
 from service.fingerprint import fingerprint
-from service.values import Params, SqlRow
+from service.values import Params
 
 log = logging.getLogger(__name__)
 DB_SYSTEM = "sqlite"
@@ -359,40 +359,6 @@ class SqliteDatabase:
         finally:
             await conn.close()
             self._writer_conn = None
-
-
-class SqliteRowStream:
-    """A statement being streamed on a reader lent for as long as the stream is open."""
-
-    def __init__(
-        self,
-        conn: SqliteConnection,
-        opened: OpenStream,
-        columns: Sequence[Column],
-        reads: frozenset[str],
-        chunk_bytes: int,
-        deadline: float,
-    ) -> None:
-        self._conn = conn
-        self._opened = opened
-        self.columns = columns
-        self.reads = reads
-        self._chunk_bytes = chunk_bytes
-        self._deadline = deadline
-        self.sent = 0
-
-    async def next_chunk(self, max_rows: int) -> tuple[list[SqlRow], bool]:
-        """Up to ``max_rows`` more rows, and whether the statement is exhausted."""
-        work = functools.partial(_next_chunk, self._opened, max_rows, self._chunk_bytes)
-        rows, exhausted = await self._conn.run(work, self._deadline)
-        self.sent += len(rows)
-        return rows, exhausted
-
-
-def _next_chunk(
-    opened: OpenStream, rows: int, max_bytes: int, _raw: sqlite3.Connection
-) -> tuple[list[SqlRow], bool]:
-    return fetch_chunk(opened, rows, max_bytes)
 
 
 def _checkpoint(raw: sqlite3.Connection) -> None:

@@ -194,15 +194,13 @@ class WriteBatcher:
         group = _Group(jobs, [None] * len(jobs))
         self._group = group
         # One transaction serves many calls: a child of the first, linked to all.
-        rpc_spans = [job.rpc_span for job in jobs if job.rpc_span and job.rpc_span.is_valid]
-        parent = (
-            trace.set_span_in_context(trace.NonRecordingSpan(rpc_spans[0])) if rpc_spans else None
-        )
+        spans = [job.rpc_span for job in jobs if job.rpc_span and job.rpc_span.is_valid]
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(spans[0])) if spans else None
         with self._tracer.start_as_current_span(
             "db.write_batch",
             context=parent,
             kind=trace.SpanKind.CLIENT,
-            links=[trace.Link(span) for span in rpc_spans],
+            links=[trace.Link(span) for span in spans],
             attributes={
                 "db.system.name": "sqlite",
                 "db.namespace": self.database,

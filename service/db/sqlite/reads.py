@@ -1,11 +1,16 @@
-"""Read work run on a reader's thread: execute and fetch in one hop, within limits."""
+"""Read work run on a reader's thread (execute and fetch in one hop, within limits), and
+the stream of a read fetched chunk by chunk."""
 
 from __future__ import annotations
 
+import functools
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from service import errors
+from service.db.door import Column
+from service.db.sqlite.connection import SqliteConnection
 from service.db.sqlite.guard import Guard, StatementShape
 from service.values import Params, SqlRow
 
@@ -99,3 +104,37 @@ def _fetch_within(cursor: sqlite3.Cursor, limit: int, max_bytes: int) -> list[Sq
 def row_bytes(row: SqlRow) -> int:
     """About how many bytes a row takes on the wire."""
     return sum(len(v) if isinstance(v, str | bytes) else 9 for v in row) + 2
+
+
+class SqliteRowStream:
+    """A statement being streamed on a reader lent for as long as the stream is open."""
+
+    def __init__(
+        self,
+        conn: SqliteConnection,
+        opened: OpenStream,
+        columns: Sequence[Column],
+        reads: frozenset[str],
+        chunk_bytes: int,
+        deadline: float,
+    ) -> None:
+        self._conn = conn
+        self._opened = opened
+        self.columns = columns
+        self.reads = reads
+        self._chunk_bytes = chunk_bytes
+        self._deadline = deadline
+        self.sent = 0
+
+    async def next_chunk(self, max_rows: int) -> tuple[list[SqlRow], bool]:
+        """Up to ``max_rows`` more rows, and whether the statement is exhausted."""
+        work = functools.partial(_next_chunk, self._opened, max_rows, self._chunk_bytes)
+        rows, exhausted = await self._conn.run(work, self._deadline)
+        self.sent += len(rows)
+        return rows, exhausted
+
+
+def _next_chunk(
+    opened: OpenStream, rows: int, max_bytes: int, _raw: sqlite3.Connection
+) -> tuple[list[SqlRow], bool]:
+    return fetch_chunk(opened, rows, max_bytes)
