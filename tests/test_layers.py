@@ -7,6 +7,7 @@ already imported hides a tier's own imports.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,7 +59,8 @@ import importlib, json, sys
 def wire(name):
     return (
         name == "grpc" or name.startswith("grpc.") or name.startswith("google.protobuf")
-        or name.startswith("dataaccess_client") or name.endswith("_pb2")
+        or name.startswith("dataaccess_client") or name == "dataaccess"
+        or name.startswith("dataaccess.") or name.endswith("_pb2")
     )
 
 seen = {name for name in sys.modules if wire(name)}
@@ -142,3 +144,45 @@ def test_the_generated_stubs_import_without_the_hand_written_client() -> None:
         check=True,
     )
     assert json.loads(result.stdout) == []
+
+
+# Runs a whole server (start, one Query and one BatchInsert through the generated stubs, a
+# Stats call, stop) and prints the modules of the hand-written client it loaded.
+_SERVER_PROBE = """
+import asyncio, json, os, sys
+import grpc
+from dataaccess.v1 import data_access_pb2 as pb, data_access_pb2_grpc as pb_grpc
+from service.config import Config
+from service.server import DataAccessServer
+
+async def main():
+    server = DataAccessServer(Config.from_env(os.environ))
+    port = await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.DataAccessStub(channel)
+        answer = await stub.Query(pb.QueryRequest(database="live", sql="SELECT 1 AS one"))
+        assert answer.rows[0].values[0].integer == 1
+        await stub.Stats(pb.StatsRequest())
+    await server.stop(grace=1.0)
+
+asyncio.run(main())
+print(json.dumps(sorted(name for name in sys.modules if name.startswith("dataaccess_client"))))
+"""
+
+
+def test_the_server_process_never_imports_the_hand_written_client(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DATAACCESS_DATA_DIR": str(tmp_path / "data"),
+        "DATAACCESS_LISTEN": "127.0.0.1:0",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", _SERVER_PROBE],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(result.stdout.splitlines()[-1]) == []

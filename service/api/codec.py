@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from google.protobuf import struct_pb2
 
-from dataaccess_client.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2 as pb
 from service.errors import InvalidArgument
 from service.values import Params, SqlRow, SqlValue
 

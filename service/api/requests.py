@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from google.protobuf.message import DecodeError
 
-from dataaccess_client.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2 as pb
 from service import errors
 from service.api.codec import from_proto, params_from_proto, row_from_proto
 from service.config import Limits

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from google.protobuf import timestamp_pb2
 
-from dataaccess_client.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2 as pb
 from service.api.codec import rows_to_proto
 from service.domain import CacheStatus, ReadResult
 from service.observe.health import HealthReport

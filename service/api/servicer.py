@@ -17,8 +17,8 @@ from typing import NoReturn, TypeVar
 
 import grpc
 
-from dataaccess_client.v1 import data_access_pb2 as pb
-from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
+from dataaccess.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
 from service import errors
 from service.access import DataAccess
 from service.api import requests, responses
