@@ -28,6 +28,7 @@ from service.domain import (
     InsertRequest,
     ReadRequest,
     ReadResult,
+    ResultEncoder,
     WriteOptions,
     WriteResult,
 )
@@ -53,7 +54,7 @@ class DataAccess:
         limits: Limits,
         cache: TagCache,
         cache_ttl: float,
-        encode: Callable[[ReadResult], bytes],
+        encode: ResultEncoder,
         tracer: trace.Tracer | None = None,
         on_query: Callable[[str, float], None] | None = None,
     ) -> None:
@@ -62,9 +63,7 @@ class DataAccess:
         self._limits = limits
         self._cache = cache
         self._cache_ttl = cache_ttl
-        # The wire encoding, given at start-up: the cache keeps answers encoded, so a
-        # hit is sent without encoding it again.
-        self._encode = encode
+        self._encode = encode  # the api's, given at start-up: see ResultEncoder
         self._tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
         self._on_query = on_query  # (database, seconds) of every read a database ran
         self.statements = StatementTimings()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from service.values import Params, SqlRow, SqlValue
 
@@ -80,6 +81,18 @@ class ReadResult:
     tags: Sequence[str]
     truncated: bool = False
     cache_status: CacheStatus = CacheStatus.BYPASS
+
+
+class ResultEncoder(Protocol):
+    """How a read's answer is encoded for the wire, without its cache status.
+
+    The cache keeps answers encoded, so a hit is sent as stored; a miss, and a
+    stale-while-revalidate refresh in the background, encode the answer they
+    load. The api tier hands its encoder in at start-up (the core knows only
+    this signature), so nothing below the api calls up into it by name.
+    """
+
+    def __call__(self, result: ReadResult, /) -> bytes: ...
 
 
 @dataclass(frozen=True)
