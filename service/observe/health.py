@@ -23,7 +23,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from service.cache.redis_tier import RedisUnavailable
 from service.cache.tagged import TagCache
 from service.db.door import Database, Finding
 from service.routing.router import Router
@@ -93,8 +92,9 @@ class HealthChecker:
         databases = list(self._router.databases.values())
         per_database = await asyncio.gather(*(self._database(db, deep) for db in databases))
         checks = [check for group in per_database for check in group]
-        if self._cache.redis is not None:
-            checks.append(await self._redis())
+        redis = await self._redis()
+        if redis is not None:
+            checks.append(redis)
         worst = [max((_RANK[c.status] for c in group), default=0) for group in per_database]
         if worst and all(rank == _RANK[CRITICAL] for rank in worst):
             status = CRITICAL
@@ -111,17 +111,15 @@ class HealthChecker:
             return [Check(name, CRITICAL, database.failure.message, 0.0)]
         return [_check(name, finding) for finding in await database.probe(deep)]
 
-    async def _redis(self) -> Check:
-        started = time.monotonic()
-        tier = self._cache.redis
-        assert tier is not None
-        try:
-            await tier.ping()
-        except RedisUnavailable as exc:
-            return Check("redis", DEGRADED, f"unreachable, reads bypass the cache: {exc}", 0.0)
-        state = self._cache.gate.state if self._cache.gate is not None else ""
-        status = HEALTHY if state == "closed" else DEGRADED
-        return Check("redis", status, f"PING answered; breaker {state}", _ms_since(started))
+    async def _redis(self) -> Check | None:
+        """Redis's check, or None when there is no Redis tier."""
+        found = await self._cache.probe()
+        if found is None:
+            return None
+        if not found.reachable:
+            return Check("redis", DEGRADED, found.message, 0.0)
+        status = HEALTHY if found.breaker == "closed" else DEGRADED
+        return Check("redis", status, found.message, found.duration_ms)
 
 
 def _check(name: str, finding: Finding) -> Check:
