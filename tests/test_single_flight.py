@@ -1,4 +1,8 @@
-"""Single flight against a real Redis: a process never waits for its own load lease, replicas do."""
+"""Single flight against a real Redis: one load per key and tokens, here and across replicas.
+
+A process never waits for its own load lease, replicas do; a caller that goes
+away does not fail the others, and one that comes after an invalidation loads anew.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from dataaccess_client.v1 import data_access_pb2 as pb
 from tests.conftest import RedisProcess, started
-from tests.test_cache_redis import SLOW_COUNT, _read, _stats_tier, with_redis
+from tests.test_cache_redis import _insert_behind_the_service, _read, _stats_tier, with_redis
 
 LEASE_SECONDS = 2.0
 ROUNDS = 150
+SLOW_COUNT = (
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1500000) "
+    "SELECT (SELECT count(*) FROM items) + 0 * count(*) FROM c"
+)
 
 
 async def test_identical_concurrent_misses_in_one_process_never_wait_for_its_own_lease(
@@ -45,3 +56,42 @@ async def test_two_servers_still_share_one_load_through_the_lease(
         assert await first == ([(0,)], "miss")
         loads = [(await _stats_tier(server, "l2")).loads for server in (one, other)]
         assert loads[0] >= 1 and loads[1] == 0
+
+
+async def test_concurrent_identical_misses_load_once(
+    tmp_path: Path, document: dict[str, Any], redis_server: RedisProcess
+) -> None:
+    async with started(tmp_path, with_redis(document, redis_server)) as running:
+        sql = "SELECT count(*) FROM items, items AS b"
+        await _read(running, "SELECT 1")
+        loads_before = (await _stats_tier(running, "l2")).loads
+        results = await asyncio.gather(*(_read(running, sql) for _ in range(50)))
+        assert {r[0][0] for r in results} == {(0,)}
+        assert (await _stats_tier(running, "l2")).loads - loads_before == 1
+
+
+async def test_a_caller_after_an_invalidation_does_not_join_the_older_load(
+    tmp_path: Path, document: dict[str, Any], redis_server: RedisProcess
+) -> None:
+    async with started(tmp_path, with_redis(document, redis_server)) as running:
+        first = asyncio.ensure_future(_read(running, SLOW_COUNT))
+        await asyncio.sleep(0.1)  # its load is running, on the old tokens
+        _insert_behind_the_service(running)
+        await running.stub.Invalidate(pb.InvalidateRequest(tags=["table:kitchen.items"]))
+        assert (await _read(running, SLOW_COUNT))[0] == [(1,)]
+        await first
+        assert (await _read(running, SLOW_COUNT))[0] == [(1,)]
+
+
+async def test_a_cancelled_first_caller_does_not_fail_the_others(
+    tmp_path: Path, document: dict[str, Any], redis_server: RedisProcess
+) -> None:
+    async with started(tmp_path, with_redis(document, redis_server)) as running:
+        first = running.stub.Query(pb.QueryRequest(database="kitchen", sql=SLOW_COUNT))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(_read(running, SLOW_COUNT))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert (await second)[0] == [(0,)]
