@@ -1,14 +1,19 @@
-"""Held invalidations and the channel against a real redis-server: delivery, and what is logged."""
+"""Held invalidations and the channel against a real redis-server: delivery, logs, stopping."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
+from redis.asyncio.client import PubSub
 
-from service.cache.redis_tier import RedisSettings, RedisTier
+from service.cache.breaker import CircuitBreaker
+from service.cache.gate import RedisGate
+from service.cache.redis_tier import RedisSettings, RedisTier, RedisUnavailable
 from service.cache.subscription import InvalidationListener
 from service.cache.tagged import CacheSettings, EntryPolicy, TagCache
 from tests.conftest import RedisProcess
@@ -108,3 +113,55 @@ async def _until_subscribed(listener: InvalidationListener, subscribed: bool) ->
     async with asyncio.timeout(10):
         while listener.subscribed != subscribed:
             await asyncio.sleep(0.01)
+
+
+async def test_a_listener_still_stops_when_redis_py_swallowed_its_cancellation(
+    redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tier = RedisTier(RedisSettings(url=redis_server.url), lambda: None)
+    listener = InvalidationListener(tier, lambda _: None, lambda: None, ping_interval=0.05)
+    get_message = PubSub.get_message
+    waiting = asyncio.Event()
+
+    async def swallowing(self: PubSub, *args: Any, **kwargs: Any) -> Any:
+        waiting.set()
+        try:
+            return await get_message(self, *args, **kwargs)
+        except asyncio.CancelledError:
+            return None  # as Python 3.11's wait_for does when a send completes as it is cancelled
+
+    task = asyncio.ensure_future(listener.run())
+    try:
+        await _until_subscribed(listener, True)
+        monkeypatch.setattr(PubSub, "get_message", swallowing)
+        await waiting.wait()
+        task.cancel()  # it waits in get_message now
+        await asyncio.wait({task}, timeout=5)
+        assert task.cancelled()
+    finally:
+        task.cancel()
+        await tier.close()
+
+
+async def test_recovery_still_stops_when_a_probe_swallowed_its_cancellation(
+    redis_server: RedisProcess,
+) -> None:
+    tier = RedisTier(RedisSettings(url=redis_server.url), lambda: None)
+    gate = RedisGate(tier, CircuitBreaker(1), 0.001, lambda _: None, lambda: None)
+    probing = asyncio.Event()
+
+    async def swallowing_ping() -> None:
+        probing.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.2)
+        raise RedisUnavailable("a probe that did not hear it was cancelled")
+
+    tier.ping = swallowing_ping  # type: ignore[method-assign]
+    try:
+        gate.trip()
+        await probing.wait()
+        closing = asyncio.ensure_future(gate.close())
+        await asyncio.wait({closing}, timeout=5)
+        assert closing.done()
+    finally:
+        await tier.close()

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 
 from service.cache.breaker import CircuitBreaker
-from service.cache.redis_tier import RedisTier, RedisUnavailable
+from service.cache.redis_tier import RedisTier, RedisUnavailable, stop_if_cancelled
 
 log = logging.getLogger(__name__)
 Receipt = Callable[[], None]  # told when an invalidation reached Redis
@@ -109,6 +109,7 @@ class RedisGate:
     async def _recover(self) -> None:
         """Probe Redis and deliver what is held, until the cache may be used again."""
         while not self.usable:
+            stop_if_cancelled()
             closed = self.breaker.closed
             await asyncio.sleep(_POLL_SECONDS if closed else self._reset_seconds)
             if not closed:  # probe, and then serve, on fresh connections only

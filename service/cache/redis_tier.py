@@ -85,6 +85,20 @@ class RedisUnavailable(Exception):
     """Redis did not answer in time, refused, or was replaced."""
 
 
+def stop_if_cancelled() -> None:
+    """Raise CancelledError if this task was asked to stop, whether or not it was told.
+
+    On Python 3.11 redis-py sends each command through ``asyncio.wait_for``,
+    which swallows a cancellation that lands just as the send completes; the
+    request stays counted on the task. A task that talks to Redis until it is
+    cancelled checks here on every round, or it runs on, and so does whoever
+    awaits it.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class EpochChanged(RedisConnectionError):
     """This connection found a Redis other than the one the command's keys were built for."""
 

@@ -20,7 +20,12 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from service.cache.redis_tier import EpochChanged, RedisTier, RedisUnavailable
+from service.cache.redis_tier import (
+    EpochChanged,
+    RedisTier,
+    RedisUnavailable,
+    stop_if_cancelled,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,7 @@ class InvalidationListener:
     async def run(self) -> None:
         """Listen until cancelled, resubscribing after every failure."""
         while True:
+            stop_if_cancelled()
             try:
                 await self._listen()
             except (RedisError, RedisUnavailable, OSError, TimeoutError, ValueError) as exc:
@@ -78,6 +84,7 @@ class InvalidationListener:
     async def _confirmed(self, pubsub: Any) -> None:
         until = time.monotonic() + 2 * self._ping_interval + 1
         while time.monotonic() < until:
+            stop_if_cancelled()
             message = await pubsub.get_message(timeout=self._ping_interval)
             if message is not None and message["type"] == "subscribe":
                 return
@@ -86,6 +93,7 @@ class InvalidationListener:
     async def _receive(self, pubsub: Any) -> None:
         heard = pinged = time.monotonic()
         while True:
+            stop_if_cancelled()
             message = await pubsub.get_message(timeout=self._ping_interval)
             now = time.monotonic()
             if message is not None:
