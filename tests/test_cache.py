@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 
 from dataaccess_client.v1 import data_access_pb2 as pb
 from tests.conftest import Running, base_document, failure_of, plain_rows, row, started
@@ -207,7 +208,7 @@ async def test_a_negative_ttl_is_refused_naming_the_field(running: Running) -> N
     failure = await failure_of(
         running.stub.Query(
             pb.QueryRequest(
-                database="kitchen", sql=COUNT_ITEMS, cache=pb.CacheOptions(ttl={"seconds": -1})
+                database="kitchen", sql=COUNT_ITEMS, cache=pb.CacheOptions(ttl=Duration(seconds=-1))
             )
         )
     )
@@ -238,7 +239,7 @@ async def test_an_absurd_ttl_is_refused_not_an_internal_error(running: Running) 
                 pb.QueryRequest(
                     database="kitchen",
                     sql=COUNT_ITEMS,
-                    cache=pb.CacheOptions(ttl={"seconds": seconds}),
+                    cache=pb.CacheOptions(ttl=Duration(seconds=seconds)),
                 )
             )
         )

@@ -210,6 +210,7 @@ async def test_invalidating_a_tag_costs_the_same_commands_for_one_entry_or_100k(
         try:
             [entry_key] = (await filler.keys(f"{tier.prefix}e:*"))[-1:]
             raw = await filler.get(entry_key)
+            assert raw is not None
             for start in range(0, 100_000, 10_000):
                 pipe = filler.pipeline(transaction=False)
                 for i in range(start, start + 10_000):

@@ -6,6 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.duration_pb2 import Duration
+
 from dataaccess_client.v1 import data_access_pb2 as pb
 from tests.conftest import RedisProcess, Running, started
 from tests.test_cache_redis import COUNT_ITEMS, _insert, _read, _until, with_redis
@@ -19,8 +21,8 @@ async def test_empty_results_and_short_and_long_ttls_under_one_tag_are_invalidat
         empty = "SELECT id FROM items WHERE qty > 100"
         assert await _read(running, empty) == ([], "miss")
         assert await _read(running, empty) == ([], "hit_redis")
-        hour = pb.CacheOptions(ttl={"seconds": 3600})
-        second = pb.CacheOptions(ttl={"seconds": 1})
+        hour = pb.CacheOptions(ttl=Duration(seconds=3600))
+        second = pb.CacheOptions(ttl=Duration(seconds=1))
         assert (await _read(running, COUNT_ITEMS, cache=hour))[1] == "miss"
         assert (await _read(running, "SELECT max(qty) FROM items", cache=second))[1] == "miss"
         assert (await _read(running, COUNT_ITEMS, cache=hour))[1] == "hit_redis"
@@ -39,7 +41,9 @@ async def test_stale_while_revalidate_serves_once_then_refreshes_but_never_past_
     tmp_path: Path, document: dict[str, Any], redis_server: RedisProcess
 ) -> None:
     async with started(tmp_path, with_redis(document, redis_server)) as running:
-        options = pb.CacheOptions(ttl={"seconds": 1}, stale_while_revalidate={"seconds": 30})
+        options = pb.CacheOptions(
+            ttl=Duration(seconds=1), stale_while_revalidate=Duration(seconds=30)
+        )
         await _read(running, cache=options)
         await asyncio.sleep(1.2)
         assert await _read(running, cache=options) == ([(0,)], "stale")
