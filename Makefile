@@ -74,10 +74,10 @@ test: $(STAMP) redis-server kubectl ## install what the tests need and run the w
 test-fast: $(STAMP) redis-server kubectl ## the suite without the slow fault-injection tests
 	$(VENV_PATH) $(PY) -m pytest -m 'not slow'
 
-lint: $(STAMP) ## ruff and mypy --strict on service/ and the hand-written client
+lint: $(STAMP) ## ruff, and mypy --strict on service/, the hand-written client, tests and bench
 	$(VENV)/bin/ruff check service client_py tests bench
 	$(VENV)/bin/ruff format --check service client_py tests bench
-	$(VENV)/bin/mypy service client_py/dataaccess_client
+	$(VENV)/bin/mypy service client_py/dataaccess_client tests bench
 
 fmt: $(STAMP) ## format and sort imports
 	$(VENV)/bin/ruff check --fix service client_py tests bench
