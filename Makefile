@@ -14,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 
 .PHONY: bench bench-quick
-.PHONY: help install run test test-fast lint fmt proto proto-check proto-lint proto-breaking redis-server kubectl k8s-validate clean
+.PHONY: help install run test test-unit test-fast lint fmt proto proto-check proto-lint proto-breaking redis-server kubectl k8s-validate clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ k8s-validate: $(STAMP) kubectl ## render every overlay and validate it offline a
 
 test: $(STAMP) redis-server kubectl ## install what the tests need and run the whole suite
 	$(VENV_PATH) $(PY) -m pytest
+
+test-unit: $(STAMP) ## only the unit tests (pure logic, no server, files, Redis or other process): seconds
+	$(PY) -m pytest -m unit
 
 test-fast: $(STAMP) redis-server kubectl ## the suite without the slow fault-injection tests
 	$(VENV_PATH) $(PY) -m pytest -m 'not slow'

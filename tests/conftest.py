@@ -313,3 +313,22 @@ def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
         yield server
     finally:
         server.stop()
+
+
+# Every test is a unit test (pure logic in this process) or an integration test (real
+# parts: a gRPC server on loopback, SQLite files, redis-server, other processes). A module
+# or test may say which; otherwise a test that asks for a temporary directory (as every
+# server, database file and redis-server fixture does) is integration, any other is unit.
+KINDS = ("unit", "integration")
+_REAL_PARTS = {"tmp_path", "tmp_path_factory"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give every test exactly one of the unit and integration markers."""
+    for item in items:
+        kinds = {mark.name for mark in item.iter_markers() if mark.name in KINDS}
+        if len(kinds) > 1:
+            raise pytest.UsageError(f"{item.nodeid} is marked both unit and integration")
+        if not kinds:
+            real = _REAL_PARTS & set(getattr(item, "fixturenames", ()))
+            item.add_marker("integration" if real else "unit")

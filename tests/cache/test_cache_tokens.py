@@ -10,8 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.cache.tokens import TagTokens
-from tests.conftest import RedisProcess, Running, started
-from tests.test_cache_redis import (
+from tests.cache.test_cache_redis import (
     _insert,
     _insert_behind_the_service,
     _read,
@@ -20,6 +19,7 @@ from tests.test_cache_redis import (
     _until,
     with_redis,
 )
+from tests.conftest import RedisProcess, Running, started
 
 ITEMS_TAG = "table:kitchen.items"
 PAST_THE_WINDOW = 0.15  # an L1 hit older than the validation window (0.1 s) asks Redis

@@ -14,8 +14,8 @@ import pytest
 
 from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
+from tests.api.test_errors import SLOW_SQL
 from tests.conftest import Running, failure_of, row, sqlite_database, started
-from tests.test_errors import SLOW_SQL
 
 ENDLESS_SQL = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c"
 

@@ -12,7 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import pytest
+
+# Each check starts a fresh interpreter, and one a whole server.
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # The api side, the only modules allowed to import the wire format: the service.api
 # package, and the process around it (server.py wires the gRPC server, __main__ runs it).
@@ -154,6 +159,7 @@ import grpc
 from dataaccess.v1 import data_access_pb2 as pb, data_access_pb2_grpc as pb_grpc
 from service.config import Config
 from service.server import DataAccessServer
+
 
 async def main():
     server = DataAccessServer(Config.from_env(os.environ))

@@ -21,6 +21,8 @@ from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
 from service.observe.logs import JsonFormatter
 from tests.conftest import Running, free_port, row, started
 
+pytestmark = pytest.mark.integration
+
 
 async def test_standard_health_service_answers_serving_and_then_not_serving(
     running: Running,

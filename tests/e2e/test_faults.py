@@ -25,10 +25,10 @@ import pytest
 from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
 from tests.conftest import RedisProcess, row
-from tests.test_memory import BOMBS, REFUSED
-from tests.test_other_processes import read_from_outside
+from tests.db.test_memory import BOMBS, REFUSED
+from tests.e2e.test_other_processes import read_from_outside
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 COUNT = "SELECT count(*) FROM items WHERE qty >= 1000"
 
 

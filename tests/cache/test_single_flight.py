@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from dataaccess_client.v1 import data_access_pb2 as pb
+from tests.cache.test_cache_redis import _insert_behind_the_service, _read, _stats_tier, with_redis
 from tests.conftest import RedisProcess, started
-from tests.test_cache_redis import _insert_behind_the_service, _read, _stats_tier, with_redis
 
 LEASE_SECONDS = 2.0
 ROUNDS = 150

@@ -27,6 +27,8 @@ from service.config import Config, Limits
 from service.server import SERVICE_NAME
 from tests.conftest import REPO, _wait_serving, free_port
 
+pytestmark = pytest.mark.integration
+
 K8S = REPO / "k8s"
 VENV_BIN = Path(sys.executable).parent
 OVERLAYS = ("dev", "prod")

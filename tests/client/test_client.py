@@ -58,6 +58,7 @@ async def test_async_client_raises_one_typed_error_per_status(running: Running) 
             await client.batch_insert("kitchen", "items", ["code"], [("x",)])
 
 
+@pytest.mark.integration  # a real channel to a loopback port nothing listens on
 def test_sync_client_retries_reads_on_unavailable_then_gives_up() -> None:
     port = free_port()  # nothing listens there
     started = time.monotonic()

@@ -13,7 +13,7 @@ from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
 from service.fingerprint import fingerprint
 from tests.conftest import Running
-from tests.test_tracing import (
+from tests.observe.test_tracing import (
     Receiver,
     _attributes,
     _names,

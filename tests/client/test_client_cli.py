@@ -197,6 +197,7 @@ def run_python(code):
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_the_client_imports_without_rich():
     done = run_python(
         "import sys, dataaccess_client\n"
@@ -206,6 +207,7 @@ def test_the_client_imports_without_rich():
     assert done.stdout.strip() == "[]"
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_the_command_without_rich_says_in_one_line_what_to_install():
     # None in sys.modules makes `import rich` fail as it does where rich is not installed.
     done = run_python(

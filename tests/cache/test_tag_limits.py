@@ -10,8 +10,8 @@ import pytest
 
 from dataaccess_client.v1 import data_access_pb2 as pb
 from service.config import ConfigError, Limits
+from tests.cache.test_cache_redis import _state_is, _until, with_redis
 from tests.conftest import RedisProcess, Running, failure_of, row, started
-from tests.test_cache_redis import _state_is, _until, with_redis
 
 MAX_TAGS, MAX_BYTES = 32, 256  # the defaults
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 import subprocess
 
+import pytest
+
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
 
 
 def test_make_help_lists_every_documented_target() -> None:

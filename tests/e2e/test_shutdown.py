@@ -16,6 +16,8 @@ from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
 from tests.conftest import free_port
 
+pytestmark = pytest.mark.integration
+
 _ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
 
 

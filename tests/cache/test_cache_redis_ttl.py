@@ -9,8 +9,8 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 
 from dataaccess_client.v1 import data_access_pb2 as pb
+from tests.cache.test_cache_redis import COUNT_ITEMS, _insert, _read, _until, with_redis
 from tests.conftest import RedisProcess, Running, started
-from tests.test_cache_redis import COUNT_ITEMS, _insert, _read, _until, with_redis
 
 
 async def test_empty_results_and_short_and_long_ttls_under_one_tag_are_invalidated(

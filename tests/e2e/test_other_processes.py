@@ -28,7 +28,7 @@ from dataaccess_client.v1 import data_access_pb2 as pb
 from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
 from tests.conftest import RedisProcess, row
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 ROWS = "SELECT qty FROM items WHERE qty >= 1000"
 _OUTSIDE_READER = """
 import sqlite3, sys

@@ -14,8 +14,7 @@ import grpc
 import pytest
 
 from dataaccess_client.v1 import data_access_pb2 as pb
-from tests.conftest import RedisProcess, Running, started
-from tests.test_cache_redis import (
+from tests.cache.test_cache_redis import (
     _insert,
     _l2_state,
     _read,
@@ -24,6 +23,7 @@ from tests.test_cache_redis import (
     _until,
     with_redis,
 )
+from tests.conftest import RedisProcess, Running, started
 
 
 async def test_redis_down_at_start_reads_bypass_and_invalidate_fails_closed(

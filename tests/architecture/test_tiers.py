@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-SERVICE = Path(__file__).resolve().parent.parent / "service"
+SERVICE = Path(__file__).resolve().parents[2] / "service"
 
 # What each tier may not import (prefixes of module names).
 _ACCESS = ("service.access", "service.scopes", "service.tags", "service.hot_reads")
