@@ -98,8 +98,8 @@ def _sync_stream(rpc: _rpcs.Stream[P, Out]) -> SyncMethod[P, Iterator[Out]]:
     return rpc.method(method, "Client", rpc.returns("Iterator"))
 
 
-class AsyncClient:
-    """The dataaccess service over a grpc.aio channel; use ``async with`` or ``await close()``."""
+class _ClientBase:
+    """What both clients are made of: a call policy, a channel and a stub over it."""
 
     def __init__(
         self,
@@ -115,7 +115,21 @@ class AsyncClient:
         self._policy = CallPolicy.build(
             timeout=timeout, retries=retries, backoff=backoff, token=token
         )
-        options = _policy.channel_options(channel_options)
+        self._stub = self._connect(target, _policy.channel_options(channel_options), tls)
+
+    def _connect(
+        self, target: str, options: list[tuple[str, Any]], tls: TlsFiles | None
+    ) -> pb_grpc.DataAccessStub:
+        """Open the channel; the stub over it."""
+        raise NotImplementedError
+
+
+class AsyncClient(_ClientBase):
+    """The dataaccess service over a grpc.aio channel; use ``async with`` or ``await close()``."""
+
+    def _connect(
+        self, target: str, options: list[tuple[str, Any]], tls: TlsFiles | None
+    ) -> pb_grpc.DataAccessStub:
         interceptors = _tracing.aio_interceptors()
         if tls is None:
             self._channel = aio.insecure_channel(target, options=options, interceptors=interceptors)
@@ -124,7 +138,7 @@ class AsyncClient:
             self._channel = aio.secure_channel(
                 target, credentials, options=options, interceptors=interceptors
             )
-        self._stub = pb_grpc.DataAccessStub(self._channel)
+        return pb_grpc.DataAccessStub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -169,30 +183,18 @@ class AsyncClient:
     stats = _async_unary(_rpcs.stats)
 
 
-class Client:
+class Client(_ClientBase):
     """The dataaccess service over a blocking grpc channel; use ``with`` or ``close()``."""
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        timeout: float = 10.0,
-        retries: int = 3,
-        backoff: float = 0.1,
-        channel_options: ChannelOptions | None = None,
-        token: str | None = None,
-        tls: TlsFiles | None = None,
-    ) -> None:
-        self._policy = CallPolicy.build(
-            timeout=timeout, retries=retries, backoff=backoff, token=token
-        )
-        options = _policy.channel_options(channel_options)
+    def _connect(
+        self, target: str, options: list[tuple[str, Any]], tls: TlsFiles | None
+    ) -> pb_grpc.DataAccessStub:
         self._channel = (
             grpc.insecure_channel(target, options=options)
             if tls is None
             else grpc.secure_channel(target, tls.credentials(), options=options)
         )
-        self._stub = pb_grpc.DataAccessStub(_tracing.traced(self._channel))
+        return pb_grpc.DataAccessStub(_tracing.traced(self._channel))
 
     def __enter__(self) -> Client:
         return self
