@@ -22,8 +22,8 @@ import yaml
 from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from dataaccess_client.v1 import data_access_pb2 as pb
-from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
+from dataaccess.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
 from service.config import Config
 from service.db.sqlite.database import SqliteDatabase
 from service.server import DataAccessServer

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from dataaccess_client.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2 as pb
 from tests.conftest import Running, failure_of, row, sqlite_database, started, value
 
 SLOW_SQL = (

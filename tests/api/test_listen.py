@@ -13,8 +13,8 @@ import grpc
 import pytest
 import yaml
 
-from dataaccess_client.v1 import data_access_pb2 as pb
-from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
+from dataaccess.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
 from service.config import ConfigError
 from tests.conftest import build_config
 

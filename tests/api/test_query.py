@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import pytest
 
-from dataaccess_client.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2 as pb
 from tests.conftest import Running, failure_of, plain_rows, row, started, value
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
-from dataaccess_client.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2 as pb
 from tests.conftest import Running, started
 
 # About 100 MB: far more than gRPC's flow-control windows hold for a client not reading.

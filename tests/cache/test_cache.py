@@ -11,7 +11,7 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from dataaccess_client.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2 as pb
 from tests.conftest import Running, base_document, failure_of, plain_rows, row, started
 
 COUNT_ITEMS = "SELECT count(*) FROM items"

@@ -17,8 +17,8 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from dataaccess_client.v1 import data_access_pb2 as pb
-from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
+from dataaccess.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
 from tests.conftest import RedisProcess, Running, plain_rows, row, started
 
 COUNT_ITEMS = "SELECT count(*) FROM items"

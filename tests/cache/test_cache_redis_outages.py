@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
-from dataaccess_client.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2 as pb
 from tests.cache.test_cache_redis import (
     _insert,
     _l2_state,

@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
-from dataaccess_client.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2 as pb
 from tests.cache.test_cache_redis import COUNT_ITEMS, _insert, _read, _until, with_redis
 from tests.conftest import RedisProcess, Running, started
 

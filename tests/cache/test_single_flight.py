@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from dataaccess_client.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2 as pb
 from tests.cache.test_cache_redis import _insert_behind_the_service, _read, _stats_tier, with_redis
 from tests.conftest import RedisProcess, started
 

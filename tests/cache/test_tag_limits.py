@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import pytest
 
-from dataaccess_client.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2 as pb
 from service.config import ConfigError, Limits
 from tests.cache.test_cache_redis import _state_is, _until, with_redis
 from tests.conftest import RedisProcess, Running, failure_of, row, started

@@ -52,3 +52,13 @@ def test_the_command_needs_the_cli_extra_and_the_client_does_not() -> None:
     assert project["scripts"]["dataaccess"] == "dataaccess_client.__main__:main"
     install = (REPO / "Makefile").read_text(encoding="utf-8")
     assert "-e './client_py[cli]'" in install  # make install brings the command's extra
+
+
+def test_the_old_stub_path_still_names_the_same_classes() -> None:
+    # Callers written against dataaccess_client.v1 keep working: the same classes, not copies.
+    from dataaccess.v1 import data_access_pb2, data_access_pb2_grpc
+    from dataaccess_client.v1 import data_access_pb2 as old_pb2
+    from dataaccess_client.v1 import data_access_pb2_grpc as old_pb2_grpc
+
+    assert old_pb2.QueryRequest is data_access_pb2.QueryRequest
+    assert old_pb2_grpc.DataAccessStub is data_access_pb2_grpc.DataAccessStub

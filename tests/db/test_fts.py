@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
-from dataaccess_client.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2 as pb
 from service.db.sqlite.guard import Catalog, Guard, ShapeMemo
 from tests.conftest import Running, failure_of, plain_rows, row, started, value
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from dataaccess_client.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2 as pb
 from tests.conftest import Running, row, started
 
 COUNT = pb.QueryRequest(database="kitchen", sql="SELECT count(*) FROM items")

@@ -9,8 +9,8 @@ from typing import Any
 
 import grpc
 
-from dataaccess_client.v1 import data_access_pb2 as pb
-from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
+from dataaccess.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
 from service.server import DataAccessServer
 from tests.conftest import build_config, row, sqlite_database
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from dataaccess_client.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2 as pb
 from tests.conftest import KITCHEN_MIGRATIONS, Running, failure_of, plain_rows, row, started
 
 

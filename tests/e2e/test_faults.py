@@ -22,8 +22,8 @@ from typing import Any
 import grpc
 import pytest
 
-from dataaccess_client.v1 import data_access_pb2 as pb
-from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
+from dataaccess.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
 from tests.conftest import RedisProcess, row
 from tests.db.test_memory import BOMBS, REFUSED
 from tests.e2e.test_other_processes import read_from_outside

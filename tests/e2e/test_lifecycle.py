@@ -16,8 +16,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from dataaccess_client.v1 import data_access_pb2 as pb
-from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
+from dataaccess.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
 from service.observe.logs import JsonFormatter
 from tests.conftest import Running, free_port, row, started
 

@@ -24,8 +24,8 @@ from typing import Any
 import grpc
 import pytest
 
-from dataaccess_client.v1 import data_access_pb2 as pb
-from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
+from dataaccess.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
 from tests.conftest import RedisProcess, row
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -10,7 +10,7 @@ from typing import Any
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dataaccess_client.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2 as pb
 from tests.conftest import RedisProcess, Running, started
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

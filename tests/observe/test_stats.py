@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataaccess_client.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2 as pb
 from tests.conftest import Running, row, value
 
 BYPASS = pb.CacheOptions(mode=pb.CACHE_MODE_BYPASS)

@@ -17,9 +17,9 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from dataaccess.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
 from dataaccess_client import AsyncClient
-from dataaccess_client.v1 import data_access_pb2 as pb
-from dataaccess_client.v1 import data_access_pb2_grpc as pb_grpc
 from tests.conftest import RedisProcess, row
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import pytest
 
-from dataaccess_client.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2 as pb
 from service.domain import MergeSpec
 from service.routing.merge import merge_rows
 from service.values import SqlRow
