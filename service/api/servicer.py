@@ -84,6 +84,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
     async def QueryStream(
         self, request: pb.QueryRequest, context: Context
     ) -> AsyncIterator[pb.QueryResponse]:
+        expiry: _StreamExpiry | None = None
         try:
             caller = self._caller(context)
             with self._slots.admit(caller.name):
@@ -93,7 +94,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
                     deadline,
                     caller,
                 )
-                expiry = _expire_at(deadline, context)
+                expiry = _StreamExpiry(deadline, context)
                 try:
                     async with contextlib.aclosing(chunks):
                         async for chunk in chunks:
@@ -101,7 +102,8 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
                 finally:
                     expiry.cancel()
         except errors.DataAccessError as exc:
-            await abort(context, exc)
+            if expiry is None or not expiry.fired:  # else its abort is the stream's status
+                await abort(context, exc)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -176,22 +178,31 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
         return responses.stats_response(report)
 
 
-def _expire_at(deadline: float, context: Context) -> asyncio.TimerHandle:
-    """End a stream DEADLINE_EXCEEDED at ``deadline``, even while it waits for the client
+class _StreamExpiry:
+    """Ends a stream DEADLINE_EXCEEDED at ``deadline``, even while it waits for the client
     to read (gRPC's pending write is outside the handler's code): its reader goes back."""
-    handler = asyncio.current_task()
-    assert handler is not None
-    loop = asyncio.get_running_loop()
 
-    def expire() -> None:
+    def __init__(self, deadline: float, context: Context) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handler = handler
+        self._context = context
+        self.fired = False  # its abort is under way: the handler must not abort again
+        delay = max(deadline - time.monotonic(), 0.0)
+        self._timer = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def cancel(self) -> None:
+        """The stream ended first."""
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        self.fired = True
         late = errors.DeadlineExceeded("the stream's deadline passed before it was read to its end")
-        aborting = loop.create_task(abort(context, late))
+        aborting = asyncio.get_running_loop().create_task(abort(self._context, late))
         aborting.add_done_callback(_drop_abort_error)
         # After the abort's first step has queued the status in gRPC, not before: the
         # cancelled handler closes its generators, so the reader and call slot are let go.
-        loop.call_soon(handler.cancel)
-
-    return loop.call_later(max(deadline - time.monotonic(), 0.0), expire)
+        asyncio.get_running_loop().call_soon(self._handler.cancel)
 
 
 def _drop_abort_error(abort: asyncio.Task[NoReturn]) -> None:
