@@ -117,7 +117,7 @@ class DataAccessServer:
             config.cache_ttl_seconds,
             encode_read,
             self.telemetry.tracer,
-            self._observe_query,
+            self.metrics.observe_query if self.metrics is not None else None,
         )
         auth = Authenticator(config.auth_tokens)
         self._servicer = DataAccessServicer(access, config.limits, checker, auth)
@@ -160,10 +160,6 @@ class DataAccessServer:
         if tls is None:
             return server.add_insecure_port(self.config.listen)
         return server.add_secure_port(self.config.listen, reloading_credentials(tls))
-
-    def _observe_query(self, database: str, seconds: float) -> None:
-        if self.metrics is not None:
-            self.metrics.query_seconds.labels(database).observe(seconds)
 
     async def _set_serving(self, serving: bool) -> None:
         """The standard health status of the server and of DataAccess."""

@@ -64,6 +64,10 @@ class Metrics:
         )
         self._server: Any = None
 
+    def observe_query(self, database: str, seconds: float) -> None:
+        """Count one read a database ran, and how long it took."""
+        self.query_seconds.labels(database).observe(seconds)
+
     def watch(self, router: Router, cache: TagCache) -> None:
         """Report the cache, pool and write-queue figures of ``router`` and ``cache``."""
         self.registry.register(_StateCollector(router, cache))
