@@ -20,7 +20,7 @@ from service import errors
 from service.cache.keys import cache_key
 from service.cache.tagged import CacheUnavailable, EntryPolicy, TagCache
 from service.config import Limits
-from service.db.door import Database, Rows, WriteOutcome
+from service.db.door import Database, Rows, Statements, WriteOutcome
 from service.domain import (
     CacheMode,
     CacheStatus,
@@ -41,8 +41,6 @@ from service.routing.router import Router, pick_member
 from service.scopes import ANYONE, Principal, Scopes
 from service.tags import ALL_TAG, database_tag, invalidated, table_tags
 from service.values import SqlRow
-
-Statements = Sequence[tuple[str, Sequence[SqlRow]]]
 
 
 class DataAccess:
@@ -148,17 +146,18 @@ class DataAccess:
         """Run a read on its databases, within the row and byte limits."""
         limit = self._limits.max_rows
         cap = min(request.max_rows or limit, limit)
-        parts = await fetch_all(
-            members, request, cap, self._limits.max_result_bytes, deadline, self._tracer
-        )
-        for database, part in zip(members, parts, strict=True):
-            self._record(database, request, part)
+        max_bytes = self._limits.max_result_bytes
+
+        def record(database: Database, rows: Rows) -> None:
+            self._record(database, request, rows)
+
+        parts = await fetch_all(members, request, cap, max_bytes, deadline, self._tracer, record)
         combined = combine(members, parts, request, cap)
         if combined.truncated and not 0 < request.max_rows <= limit:
             raise errors.ResourceExhausted(
                 f"the result is over {limit} rows: set max_rows or use QueryStream"
             )
-        tags = [tag for db, p in zip(members, parts, strict=True) for tag in _tags_of(db, p)]
+        tags = [tag for db, p in zip(members, parts, strict=True) for tag in _tags_read(db, p)]
         return ReadResult(
             columns=combined.columns,
             rows=combined.rows,
@@ -197,7 +196,9 @@ class DataAccess:
                 want = min(chunk_rows, cap - sent + 1) if cap else chunk_rows
                 rows, exhausted = await stream.next_chunk(want)
                 truncated = bool(cap) and sent + len(rows) > cap
-                rows = rows[: cap - sent] if truncated else rows
+                if truncated:
+                    stream.unsent(sent + len(rows) - cap)
+                    rows = rows[: cap - sent]
                 sent += len(rows)
                 if rows or head.columns or truncated:
                     yield replace(head, rows=rows, truncated=truncated)
@@ -224,10 +225,11 @@ class DataAccess:
             return await self._insert_routed(database_name, request, write, deadline)
         database = self._router.database(database_name)
         self._scopes.check_invalidate_tags(write.invalidate_tags, [database.name], caller)
-        database.check_insert(request)
         if not request.rows:
+            database.check_insert(request)  # refused as a write with rows would be
             return WriteResult((0,), 0, [])
-        outcome = await database.insert(request, write, deadline, self._tags_of(database, write))
+        tags_of = self._tags_written(database, write)
+        outcome = await database.insert(request, write, deadline, tags_of)
         return _written([(database, outcome)], write.invalidate_tags)
 
     async def _insert_routed(
@@ -241,15 +243,18 @@ class DataAccess:
         by_member: dict[str, list[SqlRow]] = {}
         for row in request.rows:
             by_member.setdefault(pick_member(self._router.groups[group], row[at]), []).append(row)
-        databases = [self._router.database(member) for member in by_member]
-        parts = [replace(request, rows=rows) for rows in by_member.values()]
-        for database, part in zip(databases, parts, strict=True):
-            database.check_insert(part)  # every member's rows before any is written
+        if not by_member:
+            return WriteResult((0,), 0, [])
+        databases, parts = [], []
+        for member, rows in by_member.items():  # every member's rows before any is written
+            databases.append(self._router.database(member))
+            parts.append(replace(request, rows=rows))
+            databases[-1].check_insert(parts[-1])
         work = []
         for database, part in zip(databases, parts, strict=True):
             key = f"{write.idempotency_key}@{database.name}" if write.idempotency_key else ""
             member_write = replace(write, idempotency_key=key)
-            tags_of = self._tags_of(database, write)
+            tags_of = self._tags_written(database, write)
             work.append(database.insert(part, member_write, deadline, tags_of))
         outcomes = await asyncio.gather(*work)
         result = _written(list(zip(databases, outcomes, strict=True)), write.invalidate_tags)
@@ -272,11 +277,11 @@ class DataAccess:
         self._check_batch(sum(max(len(sets), 1) for _, sets in statements), "statements")
         for index, (sql, _) in enumerate(statements):
             self._check_sql(sql, f"statements[{index}].sql")
-        tags_of = self._tags_of(database, write)
+        tags_of = self._tags_written(database, write)
         outcome = await database.update(statements, write, deadline, tags_of)
         return _written([(database, outcome)], write.invalidate_tags)
 
-    def _tags_of(
+    def _tags_written(
         self, database: Database, write: WriteOptions
     ) -> Callable[[WriteOutcome], list[str]]:
         """What a committed write bumps: the tables it changed, and the caller's tags."""
@@ -329,7 +334,7 @@ class DataAccess:
             )
 
 
-def _tags_of(database: Database, rows: Rows) -> list[str]:
+def _tags_read(database: Database, rows: Rows) -> list[str]:
     return table_tags(database.name, rows.reads)
 
 

@@ -69,7 +69,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
         return time.monotonic() + budget
 
     @answers_errors
-    async def Query(  # type: ignore[override]  # bytes in and out: see add_to_server
+    async def Query(  # type: ignore[override]  # bytes in and out: see api/registration.py
         self, request: bytes, context: Context, caller: Principal
     ) -> bytes:
         answer = await self._access.cached(request, caller)
@@ -102,8 +102,9 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
                 finally:
                     expiry.cancel()
         except errors.DataAccessError as exc:
-            if expiry is None or not expiry.fired:  # else its abort is the stream's status
-                await abort(context, exc)
+            if expiry is not None and expiry.aborting is not None:
+                await expiry.aborting  # the timer's abort is the stream's status: end with it
+            await abort(context, exc)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -142,10 +143,9 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
     ) -> WriteResult:
         """Check the write scope before any row is looked at, decode, and run the write."""
         self._access.check_write(request.database, caller)
+        work = decode(request)  # a bad row is named before a bad tag, as it always was
         options = requests.write_options(request, self._limits)
-        return await run(
-            request.database, decode(request), options, self._deadline(context), caller
-        )
+        return await run(request.database, work, options, self._deadline(context), caller)
 
     @answers_errors
     async def Invalidate(
@@ -187,7 +187,7 @@ class _StreamExpiry:
         assert handler is not None
         self._handler = handler
         self._context = context
-        self.fired = False  # its abort is under way: the handler must not abort again
+        self.aborting: asyncio.Task[NoReturn] | None = None  # the timer fired: its abort
         delay = max(deadline - time.monotonic(), 0.0)
         self._timer = asyncio.get_running_loop().call_later(delay, self._expire)
 
@@ -196,10 +196,10 @@ class _StreamExpiry:
         self._timer.cancel()
 
     def _expire(self) -> None:
-        self.fired = True
         late = errors.DeadlineExceeded("the stream's deadline passed before it was read to its end")
         aborting = asyncio.get_running_loop().create_task(abort(self._context, late))
         aborting.add_done_callback(_drop_abort_error)
+        self.aborting = aborting
         # After the abort's first step has queued the status in gRPC, not before: the
         # cancelled handler closes its generators, so the reader and call slot are let go.
         asyncio.get_running_loop().call_soon(self._handler.cancel)

@@ -59,6 +59,10 @@ class RowStream(Protocol):
         whether the statement is exhausted."""
         ...
 
+    def unsent(self, rows: int) -> None:
+        """Rows fetched but not sent (cut by the caller's max_rows): not counted as returned."""
+        ...
+
 
 @dataclass(frozen=True)
 class WriteOutcome:
@@ -66,7 +70,7 @@ class WriteOutcome:
 
     rows_affected: tuple[int, ...]
     last_insert_rowid: int
-    tables: frozenset[str]  # declared names, cascades and triggers included
+    tables: frozenset[str]  # declared names; as the door answers it, cascades included
     replayed: bool = False  # an idempotent retry's stored answer: nothing was written now
 
     @property

@@ -30,8 +30,6 @@ from service.routing.router import Router
 log = logging.getLogger(__name__)
 HEALTHY, DEGRADED, CRITICAL = "healthy", "degraded", "critical"
 _RANK = {HEALTHY: 0, DEGRADED: 1, CRITICAL: 2}
-_PROBE_SECONDS = 1.0
-_LOW_DISK_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -126,7 +124,3 @@ def _check(name: str, finding: Finding) -> Check:
     """A database probe's finding as a health check named after its database."""
     check = f"{name}:{finding.aspect}" if finding.aspect else name
     return Check(check, finding.severity.value, finding.message, finding.duration_ms)
-
-
-def _ms_since(started: float) -> float:
-    return (time.monotonic() - started) * 1000

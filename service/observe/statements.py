@@ -1,7 +1,7 @@
 """Statement statistics: timings by fingerprint over a sliding window, the slowest
 recent statements, and advisories drawn from them.
 
-Every statement SQLite runs for a read is recorded with its database,
+Every statement a database runs for a read is recorded with its database,
 fingerprint (literals replaced), duration, rows and caller. Advisories:
 
 - N+1: one caller running the same fingerprint at least ``n_plus_one_count``
@@ -82,7 +82,7 @@ class _Statement:
 
 
 class StatementTimings:
-    """What SQLite ran for reads, by (database, fingerprint)."""
+    """What the databases ran for reads, by (database, fingerprint)."""
 
     def __init__(self, n_plus_one_count: int = 20, n_plus_one_window: float = 1.0) -> None:
         self.n_plus_one_count = n_plus_one_count

@@ -8,7 +8,7 @@ members must answer the same columns; rows are concatenated or merged by
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -39,14 +39,20 @@ async def fetch_all(
     max_bytes: int,
     deadline: float,
     tracer: trace.Tracer,
+    on_read: Callable[[Database, Rows], None],
 ) -> list[Rows]:
-    """Run ``request`` on every member in parallel, each fetching up to ``cap`` rows."""
+    """Run ``request`` on every member in parallel, each fetching up to ``cap`` rows;
+    ``on_read`` hears of each member's rows as they come (also when another fails)."""
+
+    async def read(database: Database) -> Rows:
+        rows = await database.read(request.sql, request.params, cap, max_bytes, deadline)
+        on_read(database, rows)
+        return rows
+
     names = [db.name for db in members]
     attributes = {"dataaccess.target": request.database, "db.namespace": names}
     with tracer.start_as_current_span("router", attributes=attributes):
-        return await _first_error_cancels_all(
-            [db.read(request.sql, request.params, cap, max_bytes, deadline) for db in members]
-        )
+        return await _first_error_cancels_all([read(db) for db in members])
 
 
 def combine(

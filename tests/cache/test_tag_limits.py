@@ -78,6 +78,22 @@ async def test_a_write_with_too_many_tags_writes_nothing(running: Running) -> No
         assert conn.execute("SELECT count(*) FROM items").fetchone() == (0,)
 
 
+async def test_a_bad_row_is_named_before_too_many_tags(running: Running) -> None:
+    bad_row = pb.Row(values=[pb.Value()])  # a Value with no kind
+    failed = await failure_of(
+        running.stub.BatchInsert(
+            pb.BatchInsertRequest(
+                database="kitchen",
+                table="items",
+                columns=["qty"],
+                rows=[bad_row],
+                invalidate_tags=_tags(MAX_TAGS + 1),
+            )
+        )
+    )
+    assert (failed.code, failed.fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["rows[0].values[0]"])
+
+
 async def test_a_stream_with_too_many_tags_is_invalid_argument(running: Running) -> None:
     await _stream(running, _tags(MAX_TAGS))
     failed = await failure_of(_stream(running, _tags(MAX_TAGS + 1)))

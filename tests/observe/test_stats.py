@@ -103,3 +103,17 @@ async def test_no_full_scan_advisory_for_a_scan_that_limit_stops_in_rowid_order(
         "SELECT t FROM items LIMIT ? OFFSET ?",
         "SELECT count(*) FROM items WHERE t > ?",
     }
+
+
+async def test_a_full_scan_through_an_alias_is_still_advised(running: Running) -> None:
+    """The plan names the alias (SCAN it), whose size is unknown: advised, as a scan is."""
+    await running.stub.BatchInsert(
+        pb.BatchInsertRequest(
+            database="kitchen",
+            table="items",
+            columns=["qty", "t"],
+            rows=[row(i, f"t{i}") for i in range(1100)],
+        )
+    )
+    scans = await _scan_advisories(running, ["SELECT it.id FROM items it WHERE it.qty > 3"])
+    assert scans == {"SELECT it.id FROM items it WHERE it.qty > ?"}

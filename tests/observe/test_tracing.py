@@ -178,6 +178,18 @@ async def test_writes_errors_and_health_checks_in_traces(
         assert _attributes(query)["db.response.returned_rows"] == 2
 
         header, trace_id, _ = _traceparent()
+        stream = stub.QueryStream(  # cut by max_rows: the row fetched to tell is not returned
+            pb.QueryRequest(database="kitchen", sql="SELECT id FROM parents", max_rows=1),
+            metadata=[("traceparent", header)],
+        )
+        assert sum([len(chunk.rows) async for chunk in stream]) == 1
+        spans = await _spans_until(
+            found, trace_id, lambda s: "db.query" in _names(s) and _has_server_span(s)
+        )
+        [query] = [s for s in spans if s.name == "db.query"]
+        assert _attributes(query)["db.response.returned_rows"] == 1
+
+        header, trace_id, _ = _traceparent()
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.Query(
                 pb.QueryRequest(database="nowhere", sql="SELECT 1"),

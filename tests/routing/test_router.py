@@ -126,6 +126,15 @@ async def test_insert_into_a_group_routes_each_row(grouped: Any) -> None:
             ).fetchone() == (1,)
 
 
+async def test_an_empty_insert_into_a_group_writes_nothing_and_says_so(grouped: Any) -> None:
+    response = await grouped.stub.BatchInsert(  # was INTERNAL: no member had rows to answer
+        pb.BatchInsertRequest(
+            database="history", table="production_runs", columns=["day", "line"], rows=[]
+        )
+    )
+    assert (response.rows_affected, list(response.invalidated_tags)) == (0, [])
+
+
 async def test_member_missing_the_table_fails_not_found_naming_it(grouped: Any) -> None:
     failure = await failure_of(
         grouped.stub.Query(pb.QueryRequest(database="with_kitchen", sql="SELECT * FROM products"))

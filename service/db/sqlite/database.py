@@ -201,9 +201,12 @@ class SqliteDatabase:
         """How SQLite would run a read, and the whole-table scan worth an index, if any."""
         async with self.pool.reader(deadline) as conn:
             lines = await conn.run(lambda raw: query_plan(raw, conn.guard, sql, params), deadline)
-            table = self.schema.table(scanned_table(lines) or "")
-            if table is None or limit_stops_the_scan(sql, lines):
+            scanned = scanned_table(lines)
+            if scanned is None or limit_stops_the_scan(sql, lines):
                 return QueryPlan(lines)
+            table = self.schema.table(scanned)
+            if table is None:  # an alias: how many rows it holds is not known
+                return QueryPlan(lines, scanned)
             count = functools.partial(rows_up_to, table=table.name, bound=TINY_TABLE_ROWS + 1)
             if await conn.run_trusted(count, deadline) <= TINY_TABLE_ROWS:
                 return QueryPlan(lines)
@@ -282,9 +285,11 @@ class SqliteDatabase:
     def undelivered(self) -> tuple[list[str], Callable[[], None]]:
         """Tags a previous run committed but may not have bumped, and their receipt."""
         tags, rows = self._undelivered
+        writer = self._writer  # bound now: the receipt may come after close()
 
         def delivered() -> None:
-            self.writer.delivered(rows)
+            if writer is not None:
+                writer.delivered(rows)
 
         return tags, delivered
 

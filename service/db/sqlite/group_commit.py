@@ -13,13 +13,13 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
 
 from service import errors
-from service.db.door import AfterCommit, WriteOutcome
+from service.db.door import AfterCommit, TagsOfWrite, WriteOutcome
 from service.db.sqlite import outbox
 from service.db.sqlite.connection import SqliteConnection
 from service.db.sqlite.error_map import translate
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 _PROGRESS_STEPS = 1000
 _GATHER_PASSES = 8
 _GATHER_WINDOW_SECONDS = 0.001
-TagsOf = Callable[[WriteOutcome], Sequence[str]]
 
 
 @dataclass
@@ -37,7 +36,7 @@ class _Job:
     plan: WritePlan
     deadline: float | None
     future: asyncio.Future[WriteOutcome]
-    tags_of: TagsOf | None = None
+    tags_of: TagsOfWrite | None = None
     rpc_span: trace.SpanContext | None = None  # the span of the RPC that queued it
     cancelled: bool = False
 
@@ -103,7 +102,7 @@ class WriteBatcher:
         self,
         plan: WritePlan,
         deadline: float | None,
-        tags_of: TagsOf | None = None,
+        tags_of: TagsOfWrite | None = None,
     ) -> WriteOutcome:
         """Queue ``plan`` and wait for the COMMIT that holds it.
 

@@ -133,6 +133,10 @@ class SqliteRowStream:
         self.sent += len(rows)
         return rows, exhausted
 
+    def unsent(self, rows: int) -> None:
+        """Rows fetched but not sent: the span counts rows returned to the caller."""
+        self.sent -= rows
+
 
 def _next_chunk(
     opened: OpenStream, rows: int, max_bytes: int, _raw: sqlite3.Connection
