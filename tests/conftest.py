@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import shutil
 import signal
@@ -9,6 +11,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -332,3 +335,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if not kinds:
             real = _REAL_PARTS & set(getattr(item, "fixturenames", ()))
             item.add_marker("integration" if real else "unit")
+
+
+_STUCK_SECONDS = 95  # before faulthandler's thread dump (100 s) and the 120 s timeout
+
+
+@pytest.fixture(autouse=True)
+def _asyncio_tasks_dumped_when_stuck() -> Iterator[None]:
+    """A test still running after 95 s prints every pending asyncio task's stack.
+
+    The thread dump shows only an idle event loop when a test awaits something that
+    never comes; the tasks say what it awaits. Off the hot path: one timer per test.
+    """
+    timer = threading.Timer(_STUCK_SECONDS, _dump_pending_tasks)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _dump_pending_tasks() -> None:
+    tasks = [o for o in gc.get_objects() if isinstance(o, asyncio.Task) and not o.done()]
+    print(f"\n+++ {len(tasks)} pending asyncio tasks after {_STUCK_SECONDS} s +++", file=sys.stderr)
+    for task in tasks:
+        task.print_stack(limit=12, file=sys.stderr)
