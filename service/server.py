@@ -37,6 +37,7 @@ from service.observe.health import HealthChecker
 from service.observe.metrics import Metrics
 from service.observe.telemetry import Telemetry
 from service.routing.router import Router
+from service.tasks import stop_task
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DataAccess"].full_name
@@ -197,8 +198,7 @@ class DataAccessServer:
             extra={"cause": cause, "calls_in_flight": in_flight, "grace_seconds": grace},
         )
         if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
+            await stop_task(self._watcher)  # its Redis PING may swallow one cancel
             self._watcher = None
         await self.health.enter_graceful_shutdown()
         if self._server is not None:

@@ -360,4 +360,11 @@ def _dump_pending_tasks() -> None:
     tasks = [o for o in gc.get_objects() if isinstance(o, asyncio.Task) and not o.done()]
     print(f"\n+++ {len(tasks)} pending asyncio tasks after {_STUCK_SECONDS} s +++", file=sys.stderr)
     for task in tasks:
-        task.print_stack(limit=12, file=sys.stderr)
+        print(f"--- {task.get_name()}", file=sys.stderr)
+        awaiting: Any = task.get_coro()
+        while awaiting is not None:  # the chain of awaits, outermost first
+            frame = getattr(awaiting, "cr_frame", None) or getattr(awaiting, "ag_frame", None)
+            if frame is not None:
+                where = f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}"
+                print(f"    {where}", file=sys.stderr)
+            awaiting = getattr(awaiting, "cr_await", None) or getattr(awaiting, "ag_await", None)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from service.cache.breaker import CircuitBreaker
 from service.cache.redis_tier import RedisTier, RedisUnavailable, stop_if_cancelled
+from service.tasks import stop_task
 
 log = logging.getLogger(__name__)
 Receipt = Callable[[], None]  # told when an invalidation reached Redis
@@ -99,8 +100,7 @@ class RedisGate:
     async def close(self) -> None:
         """Stop probing."""
         if self._recovery is not None:
-            self._recovery.cancel()
-            await asyncio.gather(self._recovery, return_exceptions=True)
+            await stop_task(self._recovery)
 
     def _ensure_recovery(self) -> None:
         if self._recovery is None or self._recovery.done():

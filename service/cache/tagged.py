@@ -32,6 +32,7 @@ from service.cache.redis_tier import RedisTier, RedisUnavailable
 from service.cache.settings import CacheSettings, EntryPolicy
 from service.cache.tiers import CacheTiers
 from service.domain import CacheResult, CacheStatus
+from service.tasks import stop_task
 
 # What the other layers import from here.
 __all__ = [
@@ -74,9 +75,7 @@ class TagCache:
     async def close(self) -> None:
         """Stop the loads, refreshes and background tasks, and close Redis."""
         refreshes = list(self._refreshing.values())
-        for task in refreshes:
-            task.cancel()
-        await asyncio.gather(*refreshes, return_exceptions=True)
+        await asyncio.gather(*map(stop_task, refreshes))
         await self._loading.close()
         await self._tiers.close()
 

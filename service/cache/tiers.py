@@ -25,6 +25,7 @@ from service.cache.redis_tier import RedisTier, RedisUnavailable
 from service.cache.settings import CacheSettings
 from service.cache.subscription import InvalidationListener
 from service.cache.tokens import TagTokens
+from service.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,7 @@ class CacheTiers:
     async def close(self) -> None:
         """Stop listening and probing, and close Redis."""
         if self._listening is not None:
-            self._listening.cancel()
-            await asyncio.gather(self._listening, return_exceptions=True)
+            await stop_task(self._listening)
         if self.gate is not None:
             await self.gate.close()
         if self.redis is not None:
