@@ -1,10 +1,13 @@
 """The group-commit writer: one connection per database behind a bounded queue.
 
 Write RPCs queued together share one transaction and one COMMIT, each in its
-own SAVEPOINT so that a failing one rolls back alone; every RPC is answered
-only after the COMMIT that holds it returned. A job past its deadline, or
+own SAVEPOINT so that a failing one rolls back alone (one alone in its
+transaction needs none: its failure rolls the transaction back); every RPC is
+answered only after the COMMIT that holds it returned. A job past its deadline, or
 whose caller went away, is stopped by the progress handler; SQLite then
 rolls back the whole transaction, so the batch is run again without it.
+With a ``KeyCapture``, each committed job's outcome also names the keys it
+changed, as the capture's triggers saw them while the job ran.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from opentelemetry import trace
 
@@ -23,12 +27,15 @@ from service.db.door import AfterCommit, TagsOfWrite, WriteOutcome
 from service.db.sqlite import outbox
 from service.db.sqlite.connection import SqliteConnection
 from service.db.sqlite.error_map import translate
-from service.db.sqlite.write_plans import WritePlan
+from service.db.sqlite.key_capture import KeyCapture
+from service.db.sqlite.write_plans import WritePlan, may_replace
 
 log = logging.getLogger(__name__)
 _PROGRESS_STEPS = 1000
 _GATHER_PASSES = 8
 _GATHER_WINDOW_SECONDS = 0.001
+_SCHEMA_CHECKS = 4  # schema changes by other processes in a row before the jobs run anyway
+T = TypeVar("T")
 
 
 @dataclass
@@ -75,8 +82,10 @@ class WriteBatcher:
         after_commit: AfterCommit | None = None,
         use_outbox: bool = False,
         tracer: trace.Tracer | None = None,
+        capture: KeyCapture | None = None,
     ):
         self.database = conn.database
+        self._capture = capture
         self._tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
         self._after_commit = after_commit
         self._use_outbox = use_outbox
@@ -296,11 +305,14 @@ class WriteBatcher:
             self._control(raw, "ROLLBACK")
         self._control(raw, "BEGIN IMMEDIATE")
         try:
+            self._check_schema(raw)
             for index in pending:
-                if not self._run_job(raw, group, index):
+                if not self._run_job(raw, group, index, alone=len(pending) == 1):
                     return index
             tags, row_id, deleted = self._record_tags(raw, group, pending)
             self._control(raw, "COMMIT")
+            if self._capture is not None:
+                self._capture.committed()
             group.tags.update(tags)
             group.outbox_ids += [row_id] if row_id else []
             del self._delivered_rows[:deleted]
@@ -311,6 +323,20 @@ class WriteBatcher:
             raise
         finally:
             group.current = None
+
+    def _check_schema(self, raw: sqlite3.Connection) -> None:
+        """Key capture made again if the schema changed, in a transaction of its own: a
+        rollback of the jobs' transaction must not undo it."""
+        capture = self._capture
+        if capture is None:
+            return
+        for check in range(1, _SCHEMA_CHECKS + 1):
+            if not self._trusted(lambda: capture.check_schema(raw)) or check == _SCHEMA_CHECKS:
+                # Still changing after the last check: its triggers serve this transaction,
+                # and the next one makes them again if a rollback undoes them.
+                return
+            self._control(raw, "COMMIT")
+            self._control(raw, "BEGIN IMMEDIATE")
 
     def _record_tags(
         self, raw: sqlite3.Connection, group: _Group, pending: list[int]
@@ -338,25 +364,52 @@ class WriteBatcher:
             guard.trusted = False
         return tags, row_id, len(delivered)
 
-    def _run_job(self, raw: sqlite3.Connection, group: _Group, index: int) -> bool:
-        """Run one job in its savepoint; False when its failure ended the transaction."""
+    def _run_job(self, raw: sqlite3.Connection, group: _Group, index: int, alone: bool) -> bool:
+        """Run one job in its savepoint; False when its failure ended the transaction.
+
+        A job ``alone`` in its transaction gets no savepoint: its failure rolls
+        the transaction back. Inside a savepoint, each statement journals again
+        every page it changes once a trigger watches the table (the key
+        capture's do): 1000 one-row inserts took 8.0 ms in one, 3.6 ms without.
+        """
         job = group.jobs[index]
-        self._control(raw, "SAVEPOINT job")
+        if self._capture is not None:
+            self._capture.begin_job()
+        if not alone:
+            self._control(raw, "SAVEPOINT job")
         # The progress handler may stop only the job's own statements, never the
         # service's SAVEPOINT/RELEASE/ROLLBACK/COMMIT: an interrupted ROLLBACK
         # would leave the connection inside a transaction.
         group.current = job
+        self._conn.guard.in_savepoint = not alone
         try:
             group.results[index] = job.plan.run(raw, self._conn.guard)
         except Exception as exc:  # noqa: BLE001 - every failure is the job's answer
             group.current = None
             group.results[index] = self._job_error(job, exc)
-            if not raw.in_transaction:
-                return False
-            self._control(raw, "ROLLBACK TO job")
+            return self._undo_job(raw, alone)
         group.current = None
+        if not alone:
+            self._control(raw, "RELEASE job")
+        self._name_keys(group, index)
+        return True
+
+    def _undo_job(self, raw: sqlite3.Connection, alone: bool) -> bool:
+        """Undo a failed job's writes; False when that ended the transaction."""
+        if alone and raw.in_transaction:
+            self._control(raw, "ROLLBACK")
+        if not raw.in_transaction:
+            return False
+        self._control(raw, "ROLLBACK TO job")
         self._control(raw, "RELEASE job")
         return True
+
+    def _name_keys(self, group: _Group, index: int) -> None:
+        """The job's outcome with the keys it changed, as the capture's triggers saw them."""
+        result = group.results[index]
+        if self._capture is not None and isinstance(result, WriteOutcome):
+            replaces = may_replace(group.jobs[index].plan)
+            group.results[index] = self._capture.finish_job(result, replaces)
 
     def _give_up(self, group: _Group, index: int) -> bool:
         job = group.jobs[index]
@@ -389,9 +442,12 @@ class WriteBatcher:
         return current.stopped()
 
     def _control(self, raw: sqlite3.Connection, sql: str) -> None:
+        self._trusted(lambda: raw.execute(sql))
+
+    def _trusted(self, work: Callable[[], T]) -> T:
         guard = self._conn.guard
         guard.trusted = True
         try:
-            raw.execute(sql)
+            return work()
         finally:
             guard.trusted = False

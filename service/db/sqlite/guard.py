@@ -52,6 +52,9 @@ _WRITE_ACTIONS = {
 }
 _CONTROL_ACTIONS = {sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT}
 _INTERNAL_TABLES = frozenset({"sqlite_schema", "sqlite_master", "sqlite_temp_schema"})
+# The function the writer's own TEMP triggers call with each changed row's key values
+# (key_capture.py); only those triggers may call it.
+KEY_FUNCTION = "_dataaccess_key"
 _ACTION_NAMES = {
     value: name.removeprefix("SQLITE_")
     for name, value in vars(sqlite3).items()
@@ -136,6 +139,10 @@ class Guard:
         self.memo = memo
         self.writer = writer
         self.trusted = False
+        # The writer's own key-capture triggers: name -> the (lower-cased) table each watches
+        self.key_triggers: dict[str, str] = {}
+        # Set by the writer while a job runs in a savepoint of its own (it shares its transaction)
+        self.in_savepoint = False
         self._sighting = _Sighting()
         self._named_shadows: frozenset[str] = frozenset()
 
@@ -186,11 +193,25 @@ class Guard:
         if self.trusted:
             return sqlite3.SQLITE_OK
         self._sighting.seen = True
+        if inner is not None and self._key_capture(action, arg1, arg2, inner):
+            return sqlite3.SQLITE_OK  # the service's own bookkeeping: not the statement's shape
         refusal = self._judge(action, arg1, arg2, inner)
         if refusal is None:
             return sqlite3.SQLITE_OK
         self._sighting.refusal = refusal
         return sqlite3.SQLITE_DENY
+
+    def _key_capture(self, action: int, arg1: str | None, arg2: str | None, inner: str) -> bool:
+        """Whether this is an action of one of the writer's key-capture triggers, which
+        read the watched table's OLD and NEW columns and call KEY_FUNCTION, nothing else."""
+        watched = self.key_triggers.get(inner)
+        if watched is None:
+            return False
+        if action == sqlite3.SQLITE_FUNCTION:
+            return arg2 == KEY_FUNCTION
+        if action == sqlite3.SQLITE_READ:
+            return (arg1 or "").lower() == watched
+        return action == sqlite3.SQLITE_SELECT
 
     def _judge(
         self, action: int, arg1: str | None, arg2: str | None, inner: str | None

@@ -7,8 +7,10 @@ writer's thread inside the transaction the WriteBatcher opened.
 
 from __future__ import annotations
 
+import itertools
+import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,6 +28,12 @@ _INSERT_VERBS = {
     "upsert": "INSERT",
 }
 _DRAIN_ROWS = 256  # RETURNING rows read at a time, only to reach the statement's end
+# The rest of the rows after the largest statements, in few distinct SQL texts (cached
+# statements, shapes).
+_SMALLER_CHUNKS = (16, 4, 1)
+# Any mention of REPLACE (the function too): bumping a key generation too often is only a
+# cache miss, too seldom a stale read.
+_REPLACE_WORD = re.compile(r"\breplace\b", re.IGNORECASE)
 
 
 class WritePlan(Protocol):
@@ -43,16 +51,74 @@ class InsertPlan:
     rows: Sequence[SqlRow]
     # The SQL says so already: kept out of repr, which fingerprints idempotent requests.
     upsert: bool = field(default=False, repr=False)
+    # ``sql`` in parts, to write several rows per statement: "INSERT ... INTO t (a, b)",
+    # "(?, ?)" and the upsert clause. Empty head: one row per statement.
+    head: str = field(default="", repr=False)
+    values: str = field(default="", repr=False)
+    tail: str = field(default="", repr=False)
+
+    @property
+    def replaces(self) -> bool:
+        """Whether a conflict deletes the row in the way (INSERT OR REPLACE)."""
+        return self.sql.startswith(_INSERT_VERBS["replace"] + " ")
 
     def run(self, raw: sqlite3.Connection, guard: Guard) -> WriteOutcome:
-        """Insert every row; runs on the writer's thread inside a savepoint."""
+        """Insert every row; runs on the writer's thread in the job's transaction."""
         before = _last_insert_rowid(raw)
-        guard.begin(self.sql)
-        cursor = raw.executemany(self.sql, self.rows)
-        shape = guard.shape_of(self.sql)
-        count = max(cursor.rowcount, 0)
-        tables = shape.writes if shape is not None else frozenset({self.table})
-        return WriteOutcome((count,), self._new_rowid(raw, guard, count, before), tables)
+        count = 0
+        tables: set[str] = set()
+        for sql, param_sets in self._statements(raw, guard):
+            guard.begin(sql)
+            cursor = raw.executemany(sql, param_sets)
+            shape = guard.shape_of(sql)
+            count += max(cursor.rowcount, 0)
+            tables |= shape.writes if shape is not None else {self.table}
+        new_rowid = self._new_rowid(raw, guard, count, before)
+        return WriteOutcome((count,), new_rowid, frozenset(tables))
+
+    def _statements(
+        self, raw: sqlite3.Connection, guard: Guard
+    ) -> Iterator[tuple[str, Iterator[SqlRow]]]:
+        """The rows in order, as (SQL of ``size`` rows, parameter sets of that many rows).
+
+        SQLite runs the rows of one multi-row VALUES one after the other, as it
+        runs them in separate statements: conflicts, upserts and triggers alike.
+        """
+        most = self._rows_per_statement(raw, guard)
+        if most == 1 or len(self.rows) <= 1:
+            yield self.sql, iter(self.rows)
+            return
+        start = 0
+        for size in sorted({most, *(s for s in _SMALLER_CHUNKS if s < most)}, reverse=True):
+            statements = (len(self.rows) - start) // size
+            if not statements:
+                continue
+            end = start + statements * size
+            yield self._sql_of(size), _flattened(self.rows, start, end, size)
+            start = end
+
+    def _rows_per_statement(self, raw: sqlite3.Connection, guard: Guard) -> int:
+        """One row per statement, unless the job runs in a savepoint and the key capture
+        watches the table: then each statement journals again every page it changes.
+
+        Measured, 1000 rows into a table with one secondary index: alone in its
+        transaction, 2.7 ms untracked, 3.6 ms tracked one row per statement,
+        3.8 ms 199 rows per statement; in a savepoint, 3.3, 8.0 and 5.0 ms.
+        """
+        watched = self.table.lower() in guard.key_triggers.values()
+        if not (self.head and len(self.rows) > 1 and guard.in_savepoint and watched):
+            return 1
+        width = len(self.rows[0])
+        fixed = len(self.head.encode()) + len(self.tail.encode())  # the limit counts bytes
+        room = raw.getlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH) - fixed - len(" VALUES ")
+        by_length = (room + 2) // (len(self.values) + 2)  # rows joined by ", "
+        by_params = raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // max(width, 1)
+        return max(1, min(by_length, by_params))
+
+    def _sql_of(self, rows: int) -> str:
+        if rows == 1:
+            return self.sql
+        return f"{self.head} VALUES {', '.join([self.values] * rows)}{self.tail}"
 
     def _new_rowid(self, raw: sqlite3.Connection, guard: Guard, count: int, before: int) -> int:
         """The rowid of the last row this plan inserted; 0 when no row got one.
@@ -72,14 +138,25 @@ class InsertPlan:
         return after if not self.upsert and _has_rowid(raw, guard, self.table) else 0
 
 
+def _flattened(rows: Sequence[SqlRow], start: int, end: int, size: int) -> Iterator[SqlRow]:
+    """``rows[start:end]`` as parameter sets of ``size`` rows each."""
+    chain = itertools.chain.from_iterable
+    return (tuple(chain(rows[at : at + size])) for at in range(start, end, size))
+
+
 @dataclass(frozen=True)
 class StatementPlan:
     """One BatchUpdate: DML statements, each with its parameter sets."""
 
     statements: Sequence[tuple[str, Sequence[SqlRow]]]
 
+    @property
+    def replaces(self) -> bool:
+        """Whether a statement may resolve a conflict by REPLACE (the SQL says the word)."""
+        return any(says_replace(sql) for sql, _ in self.statements)
+
     def run(self, raw: sqlite3.Connection, guard: Guard) -> WriteOutcome:
-        """Run the statements in order; runs on the writer's thread inside a savepoint."""
+        """Run the statements in order; runs on the writer's thread in the job's transaction."""
         counts: list[int] = []
         tables: set[str] = set()
         for index, (sql, param_sets) in enumerate(self.statements):
@@ -129,6 +206,24 @@ def _drain(cursor: sqlite3.Cursor) -> int:
     return max(cursor.rowcount, 0)
 
 
+def says_replace(sql: str) -> bool:
+    """Whether ``sql`` may resolve a conflict by REPLACE, whose deletes fire no trigger."""
+    return _REPLACE_WORD.search(sql) is not None
+
+
+def may_replace(plan: WritePlan) -> bool:
+    """Whether ``plan`` may delete rows by REPLACE, which no trigger sees.
+
+    A plan that wraps another (an idempotent one) answers for the plan it
+    runs; a plan that does not say is taken to replace.
+    """
+    says = getattr(plan, "replaces", None)
+    if isinstance(says, bool):
+        return says
+    inner = getattr(plan, "plan", None)
+    return may_replace(inner) if inner is not None else True
+
+
 def _last_insert_rowid(raw: sqlite3.Connection) -> int:
     return int(raw.execute("SELECT last_insert_rowid()").fetchone()[0])
 
@@ -161,9 +256,10 @@ def plan_insert(request: InsertRequest, schema: Schema, allowed: frozenset[str])
         )
     names = ", ".join(map(quote_identifier, columns))
     head = f"{verb} INTO {quote_identifier(table.name)} ({names})"
-    values = f"VALUES ({', '.join('?' * len(columns))})"
+    values = f"({', '.join('?' * len(columns))})"
     upsert = _upsert_clause(request, table, columns) if request.on_conflict == "upsert" else ""
-    return InsertPlan(f"{head} {values}{upsert}", table.name, request.rows, bool(upsert))
+    sql = f"{head} VALUES {values}{upsert}"
+    return InsertPlan(sql, table.name, request.rows, bool(upsert), head, values, upsert)
 
 
 def _upsert_clause(request: InsertRequest, table: TableInfo, columns: list[str]) -> str:
