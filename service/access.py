@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import replace
 
 from opentelemetry import trace
@@ -20,7 +20,7 @@ from service import errors
 from service.cache.keys import cache_key
 from service.cache.tagged import CacheUnavailable, EntryPolicy, TagCache
 from service.config import Limits
-from service.db.door import Database, Rows, Statements, WriteOutcome
+from service.db.door import Database, KeyLookup, Rows, Statements, WriteOutcome
 from service.domain import (
     CacheMode,
     CacheStatus,
@@ -35,11 +35,18 @@ from service.domain import (
 from service.hot_reads import HotRead, HotReads
 from service.observe.health import HealthReport
 from service.observe.statements import StatementTimings
-from service.observe.stats_report import StatsReport, stats_report
+from service.observe.stats_report import KeyFigures, StatsReport, stats_report
 from service.routing.fan_out import combine, fetch_all
 from service.routing.router import Router, pick_member
 from service.scopes import ANYONE, Principal, Scopes
-from service.tags import ALL_TAG, database_tag, invalidated, table_tags
+from service.tags import (
+    ALL_TAG,
+    database_tag,
+    invalidated,
+    key_generation_tag,
+    key_tags,
+    table_tags,
+)
 from service.values import SqlRow
 
 
@@ -65,6 +72,7 @@ class DataAccess:
         self._tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
         self._on_query = on_query  # (database, seconds) of every read a database ran
         self.statements = StatementTimings()
+        self.keys = KeyFigures()
         self._hot = HotReads(cache.local.max_entries)
 
     # Reads
@@ -89,12 +97,14 @@ class DataAccess:
         ``identity`` (the request's bytes) lets ``cached`` answer its repeats.
         """
         members = self._readable(request, caller)
-        tags = await self._read_tags(members, request, deadline)
-        if tags is None:
+        tagged = await self._read_tags(members, request, deadline)
+        if tagged is None:
             result = await self._read(members, request, deadline)
             return EncodedRead(self._encode(result), CacheStatus.BYPASS)
+        tags, keyed = tagged
 
         async def load() -> bytes:
+            self.keys.loaded(keyed)
             return self._encode(replace(await self._read(members, request, deadline), tags=tags))
 
         policy = EntryPolicy(
@@ -126,19 +136,22 @@ class DataAccess:
 
     async def _read_tags(
         self, members: Sequence[Database], request: ReadRequest, deadline: float
-    ) -> list[str] | None:
-        """What a result is cached under, learnt from the engine, not from the SQL; None
-        when it must not be cached."""
+    ) -> tuple[list[str], bool] | None:
+        """What a result is cached under, learnt from the engine, not from the SQL, and
+        whether some table is keyed; None when it must not be cached."""
         if request.cache_mode is CacheMode.BYPASS:
             return None
         tags: list[str] = []
+        keyed = False
         for database in members:
             shape = await database.read_shape(request.sql, request.params, deadline)
             if shape is None or not shape.cacheable(request.params):
                 return None  # random(), CURRENT_TIMESTAMP, datetime('now'), ...: never cached
-            tags += table_tags(database.name, shape.reads)
+            lookups = shape.keyed(request.params)
+            keyed = keyed or bool(lookups)
+            tags += _tags_of_read(database.name, shape.reads, lookups)
             tags.append(database_tag(database.name))
-        return tags + list(request.cache_tags) + [ALL_TAG]
+        return tags + list(request.cache_tags) + [ALL_TAG], keyed
 
     async def _read(
         self, members: Sequence[Database], request: ReadRequest, deadline: float
@@ -230,7 +243,7 @@ class DataAccess:
             return WriteResult((0,), 0, [])
         tags_of = self._tags_written(database, write)
         outcome = await database.insert(request, write, deadline, tags_of)
-        return _written([(database, outcome)], write.invalidate_tags)
+        return self._answer([(database, outcome)], write.invalidate_tags)
 
     async def _insert_routed(
         self, group: str, request: InsertRequest, write: WriteOptions, deadline: float
@@ -257,7 +270,7 @@ class DataAccess:
             tags_of = self._tags_written(database, write)
             work.append(database.insert(part, member_write, deadline, tags_of))
         outcomes = await asyncio.gather(*work)
-        result = _written(list(zip(databases, outcomes, strict=True)), write.invalidate_tags)
+        result = self._answer(list(zip(databases, outcomes, strict=True)), write.invalidate_tags)
         return replace(result, rows_affected=(sum(sum(o.rows_affected) for o in outcomes),))
 
     async def batch_update(
@@ -279,15 +292,21 @@ class DataAccess:
             self._check_sql(sql, f"statements[{index}].sql")
         tags_of = self._tags_written(database, write)
         outcome = await database.update(statements, write, deadline, tags_of)
-        return _written([(database, outcome)], write.invalidate_tags)
+        return self._answer([(database, outcome)], write.invalidate_tags)
+
+    def _answer(
+        self, outcomes: Sequence[tuple[Database, WriteOutcome]], extra_tags: Sequence[str]
+    ) -> WriteResult:
+        """The answer to committed writes, counted in the key figures."""
+        for database, outcome in outcomes:
+            self.keys.written(database.name, len(outcome.keys), len(outcome.key_generations))
+        return _written(outcomes, extra_tags)
 
     def _tags_written(
         self, database: Database, write: WriteOptions
     ) -> Callable[[WriteOutcome], list[str]]:
-        """What a committed write bumps: the tables it changed, and the caller's tags."""
-        return lambda outcome: (
-            table_tags(database.name, outcome.tables) + list(write.invalidate_tags)
-        )
+        """What a committed write bumps: the tables and keys it changed, and the caller's tags."""
+        return lambda outcome: _tags_of_write(database.name, outcome) + list(write.invalidate_tags)
 
     def check_write(self, database_name: str, caller: Principal) -> None:
         """Raise NotFound or PermissionDenied unless ``caller`` may write ``database_name``."""
@@ -315,7 +334,7 @@ class DataAccess:
     async def stats(self, reset: bool) -> StatsReport:
         """Cache, pool, statement and write figures; ``reset`` clears them after reading."""
         databases = list(self._router.databases.values())
-        return await stats_report(databases, self._cache, self.statements, reset)
+        return await stats_report(databases, self._cache, self.statements, self.keys, reset)
 
     def _check_batch(self, rows: int, field_name: str) -> None:
         if rows > self._limits.max_batch_rows:
@@ -338,10 +357,31 @@ def _tags_read(database: Database, rows: Rows) -> list[str]:
     return table_tags(database.name, rows.reads)
 
 
+def _tags_of_read(
+    database: str, reads: frozenset[str], keyed: Mapping[str, KeyLookup]
+) -> list[str]:
+    """A read's tags on one database: its keys on the tables it looks up by key, the
+    table tag of every other table it reads."""
+    tags = table_tags(database, reads - keyed.keys())
+    for table, lookup in sorted(keyed.items()):
+        tags += key_tags(database, table, lookup.columns, lookup.digests)
+        tags.append(key_generation_tag(database, table))
+    return tags
+
+
+def _tags_of_write(database: str, outcome: WriteOutcome) -> list[str]:
+    """What a committed write bumps on its database: the table tags of every table it
+    changed, the key tags of every key value it changed, the key generations it spent."""
+    tags = table_tags(database, outcome.tables)
+    for table, columns, digest in sorted(outcome.keys):
+        tags += key_tags(database, table, columns, (digest,))
+    return tags + [key_generation_tag(database, t) for t in sorted(outcome.key_generations)]
+
+
 def _written(
     outcomes: Sequence[tuple[Database, WriteOutcome]], extra_tags: Sequence[str]
 ) -> WriteResult:
     """The answer to a committed write; its tags were invalidated at the commit."""
-    tags = [tag for db, outcome in outcomes for tag in table_tags(db.name, outcome.tables)]
+    tags = [tag for db, outcome in outcomes for tag in _tags_of_write(db.name, outcome)]
     first = outcomes[0][1]
     return WriteResult(first.rows_affected, first.last_insert_rowid, tags + list(extra_tags))

@@ -140,3 +140,5 @@ class WriteSnapshot:
     transactions: int
     batches: int
     rows: int
+    keys_bumped: int = 0
+    key_generations_bumped: int = 0

@@ -61,12 +61,15 @@ def unknown_database(name: str) -> errors.NotFound:
 
 
 def tag_database(tag: str, names: Sequence[str]) -> str | None:
-    """The database a reserved tag names: ``database:NAME`` exactly, or ``table:NAME.TABLE``.
+    """The database a reserved tag names: ``database:NAME`` exactly, or ``table:NAME.TABLE``
+    (and ``key:``/``keys:`` tags of a table likewise).
 
     ``names`` go longest first, so with databases ``a`` and ``a.b``, ``table:a.b.t`` is a.b's.
     """
     for name in names:
-        if tag == f"database:{name}" or tag.startswith(f"table:{name}."):
+        if tag == f"database:{name}" or tag.startswith(
+            (f"table:{name}.", f"key:{name}.", f"keys:{name}.")
+        ):
             return name
     return None
 

@@ -2,8 +2,14 @@
 
 A read is tagged ``table:<database>.<table>`` for every table it reads (declared
 names, as the engine saw them), ``database:<database>`` for each database it
-ran on, the caller's own tags, and ``all``; a committed write bumps the table
-tags of every table it changed. Bumping a tag makes every entry carrying it
+ran on, the caller's own tags, and ``all``. A table the engine reads only by
+equality lookups on a key is tagged instead by those keys,
+``key:<database>.<table>.<columns>=<digest>`` one per looked-up value, and by
+the table's key generation ``keys:<database>.<table>``. A committed write
+bumps the table tags of every table it changed and the key tags of the old
+and new key values of every row it changed; the key generation goes only
+when the keys cannot say what changed (REPLACE, too many keys, Invalidate of
+the table, a schema change). Bumping a tag makes every entry carrying it
 unservable, so ``all`` and ``database:`` tags drop everything of their scope.
 """
 
@@ -19,6 +25,16 @@ def table_tags(database: str, tables: Iterable[str]) -> list[str]:
     return [f"table:{database}.{table}" for table in sorted(tables)]
 
 
+def key_tags(database: str, table: str, columns: str, digests: Iterable[str]) -> list[str]:
+    """The key tags of looked-up (or changed) key values of ``table``'s key ``columns``."""
+    return [f"key:{database}.{table}.{columns}={digest}" for digest in digests]
+
+
+def key_generation_tag(database: str, table: str) -> str:
+    """The tag every keyed entry of ``table`` carries: bumped, it drops them all."""
+    return f"keys:{database}.{table}"
+
+
 def database_tag(database: str) -> str:
     """The tag every entry read from ``database`` carries."""
     return f"database:{database}"
@@ -26,9 +42,16 @@ def database_tag(database: str) -> str:
 
 def is_reserved(tag: str) -> bool:
     """Whether ``tag`` is one the service mints itself (a writer may bump only its own)."""
-    return tag == ALL_TAG or tag.startswith(("table:", "database:"))
+    return tag == ALL_TAG or tag.startswith(("table:", "database:", "key:", "keys:"))
 
 
 def invalidated(tags: Sequence[str], databases: Sequence[str], everything: bool) -> list[str]:
-    """What an Invalidate call bumps."""
-    return [*tags, *map(database_tag, databases), *([ALL_TAG] if everything else [])]
+    """What an Invalidate call bumps: a table's tag takes its keyed entries with it."""
+    generations = ["keys:" + tag.removeprefix("table:") for tag in tags if tag.startswith("table:")]
+    bumped = [
+        *tags,
+        *generations,
+        *map(database_tag, databases),
+        *([ALL_TAG] if everything else []),
+    ]
+    return list(dict.fromkeys(bumped))

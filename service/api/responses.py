@@ -87,6 +87,8 @@ def stats_response(report: StatsReport) -> pb.StatsResponse:
                 bypasses=t.bypasses,
                 state=t.state,
                 loads=report.loads,
+                keyed_loads=report.keyed_loads,
+                table_tagged_loads=report.table_tagged_loads,
                 hit_rate=t.hits / (t.hits + t.misses) if t.hits + t.misses else 0.0,
             )
             for t in report.cache

@@ -81,6 +81,16 @@ class RedisGate:
             self._held_receipts.append(receipt)
         self._ensure_recovery()
 
+    async def settled(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for held invalidations to be delivered."""
+        recovery = self._recovery
+        if recovery is None or recovery.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(recovery), timeout)
+        except TimeoutError:
+            log.warning("held invalidations not delivered yet: reads bypass the cache")
+
     def failed(self, exc: Exception) -> None:
         """A call to Redis failed; enough in a row open the breaker."""
         if self.breaker.record_failure():

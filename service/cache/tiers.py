@@ -28,6 +28,7 @@ from service.cache.tokens import TagTokens
 from service.tasks import stop_task
 
 log = logging.getLogger(__name__)
+_SETTLE_SECONDS = 1.0
 
 
 class CacheTiers:
@@ -59,6 +60,10 @@ class CacheTiers:
         except RedisUnavailable as exc:
             log.warning("Redis unavailable at start, reads bypass the cache: %s", exc)
             self.gate.trip()
+            return
+        # Invalidations held from an earlier run (the outbox) go out before serving
+        # when Redis takes them at once, so a healthy start does not bypass the cache.
+        await self.gate.settled(_SETTLE_SECONDS)
 
     async def close(self) -> None:
         """Stop listening and probing, and close Redis."""

@@ -127,6 +127,13 @@ class CacheConfig:
     # How long a tag's token stays in Redis at least; a load extends it to
     # outlive the entry it stores, so only tokens nothing uses go sooner.
     token_ttl_seconds: float = 3600.0
+    # A read SQLite answers by an equality lookup on a key is tagged by the key
+    # values it looked up, so a write drops only the reads of the keys it changed;
+    # false: every read is tagged by the tables it reads (the comparison and escape hatch).
+    key_tags: bool = True
+    # Past this many distinct keys changed in one table by one write, the write
+    # bumps the table's key generation (every keyed read of it) instead.
+    max_keys_per_write: int = 256
 
     def __post_init__(self) -> None:
         _require_non_negative(
@@ -140,8 +147,11 @@ class CacheConfig:
             "lease_seconds",
             "token_ttl_seconds",
             "redis_max_connections",
+            "max_keys_per_write",
         ):
             _require_positive(f"cache.{name}", getattr(self, name))
+        if not isinstance(self.key_tags, bool):
+            raise ConfigError("cache.key_tags: expected true or false")
 
 
 @dataclass(frozen=True)

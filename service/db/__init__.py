@@ -11,7 +11,7 @@ import logging
 from opentelemetry import trace
 
 from service.config import Config
-from service.db.door import AfterCommit, Database
+from service.db.door import AfterCommit, Database, KeyTracking
 from service.db.sqlite.database import SqliteDatabase
 from service.db.sqlite.migrate import CorruptDatabase, MigrationError, apply_migrations
 
@@ -26,8 +26,11 @@ def build_databases(
     tracer: trace.Tracer | None = None,
 ) -> dict[str, Database]:
     """Every configured database behind its door, by name (not opened yet)."""
+    tracking = KeyTracking(config.cache.key_tags, config.cache.max_keys_per_write)
     return {
-        db.name: SqliteDatabase(db, config.sqlite, config.limits, after_commit, use_outbox, tracer)
+        db.name: SqliteDatabase(
+            db, config.sqlite, config.limits, after_commit, use_outbox, tracer, tracking
+        )
         for db in config.databases
     }
 

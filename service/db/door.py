@@ -23,6 +23,25 @@ Column = tuple[str, str]  # (name, declared type)
 Statements = Sequence[tuple[str, Sequence[SqlRow]]]  # (sql, parameter sets), as BatchUpdate
 
 
+@dataclass(frozen=True)
+class KeyTracking:
+    """Whether reads are tagged by the keys they look up and writes by the keys they
+    change, and how many keys of one table one write may name before it drops every
+    keyed read of that table instead."""
+
+    enabled: bool = True
+    max_keys_per_write: int = 256
+
+
+@dataclass(frozen=True)
+class KeyLookup:
+    """The keys one read looks a table up by: the key's columns (``customer`` or
+    ``customer,day``) and one digest per looked-up value (several for an IN list)."""
+
+    columns: str
+    digests: tuple[str, ...]
+
+
 class ReadShape(Protocol):
     """What a read statement reads (declared table names), and whether it is cacheable."""
 
@@ -31,6 +50,11 @@ class ReadShape(Protocol):
 
     def cacheable(self, params: Params) -> bool:
         """Whether the result, with ``params`` bound, stays the same until a write."""
+        ...
+
+    def keyed(self, params: Params) -> dict[str, KeyLookup]:
+        """The tables read only by equality lookups on a key, with ``params`` bound: the
+        result depends on no other rows of them. Every other table read is not keyed."""
         ...
 
 
@@ -72,6 +96,12 @@ class WriteOutcome:
     last_insert_rowid: int
     tables: frozenset[str]  # declared names; as the door answers it, cascades included
     replayed: bool = False  # an idempotent retry's stored answer: nothing was written now
+    # (table, key columns, digest) of the old and new key values of every row changed,
+    # as the engine reported them (triggers, cascades, upserts included)
+    keys: frozenset[tuple[str, str, str]] = frozenset()
+    # Tables whose every keyed read must go: rows changed that the keys do not name
+    # (REPLACE's conflict deletes, more keys than KeyTracking allows, no tracking)
+    key_generations: frozenset[str] = frozenset()
 
     @property
     def rows_written(self) -> int:

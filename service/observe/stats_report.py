@@ -8,8 +8,9 @@ is current.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from service import errors
 from service.cache.tagged import TagCache, TierSnapshot
@@ -26,6 +27,44 @@ _EXPLAIN_SECONDS = 2.0
 _EXPLAIN_AT_MOST = 64
 
 
+@dataclass
+class KeyFigures:
+    """How cached reads were tagged and how many key tags writes bumped, since a reset."""
+
+    keyed_loads: int = 0
+    table_tagged_loads: int = 0
+    keys_bumped: Counter[str] = field(default_factory=Counter)  # by database
+    generations_bumped: Counter[str] = field(default_factory=Counter)
+
+    def loaded(self, keyed: bool) -> None:
+        """A load ran whose result is cached under key tags (``keyed``) or table tags only."""
+        if keyed:
+            self.keyed_loads += 1
+        else:
+            self.table_tagged_loads += 1
+
+    def written(self, database: str, keys: int, generations: int) -> None:
+        """A committed write on ``database`` bumped ``keys`` key tags and ``generations``
+        key generations."""
+        self.keys_bumped[database] += keys
+        self.generations_bumped[database] += generations
+
+    def reset(self) -> None:
+        """Start counting from zero."""
+        self.keyed_loads = self.table_tagged_loads = 0
+        self.keys_bumped.clear()
+        self.generations_bumped.clear()
+
+    def of_writes(self, snapshot: WriteSnapshot) -> WriteSnapshot:
+        """``snapshot`` with its database's key figures."""
+        name = snapshot.database
+        return replace(
+            snapshot,
+            keys_bumped=self.keys_bumped[name],
+            key_generations_bumped=self.generations_bumped[name],
+        )
+
+
 @dataclass(frozen=True)
 class StatsReport:
     """Cache, pool, statement and write figures of the whole service."""
@@ -34,13 +73,19 @@ class StatsReport:
     writes: Sequence[WriteSnapshot]
     cache: Sequence[TierSnapshot] = ()
     loads: int = 0
+    keyed_loads: int = 0
+    table_tagged_loads: int = 0
     statements: Sequence[StatementFigures] = ()
     slowest: Sequence[SlowStatement] = ()
     advisories: Sequence[Advisory] = ()
 
 
 async def stats_report(
-    databases: Sequence[Database], cache: TagCache, statements: StatementTimings, reset: bool
+    databases: Sequence[Database],
+    cache: TagCache,
+    statements: StatementTimings,
+    keys: KeyFigures,
+    reset: bool,
 ) -> StatsReport:
     """Every tier's figures now; ``reset`` clears them after reading."""
     serving = [db for db in databases if db.failure is None]
@@ -48,15 +93,18 @@ async def stats_report(
     figures = [db.figures() for db in serving]
     report = StatsReport(
         pools=[figure.pool for figure in figures],
-        writes=[figure.writes for figure in figures],
+        writes=[keys.of_writes(figure.writes) for figure in figures],
         cache=cache.tiers(),
         loads=cache.loads,
+        keyed_loads=keys.keyed_loads,
+        table_tagged_loads=keys.table_tagged_loads,
         statements=statements.figures(),
         slowest=statements.slowest(),
         advisories=statements.advisories(),
     )
     if reset:
         statements.reset()
+        keys.reset()
         cache.reset_counters()
         for db in serving:
             db.reset_figures()

@@ -80,7 +80,10 @@ async def test_named_parameters_and_declared_types(running: Running) -> None:
         ("two", ""),
     ]
     assert response.databases == ["live"]
-    assert "table:live.products" in response.tags
+    # read by its sku key only: tagged by that key, not by the whole table
+    assert "keys:live.products" in response.tags
+    assert [t for t in response.tags if t.startswith("key:live.products.sku=")]
+    assert "table:live.products" not in response.tags
 
 
 async def test_max_rows_truncates(running: Running) -> None:

@@ -35,7 +35,14 @@ async def test_batch_insert_reports_rows_rowid_and_tags(running: Running) -> Non
     response = await _insert(running, [row(1, "a", 1), row(2, "b", 2)], invalidate_tags=["extra"])
     assert response.rows_affected == 2
     assert response.last_insert_rowid == 2
-    assert list(response.invalidated_tags) == ["table:kitchen.items", "extra"]
+    tags = list(response.invalidated_tags)
+    assert (tags[0], tags[-1]) == ("table:kitchen.items", "extra")
+    # the old and new keys of the rows written: their rowids, and codes (a UNIQUE index)
+    assert {t.split("=")[0] for t in tags[1:-1]} == {
+        "key:kitchen.items.id",
+        "key:kitchen.items.code",
+    }
+    assert len(tags[1:-1]) == 4
     assert _items(running) == [(1, "a", 1), (2, "b", 2)]
 
 

@@ -934,6 +934,8 @@ class CacheTierStats(_message.Message):
     BYPASSES_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     LOADS_FIELD_NUMBER: _builtins.int
+    KEYED_LOADS_FIELD_NUMBER: _builtins.int
+    TABLE_TAGGED_LOADS_FIELD_NUMBER: _builtins.int
     tier: _builtins.str
     """tier is "l1" or "l2"."""
     hits: _builtins.int
@@ -960,6 +962,13 @@ class CacheTierStats(_message.Message):
     """loads is the number of queries the cache ran to answer misses: one per
     group of concurrent identical misses (the same on every tier's row).
     """
+    keyed_loads: _builtins.int
+    """keyed_loads counts the loads whose result is cached under key tags for at
+    least one table it reads (an equality lookup on a key), so a write drops
+    it only when it changes one of those keys (the same on every tier's row).
+    """
+    table_tagged_loads: _builtins.int
+    """table_tagged_loads counts the loads cached under table tags only."""
     def __init__(
         self,
         *,
@@ -973,10 +982,12 @@ class CacheTierStats(_message.Message):
         bypasses: _builtins.int = ...,
         state: _builtins.str = ...,
         loads: _builtins.int = ...,
+        keyed_loads: _builtins.int = ...,
+        table_tagged_loads: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypasses", b"bypasses", "bytes", b"bytes", "entries", b"entries", "evictions", b"evictions", "hit_rate", b"hit_rate", "hits", b"hits", "loads", b"loads", "misses", b"misses", "state", b"state", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypasses", b"bypasses", "bytes", b"bytes", "entries", b"entries", "evictions", b"evictions", "hit_rate", b"hit_rate", "hits", b"hits", "keyed_loads", b"keyed_loads", "loads", b"loads", "misses", b"misses", "state", b"state", "table_tagged_loads", b"table_tagged_loads", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1166,6 +1177,8 @@ class WriteStats(_message.Message):
     TRANSACTIONS_FIELD_NUMBER: _builtins.int
     BATCHES_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
+    KEYS_BUMPED_FIELD_NUMBER: _builtins.int
+    KEY_GENERATIONS_BUMPED_FIELD_NUMBER: _builtins.int
     database: _builtins.str
     """database is the database's name."""
     transactions: _builtins.int
@@ -1174,6 +1187,14 @@ class WriteStats(_message.Message):
     """batches is the number of write RPCs committed."""
     rows: _builtins.int
     """rows is the number of rows written."""
+    keys_bumped: _builtins.int
+    """keys_bumped is the number of key tags writes bumped: the old and new key
+    values of every row they changed.
+    """
+    key_generations_bumped: _builtins.int
+    """key_generations_bumped is the number of times a write dropped every keyed
+    read of a table instead (REPLACE, or more keys than cache.max_keys_per_write).
+    """
     def __init__(
         self,
         *,
@@ -1181,10 +1202,12 @@ class WriteStats(_message.Message):
         transactions: _builtins.int = ...,
         batches: _builtins.int = ...,
         rows: _builtins.int = ...,
+        keys_bumped: _builtins.int = ...,
+        key_generations_bumped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "database", b"database", "rows", b"rows", "transactions", b"transactions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "database", b"database", "key_generations_bumped", b"key_generations_bumped", "keys_bumped", b"keys_bumped", "rows", b"rows", "transactions", b"transactions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,6 +25,7 @@ from service.db.door import (
     Column,
     DatabaseFigures,
     Finding,
+    KeyTracking,
     QueryPlan,
     Rows,
     Severity,
@@ -35,7 +36,10 @@ from service.db.door import (
 from service.db.sqlite import idempotency, outbox, probe
 from service.db.sqlite.connection import SqliteConnection, open_connection
 from service.db.sqlite.group_commit import WriteBatcher
-from service.db.sqlite.guard import Guard, ShapeMemo, StatementShape
+from service.db.sqlite.guard import Guard, ShapeMemo
+from service.db.sqlite.key_capture import KeyCapture
+from service.db.sqlite.key_specs import EMPTY_CATALOG, KeyCatalog
+from service.db.sqlite.keyed_reads import KeyedLookup, keyed_lookups
 from service.db.sqlite.outside_writes import watch_data_version
 from service.db.sqlite.plans import (
     TINY_TABLE_ROWS,
@@ -44,6 +48,7 @@ from service.db.sqlite.plans import (
     scanned_table,
 )
 from service.db.sqlite.pool import PoolPolicy, ReaderPool
+from service.db.sqlite.read_shapes import KeyedShape, LookupMemo
 from service.db.sqlite.reads import SqliteRowStream, close_stream, fetch_rows, open_stream
 from service.db.sqlite.schema import Schema, read_schema, rows_up_to
 from service.db.sqlite.write_plans import StatementPlan, WritePlan, plan_insert
@@ -67,8 +72,12 @@ class SqliteDatabase:
         after_commit: AfterCommit | None = None,
         use_outbox: bool = False,
         tracer: trace.Tracer | None = None,
+        tracking: KeyTracking | None = None,
     ) -> None:
         self.config = config
+        self._tracking = tracking or KeyTracking(enabled=False)
+        self._catalog = EMPTY_CATALOG  # read when the writer opens
+        self._lookups = LookupMemo()
         self._tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
         self._after_commit = after_commit
         self._use_outbox = use_outbox
@@ -121,19 +130,49 @@ class SqliteDatabase:
 
     # Reads
 
-    async def read_shape(self, sql: str, params: Params, deadline: float) -> StatementShape | None:
-        """The tables ``sql`` reads: remembered, or learnt by preparing it under EXPLAIN."""
-        known = self._read_memo.get(sql)
-        if known is not None:
-            return known
+    async def read_shape(self, sql: str, params: Params, deadline: float) -> KeyedShape | None:
+        """The tables ``sql`` reads and how it looks them up: remembered, or learnt by
+        preparing it under EXPLAIN."""
+        memo = self._lookups  # replaced whole when the catalog changes
+        known, lookups = self._read_memo.get(sql), memo.get(sql)
+        if known is not None and lookups is not None:
+            return KeyedShape(known, lookups)
+        catalog = self._catalog
 
-        def explain(raw: sqlite3.Connection, guard: Guard) -> StatementShape | None:
+        def explain(raw: sqlite3.Connection, guard: Guard) -> KeyedShape | None:
             guard.begin(sql)
             raw.execute(f"EXPLAIN {sql}", params).close()
-            return guard.shape_of(sql)
+            shape = guard.shape_of(sql)
+            if shape is None:
+                return None
+            return KeyedShape(shape, self._lookups_of(raw, guard, sql, params, catalog))
 
         async with self.pool.reader(deadline) as conn:
-            return await conn.run(lambda raw: explain(raw, conn.guard), deadline, field="sql")
+            found = await conn.run(lambda raw: explain(raw, conn.guard), deadline, field="sql")
+        if found is None or self._catalog is catalog:
+            if found is not None:
+                memo.put(sql, found.lookups)
+            return found
+        return KeyedShape(found.shape, {})  # learnt from an older schema: table tags
+
+    def _lookups_of(
+        self, raw: sqlite3.Connection, guard: Guard, sql: str, params: Params, catalog: KeyCatalog
+    ) -> dict[str, KeyedLookup]:
+        """The tables ``sql`` reads only by key, on a reader whose schema is the catalog's."""
+        if not catalog.tables:
+            return {}
+        guard.trusted = True  # a PRAGMA, which callers' statements may not use
+        try:
+            version = int(raw.execute("PRAGMA schema_version").fetchone()[0])
+        finally:
+            guard.trusted = False
+        if version != catalog.schema_version:
+            return {}  # the writer has not seen this schema yet: table tags until it has
+        try:
+            return keyed_lookups(raw, sql, params, catalog)
+        except Exception:  # an unknown program shape must cost a keyed read, never the read
+            log.exception("key analysis of a read on %s failed; table tags used", self.name)
+            return {}
 
     async def read(
         self, sql: str, params: Params, max_rows: int, max_bytes: int, deadline: float
@@ -309,6 +348,7 @@ class SqliteDatabase:
                 self._undelivered = await conn.run_trusted(outbox.undelivered)
             self.schema = await conn.run_trusted(read_schema)
             self.allowed = conn.guard.allowed_tables
+            capture = await self._capture_keys(conn)
             self._writer = WriteBatcher(
                 conn,
                 self._limits.write_queue_size,
@@ -316,6 +356,7 @@ class SqliteDatabase:
                 self._after_commit,
                 self._use_outbox,
                 self._tracer,
+                capture=capture,
             )
             await self._writer.start()
             await self.pool.open()
@@ -323,6 +364,21 @@ class SqliteDatabase:
         except BaseException:
             await self.close()
             raise
+
+    async def _capture_keys(self, conn: SqliteConnection) -> KeyCapture | None:
+        """Watch the keys writes change (temp triggers on the writer) when tracking is on;
+        reads are keyed only on the tables it watches."""
+        if not self._tracking.enabled:
+            return None
+        capture = KeyCapture(self._tracking, on_catalog=self._use_catalog)
+        self._catalog = await conn.run_trusted(lambda raw: capture.install(raw, conn.guard))
+        return capture
+
+    def _use_catalog(self, catalog: KeyCatalog) -> None:
+        # On the writer's thread, before the COMMIT that bumps the old catalog's keyed
+        # reads: lookups learnt under the old one are never used again.
+        self._lookups = LookupMemo()
+        self._catalog = catalog
 
     async def _open_reader(self) -> SqliteConnection:
         return await self._open_connection(writer=False)

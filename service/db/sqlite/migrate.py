@@ -14,6 +14,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.db.sqlite import outbox
+
 log = logging.getLogger(__name__)
 _FILE_NAME = re.compile(r"^(\d{4})_([A-Za-z0-9_]+)\.sql$")
 
@@ -98,6 +100,10 @@ def _apply(conn: sqlite3.Connection, database: str, migration: Migration) -> Non
             "INSERT INTO schema_migrations (version, name, checksum) VALUES (?, ?, ?)",
             (migration.version, migration.name, migration.checksum),
         )
+        # Entries other replicas (or an earlier run) cached in Redis may predate the
+        # migration's rows or keys: the service delivers this before it serves.
+        conn.execute(outbox.CREATE_TABLE)
+        outbox.record(conn, [f"database:{database}"])
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
         if conn.in_transaction:
