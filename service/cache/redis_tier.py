@@ -76,6 +76,17 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# Invalidation: new tokens for every tag and one message to every replica, in one
+# command (a pipeline of a SET per tag costs the client more than the server).
+_BUMP = """
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 3], 'PX', ARGV[1])
+end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return #KEYS
+"""
+
+ORIGIN_TAG = ""  # the tag under which a bump's message names the process that sent it
 
 # Who holds the load lease on a key and tokens (as _SNAPSHOT answers).
 LEASE_OTHER, LEASE_TAKEN, LEASE_OURS = 0, 1, 2
@@ -198,6 +209,10 @@ class RedisTier:
     def __init__(self, settings: RedisSettings, on_epoch_change: Callable[[], None]) -> None:
         self.settings = settings
         self.channel = f"{settings.key_prefix}:invalidations"
+        # Names this process in what it publishes, so its listener skips its own news:
+        # ``bump`` already took the tokens here. Sent as the tag "" (which no entry
+        # carries), so a replica that does not know of it takes it as a harmless tag.
+        self.origin = new_token()
         self.epoch: str | None = None
         self._on_epoch_change = on_epoch_change
         # A blocking pool: past max_connections a command waits (at most the
@@ -216,6 +231,7 @@ class RedisTier:
         self._mget = MgetBatcher(self.client)
         self._snapshot = self.client.register_script(_SNAPSHOT)
         self._store = self.client.register_script(_STORE)
+        self._bump = self.client.register_script(_BUMP)
 
     @property
     def keyspace(self) -> tuple[str, str]:
@@ -279,11 +295,10 @@ class RedisTier:
         if not tokens:
             return tokens
         (epoch, prefix), ttl = self.keyspace, _ms(self.settings.token_ttl)
-        pipe = self.client.pipeline(transaction=False)
-        for tag, token in tokens.items():
-            pipe.set(f"{prefix}t:{tag}", token, px=ttl)
-        pipe.publish(self.channel, json.dumps(tokens))
-        await self._call(epoch, pipe.execute())
+        keys = [f"{prefix}t:{tag}" for tag in tokens]
+        news = json.dumps({**tokens, ORIGIN_TAG: self.origin})
+        args: list[str | int] = [ttl, self.channel, news, *tokens.values()]
+        await self._call(epoch, self._bump(keys=keys, args=args))
         return tokens
 
     async def ping(self) -> None:

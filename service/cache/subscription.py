@@ -21,6 +21,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from service.cache.redis_tier import (
+    ORIGIN_TAG,
     EpochChanged,
     RedisTier,
     RedisUnavailable,
@@ -99,12 +100,18 @@ class InvalidationListener:
             if message is not None:
                 heard = now
                 if message["type"] == "message":
-                    self._on_tokens(json.loads(message["data"]))
+                    self._take(json.loads(message["data"]))
             if now - heard > 3 * self._ping_interval:
                 raise TimeoutError("Redis stopped answering pings")
             if now - pinged >= self._ping_interval:
                 pinged = now
                 await pubsub.ping()
+
+
+    def _take(self, tokens: dict[str, str]) -> None:
+        """Take another process's new tokens; this one's own took effect when it bumped."""
+        if tokens.pop(ORIGIN_TAG, None) != self._tier.origin:
+            self._on_tokens(tokens)
 
 
 class _Outage:

@@ -448,3 +448,26 @@ async def test_a_write_by_another_process_drops_keyed_reads(shop: Running) -> No
             break
         await asyncio.sleep(0.05)
     assert rows == [(10, 99.0), (11, 2.0)]
+
+
+async def test_pub_sub_alone_drops_the_key_on_another_server_and_skips_its_own_news(
+    tmp_path: Path, redis_server: RedisProcess
+) -> None:
+    """With L1 never asking Redis (a long validation window), only the channel can tell
+    the other server's L1 of a write: it must, within a second, for that key only."""
+    document = with_redis(shop_document(tmp_path), redis_server, l1_validation_window_seconds=60.0)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with started(tmp_path / "a", document) as one, started(tmp_path / "b", document) as other:
+        await cached(other, BY_CUSTOMER, 1)
+        await cached(other, BY_CUSTOMER, 2)
+        await cached(one, BY_CUSTOMER, 3)
+        await update(one, "UPDATE orders SET amount = 60 WHERE id = 12")
+        for _ in range(50):
+            rows, status, _ = await read(other, BY_CUSTOMER, 2)
+            if status == "miss":
+                break
+            await asyncio.sleep(0.02)
+        assert (rows, status) == ([(12, 60.0)], "miss")
+        await still_hit(other, BY_CUSTOMER, 1)
+        await still_hit(one, BY_CUSTOMER, 3)  # its own news did not disturb its L1

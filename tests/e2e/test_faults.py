@@ -24,12 +24,14 @@ import pytest
 
 from dataaccess.v1 import data_access_pb2 as pb
 from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
-from tests.conftest import RedisProcess, row
+from tests.conftest import RedisProcess, row, value
 from tests.db.test_memory import BOMBS, REFUSED
 from tests.e2e.test_other_processes import read_from_outside
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 COUNT = "SELECT count(*) FROM items WHERE qty >= 1000"
+# Read by its UNIQUE code: cached under that code's key tag, dropped only by its write.
+BY_CODE = "SELECT count(*) FROM items WHERE code = ?"
 
 
 @dataclass
@@ -46,14 +48,18 @@ class Tally:
 
 
 async def _writer(stub: pb_grpc.DataAccessAsyncStub, tally: Tally) -> None:
-    seq = 1000
+    # Past every code an earlier writer may have committed (codes are UNIQUE).
+    seq = max(tally.acknowledged, default=1000) + 100
     while tally.running:
         seq += 1
         tally.requests += 1
         try:
             await stub.BatchInsert(
                 pb.BatchInsertRequest(
-                    database="kitchen", table="items", columns=["qty"], rows=[row(seq)]
+                    database="kitchen",
+                    table="items",
+                    columns=["qty", "code"],
+                    rows=[row(seq, f"c{seq}")],
                 ),
                 timeout=5,
             )
@@ -75,6 +81,26 @@ async def _reader(stub: pb_grpc.DataAccessAsyncStub, tally: Tally) -> None:
         except grpc.aio.AioRpcError as exc:
             tally.errors[f"Query {exc.code().name}"] += 1
             await asyncio.sleep(0.05)
+
+
+async def _keyed_reader(stub: pb_grpc.DataAccessAsyncStub, tally: Tally) -> None:
+    """Reads the next code before its write (caching "none") and the newest acknowledged
+    code after it: the newest must always be found, whatever is cached."""
+    while tally.running:
+        newest = max(tally.acknowledged, default=1000)
+        for seq, floor in ((newest + 1, 0), (newest, 1 if newest > 1000 else 0)):
+            tally.requests += 1
+            try:
+                answer = await stub.Query(
+                    pb.QueryRequest(database="kitchen", sql=BY_CODE, params=[value(f"c{seq}")]),
+                    timeout=5,
+                )
+                seen = answer.rows[0].values[0].integer
+                if seen < floor:
+                    tally.stale.append((seen, floor))
+            except grpc.aio.AioRpcError as exc:
+                tally.errors[f"Query {exc.code().name}"] += 1
+                await asyncio.sleep(0.05)
 
 
 async def _health(stub: pb_grpc.DataAccessAsyncStub, tally: Tally, paused: asyncio.Event) -> None:
@@ -121,6 +147,7 @@ async def test_faults_lose_no_acknowledged_write_and_serve_nothing_stale(
     tasks = [
         asyncio.ensure_future(_writer(stub, tally)),
         *(asyncio.ensure_future(_reader(stub, tally)) for _ in range(4)),
+        *(asyncio.ensure_future(_keyed_reader(stub, tally)) for _ in range(2)),
         asyncio.ensure_future(_health(stub, tally, server_down)),
     ]
 
@@ -170,6 +197,7 @@ async def test_faults_lose_no_acknowledged_write_and_serve_nothing_stale(
         tasks += [
             asyncio.ensure_future(_writer(stub, tally)),
             asyncio.ensure_future(_reader(stub, tally)),
+            asyncio.ensure_future(_keyed_reader(stub, tally)),
         ]
         server_down.clear()
         tasks.append(asyncio.ensure_future(_health(stub, tally, server_down)))

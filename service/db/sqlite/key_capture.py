@@ -46,7 +46,7 @@ import logging
 import re
 import sqlite3
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from service.db.door import KeyTracking, WriteOutcome
 from service.db.sqlite.guard import KEY_FUNCTION, Guard
@@ -226,8 +226,11 @@ class KeyCapture:
             self._stale_carried = True
         if not keys and not generations:
             return outcome
-        return replace(
-            outcome,
+        return WriteOutcome(  # not dataclasses.replace: this runs once per write job
+            rows_affected=outcome.rows_affected,
+            last_insert_rowid=outcome.last_insert_rowid,
+            tables=outcome.tables,
+            replayed=outcome.replayed,
             keys=outcome.keys | keys,
             key_generations=outcome.key_generations | generations,
         )
@@ -271,10 +274,16 @@ class KeyCapture:
 def _keys_of(watched: _Watched, rows: set[Row], cap: int) -> frozenset[Key] | None:
     """Every key of ``rows``; None past ``cap`` of them."""
     keys: set[Key] = set()
+    table = watched.table
     for spec, positions in watched.specs:
-        values = {tuple(row[i] for i in positions) for row in rows}
-        name = spec.name
-        keys.update((watched.table, name, spec.stored_digest(v)) for v in values)
+        name, digest = spec.name, spec.stored_digest
+        values: set[Row]
+        if len(positions) == 1:
+            at = positions[0]
+            values = {(row[at],) for row in rows}
+        else:
+            values = {tuple([row[i] for i in positions]) for row in rows}
+        keys.update([(table, name, digest(v)) for v in values])
         if len(keys) > cap:
             return None
     return frozenset(keys)

@@ -16,6 +16,7 @@ so only the comparison class is taken.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import sqlite3
@@ -130,7 +131,7 @@ class KeySpec:
     affinities: tuple[Affinity, ...]
     collations: tuple[str, ...]
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
         """How a key tag names the columns: ``customer`` or ``customer,day``."""
         return ",".join(self.columns)
@@ -146,11 +147,32 @@ class KeySpec:
         return self._digest(values)
 
     def _digest(self, values: Sequence[SqlValue]) -> str:
-        classes = tuple(
-            comparison_class(v, c) for v, c in zip(values, self.collations, strict=True)
-        )
-        text = repr((self.collations, classes)).encode("utf-8", "surrogatepass")
-        return hashlib.blake2b(text, digest_size=8).hexdigest()
+        return _digest_of(self.collations, tuple(values))
+
+
+# Python's equality never joins values SQLite keeps apart (1 == 1.0 == True share a
+# comparison class anyway, and text never equals a blob), so digests can be remembered:
+# hot keys are digested again on every write and read of them.
+@functools.lru_cache(maxsize=65_536)
+def _digest_of(collations: tuple[str, ...], values: tuple[SqlValue, ...]) -> str:
+    if len(values) != len(collations):
+        raise ValueError("one value per key column")
+    # Each part is unambiguous and holds no NUL (repr escapes it in text), so the
+    # NUL-joined text names exactly one tuple of comparison classes.
+    parts = ["|".join(collations)]
+    parts += [_class_text(v, c) for v, c in zip(values, collations, strict=True)]
+    text = "\0".join(parts).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(text, digest_size=8).hexdigest()
+
+
+def _class_text(value: SqlValue, collation: str) -> str:
+    """``comparison_class`` as short text: the same for values SQLite compares as equal."""
+    kind, canonical = comparison_class(value, collation)
+    if kind == "i":
+        return f"i{canonical}"
+    if isinstance(canonical, bytes):
+        return "b" + canonical.hex()
+    return kind + repr(canonical)
 
 
 @dataclass(frozen=True)
