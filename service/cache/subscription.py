@@ -107,7 +107,6 @@ class InvalidationListener:
                 pinged = now
                 await pubsub.ping()
 
-
     def _take(self, tokens: dict[str, str]) -> None:
         """Take another process's new tokens; this one's own took effect when it bumped."""
         if tokens.pop(ORIGIN_TAG, None) != self._tier.origin:
