@@ -19,19 +19,19 @@ from typing import Any
 
 import pytest
 
+from service.db.sqlite.bytecode import _WRITES
+from service.db.sqlite.bytecode import Op as _Op
+from service.db.sqlite.bytecode import Program as _Program
 from service.db.sqlite.guard import Guard, ShapeMemo, read_catalog
+from service.db.sqlite.key_seeks import Analysis as _Analysis
+from service.db.sqlite.key_seeks import _key_collations
 from service.db.sqlite.key_specs import KeyCatalog, KeySpec, read_key_catalog
 from service.db.sqlite.keyed_reads import (
-    _WRITES,
     MAX_KEYS,
     KeyedLookup,
     Literal,
     Param,
     Source,
-    _Analysis,
-    _key_collations,
-    _Op,
-    _Program,
     keyed_lookups,
 )
 from service.values import Params

@@ -36,10 +36,8 @@ from service.db.door import (
 from service.db.sqlite import idempotency, outbox, probe
 from service.db.sqlite.connection import SqliteConnection, open_connection
 from service.db.sqlite.group_commit import WriteBatcher
-from service.db.sqlite.guard import Guard, ShapeMemo
+from service.db.sqlite.guard import ShapeMemo
 from service.db.sqlite.key_capture import KeyCapture
-from service.db.sqlite.key_specs import EMPTY_CATALOG, KeyCatalog
-from service.db.sqlite.keyed_reads import KeyedLookup, keyed_lookups
 from service.db.sqlite.outside_writes import watch_data_version
 from service.db.sqlite.plans import (
     TINY_TABLE_ROWS,
@@ -48,7 +46,7 @@ from service.db.sqlite.plans import (
     scanned_table,
 )
 from service.db.sqlite.pool import PoolPolicy, ReaderPool
-from service.db.sqlite.read_shapes import KeyedShape, LookupMemo
+from service.db.sqlite.read_shapes import KeyedShape, ReadShapes
 from service.db.sqlite.reads import SqliteRowStream, close_stream, fetch_rows, open_stream
 from service.db.sqlite.schema import Schema, read_schema, rows_up_to
 from service.db.sqlite.write_plans import StatementPlan, WritePlan, plan_insert
@@ -76,8 +74,6 @@ class SqliteDatabase:
     ) -> None:
         self.config = config
         self._tracking = tracking or KeyTracking(enabled=False)
-        self._catalog = EMPTY_CATALOG  # read when the writer opens
-        self._lookups = LookupMemo()
         self._tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
         self._after_commit = after_commit
         self._use_outbox = use_outbox
@@ -102,6 +98,7 @@ class SqliteDatabase:
             validate_after_idle=limits.reader_validate_after_idle_seconds,
         )
         self.pool = ReaderPool(config.name, policy, self._open_reader, tracer)
+        self._shapes = ReadShapes(config.name, self._read_memo, self.pool)
 
     @property
     def name(self) -> str:
@@ -133,46 +130,7 @@ class SqliteDatabase:
     async def read_shape(self, sql: str, params: Params, deadline: float) -> KeyedShape | None:
         """The tables ``sql`` reads and how it looks them up: remembered, or learnt by
         preparing it under EXPLAIN."""
-        memo = self._lookups  # replaced whole when the catalog changes
-        known, lookups = self._read_memo.get(sql), memo.get(sql)
-        if known is not None and lookups is not None:
-            return KeyedShape(known, lookups)
-        catalog = self._catalog
-
-        def explain(raw: sqlite3.Connection, guard: Guard) -> KeyedShape | None:
-            guard.begin(sql)
-            raw.execute(f"EXPLAIN {sql}", params).close()
-            shape = guard.shape_of(sql)
-            if shape is None:
-                return None
-            return KeyedShape(shape, self._lookups_of(raw, guard, sql, params, catalog))
-
-        async with self.pool.reader(deadline) as conn:
-            found = await conn.run(lambda raw: explain(raw, conn.guard), deadline, field="sql")
-        if found is None or self._catalog is catalog:
-            if found is not None:
-                memo.put(sql, found.lookups)
-            return found
-        return KeyedShape(found.shape, {})  # learnt from an older schema: table tags
-
-    def _lookups_of(
-        self, raw: sqlite3.Connection, guard: Guard, sql: str, params: Params, catalog: KeyCatalog
-    ) -> dict[str, KeyedLookup]:
-        """The tables ``sql`` reads only by key, on a reader whose schema is the catalog's."""
-        if not catalog.tables:
-            return {}
-        guard.trusted = True  # a PRAGMA, which callers' statements may not use
-        try:
-            version = int(raw.execute("PRAGMA schema_version").fetchone()[0])
-        finally:
-            guard.trusted = False
-        if version != catalog.schema_version:
-            return {}  # the writer has not seen this schema yet: table tags until it has
-        try:
-            return keyed_lookups(raw, sql, params, catalog)
-        except Exception:  # an unknown program shape must cost a keyed read, never the read
-            log.exception("key analysis of a read on %s failed; table tags used", self.name)
-            return {}
+        return await self._shapes.read_shape(sql, params, deadline)
 
     async def read(
         self, sql: str, params: Params, max_rows: int, max_bytes: int, deadline: float
@@ -370,15 +328,10 @@ class SqliteDatabase:
         reads are keyed only on the tables it watches."""
         if not self._tracking.enabled:
             return None
-        capture = KeyCapture(self._tracking, on_catalog=self._use_catalog)
-        self._catalog = await conn.run_trusted(lambda raw: capture.install(raw, conn.guard))
+        capture = KeyCapture(self._tracking, on_catalog=self._shapes.use_catalog)
+        catalog = await conn.run_trusted(lambda raw: capture.install(raw, conn.guard))
+        self._shapes.use_catalog(catalog)  # before the readers open: nothing was learnt yet
         return capture
-
-    def _use_catalog(self, catalog: KeyCatalog) -> None:
-        # On the writer's thread, before the COMMIT that bumps the old catalog's keyed
-        # reads: lookups learnt under the old one are never used again.
-        self._lookups = LookupMemo()
-        self._catalog = catalog
 
     async def _open_reader(self) -> SqliteConnection:
         return await self._open_connection(writer=False)

@@ -18,9 +18,9 @@ What such triggers cannot see, and what is done instead:
   is off (and it stays off, or user triggers would recurse). A write that may
   REPLACE (its SQL says so, an outer REPLACE reaches into trigger bodies, a
   table declares ON CONFLICT REPLACE, a user trigger says REPLACE) bumps the
-  key generation of every table it may have touched. The foreign-key actions
-  of such deletes do fire the child's triggers (measured), but the children
-  are bumped too.
+  key generation of every table it may have touched (``write_reach``). The
+  foreign-key actions of such deletes do fire the child's triggers
+  (measured), but the children are bumped too.
 - Virtual tables take no triggers: they are left out of the catalog, so no
   read is ever keyed on one.
 - Past ``max_keys_per_write`` keys of one table in one job the table's rows
@@ -43,7 +43,6 @@ here runs on the writer's thread.
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ from service.db.door import KeyTracking, WriteOutcome
 from service.db.sqlite.guard import KEY_FUNCTION, Guard
 from service.db.sqlite.key_specs import EMPTY_CATALOG, KeyCatalog, KeySpec, read_key_catalog
 from service.db.sqlite.schema import quote_identifier
-from service.db.sqlite.write_plans import says_replace
+from service.db.sqlite.write_reach import Reach, read_reach
 from service.values import SqlValue
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,6 @@ _EVENTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("update", "UPDATE", ("OLD", "NEW")),
     ("delete", "DELETE", ("OLD",)),
 )
-_FK_ACTIONS = frozenset({"CASCADE", "SET NULL", "SET DEFAULT"})
 
 
 @dataclass(frozen=True)
@@ -78,33 +76,6 @@ class _Watched:
 
 
 @dataclass(frozen=True)
-class _Reach:
-    """What a write to each table (lower-cased) may change beyond what the triggers see.
-
-    ``touches``: every table it may write (itself, foreign-key actions, user
-    triggers), transitively. ``replacing``: the tables whose key generation
-    goes whenever it is written, because rows may go by REPLACE.
-    """
-
-    touches: dict[str, frozenset[str]]
-    replacing: dict[str, frozenset[str]]
-
-    def of(self, tables: Iterable[str]) -> frozenset[str]:
-        """``tables`` (declared names) and every table a write to them may change."""
-        found: set[str] = set()
-        for table in tables:
-            found |= self.touches.get(table.lower(), frozenset({table}))
-        return frozenset(found)
-
-    def replaced(self, tables: Iterable[str]) -> frozenset[str]:
-        """The tables whose rows may go by REPLACE when ``tables`` are written."""
-        found: set[str] = set()
-        for table in self.of(tables):
-            found |= self.replacing.get(table.lower(), frozenset())
-        return frozenset(found)
-
-
-@dataclass(frozen=True)
 class _Installed:
     """The triggers in place: the catalog they serve, by trigger number, and the temp
     schema's version once they were made (a rollback that undid them changes it back)."""
@@ -112,11 +83,11 @@ class _Installed:
     catalog: KeyCatalog
     watched: tuple[_Watched, ...]
     triggers: dict[str, str]  # trigger name -> lower-cased table, for the guard
-    reach: _Reach
+    reach: Reach
     temp_version: int
 
 
-_NOTHING = _Installed(EMPTY_CATALOG, (), {}, _Reach({}, {}), -1)
+_NOTHING = _Installed(EMPTY_CATALOG, (), {}, Reach({}, {}), -1)
 
 
 class KeyCapture:
@@ -323,7 +294,7 @@ def _install(raw: sqlite3.Connection) -> _Installed:
         catalog.schema_version,
     )
     temp_version = int(raw.execute("PRAGMA temp.schema_version").fetchone()[0])
-    return _Installed(restricted, tuple(watched), triggers, _read_reach(raw), temp_version)
+    return _Installed(restricted, tuple(watched), triggers, read_reach(raw), temp_version)
 
 
 def _drop_triggers(raw: sqlite3.Connection) -> None:
@@ -369,62 +340,3 @@ def _make_triggers(
 def _call(number: int, image: str, columns: tuple[str, ...]) -> str:
     values = ", ".join(f"{image}.{quote_identifier(c)}" for c in columns)
     return f"{KEY_FUNCTION}({number}, {values})"
-
-
-def _read_reach(raw: sqlite3.Connection) -> _Reach:
-    """Which tables a write to each table may change, and which may lose rows to REPLACE."""
-    objects = raw.execute(
-        "SELECT type, tbl_name, sql FROM sqlite_schema WHERE type IN ('table', 'trigger')"
-    ).fetchall()
-    tables = {str(name).lower(): str(name) for kind, name, _ in objects if kind == "table"}
-    edges = _cascades(raw, tables)
-    replacing: dict[str, set[str]] = {}
-    for kind, on, sql in objects:
-        text, table = str(sql or ""), str(on).lower()
-        if kind == "table" and says_replace(text):
-            replacing.setdefault(table, set()).add(table)
-        elif kind == "trigger":
-            named = _tables_named(text, tables)
-            edges.setdefault(table, set()).update(named)
-            if says_replace(text):
-                replacing.setdefault(table, set()).update(named)
-    touches = {name: _closure(name, edges, tables) for name in edges.keys() | tables.keys()}
-    bumps = {
-        name: frozenset(t for r in risky for t in touches[r]) for name, risky in replacing.items()
-    }
-    return _Reach(touches, bumps)
-
-
-def _cascades(raw: sqlite3.Connection, tables: dict[str, str]) -> dict[str, set[str]]:
-    """Parent -> the children its deletes or updates write through foreign-key actions."""
-    edges: dict[str, set[str]] = {}
-    for child, declared in tables.items():
-        keys = raw.execute(
-            'SELECT "table", on_update, on_delete FROM pragma_foreign_key_list(?)', (declared,)
-        ).fetchall()
-        for parent, on_update, on_delete in keys:
-            if {on_update, on_delete} & _FK_ACTIONS:
-                edges.setdefault(str(parent).lower(), set()).add(child)
-    return edges
-
-
-def _tables_named(sql: str, tables: dict[str, str]) -> set[str]:
-    """The tables whose names ``sql`` mentions anywhere (in a literal too: more is safe)."""
-    lowered = sql.lower()
-    found = set()
-    for name in tables:
-        spellings = {name, name.replace('"', '""')}
-        if any(re.search(rf"(?<![\w$]){re.escape(n)}(?![\w$])", lowered) for n in spellings):
-            found.add(name)
-    return found
-
-
-def _closure(start: str, edges: dict[str, set[str]], tables: dict[str, str]) -> frozenset[str]:
-    """Declared names of ``start`` and every table reachable from it."""
-    seen, pending = {start}, [start]
-    while pending:
-        for step in edges.get(pending.pop(), set()):
-            if step not in seen:
-                seen.add(step)
-                pending.append(step)
-    return frozenset(tables.get(name, name) for name in seen)
