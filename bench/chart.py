@@ -1,8 +1,9 @@
 """``python -m bench.chart RESULTS.json OUT.png``: the benchmark table as a picture.
 
 Run by the bench venv (matplotlib). Throughput rows on the left, latency
-rows on the right: the service's median next to what it is compared with,
-min-max as error bars, and each ratio with its goal written beside it.
+rows next, hit rates (if any) on the right: the service's median next to
+what it is compared with, min-max as error bars, and each ratio with its
+goal written beside it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def _bars(axis: Any, rows: list[dict[str, Any]], unit_label: str) -> None:
+def _bars(axis: Any, rows: list[dict[str, Any]], unit_label: str, log: bool = True) -> None:
     names = [r["scenario"].strip() for r in rows][::-1]
     rows = rows[::-1]
     positions = range(len(rows))
@@ -42,11 +43,11 @@ def _bars(axis: Any, rows: list[dict[str, Any]], unit_label: str) -> None:
         )
     for position, row in zip(positions, rows, strict=True):
         ratio = statistics.median(row["ratios"])
-        goal = (
-            f" (goal {'<=' if row.get('lower_is_better') else '>='} {row['goal']:g})"
-            if row["goal"]
-            else ""
-        )
+        goal = ""
+        if row["goal"]:
+            bound = f"{'<=' if row.get('lower_is_better') else '>='} {row['goal']:g}"
+            # With "absolute" the goal is on the service's figure itself, not the ratio.
+            goal = f" (goal: {bound} {row['unit']})" if row.get("absolute") else f" (goal {bound})"
         axis.text(
             0.99,
             position,
@@ -57,7 +58,8 @@ def _bars(axis: Any, rows: list[dict[str, Any]], unit_label: str) -> None:
             fontsize=7,
         )
     axis.set_yticks(list(positions), names, fontsize=7)
-    axis.set_xscale("log")
+    if log:
+        axis.set_xscale("log")
     axis.set_xlabel(unit_label)
     axis.legend(loc="lower left", fontsize=7)
 
@@ -69,7 +71,8 @@ def _named(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         name = row["scenario"]
         if name.startswith(" "):
             detail = name.strip().removeprefix("the same").strip(" ,") or row["against"]
-            name = f"{re.sub(r', (1 call|[0-9]+ concurrent).*$', '', parent)}: {detail}"
+            trail = r", (1 call|[0-9]+ concurrent|[0-9.]+% writes).*$"
+            name = f"{re.sub(trail, '', parent)}: {detail}"
         else:
             parent = name
         out.append(row | {"scenario": name})
@@ -80,11 +83,16 @@ def main(source: Path, target: Path) -> None:
     """Draw ``source``'s rows into ``target``."""
     results = json.loads(source.read_text())
     rows = [r for r in _named(results["rows"]) if not r.get("invalid")]
-    fast = [r for r in rows if r["unit"] != "ms"]
+    fast = [r for r in rows if r["unit"].endswith("/s")]
     slow = [r for r in rows if r["unit"] == "ms"]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(16, max(4, 0.45 * len(fast))))
-    _bars(left, fast, "per second (log), higher is better")
-    _bars(right, slow, "milliseconds (log), lower is better")
+    shares = [r for r in rows if r["unit"] == "hit rate"]
+    panels = 3 if shares else 2
+    height = max(4, 0.45 * max(len(fast), len(slow), len(shares)))
+    figure, axes = plt.subplots(1, panels, figsize=(8 * panels, height))
+    _bars(axes[0], fast, "per second (log), higher is better")
+    _bars(axes[1], slow, "milliseconds (log), lower is better")
+    if shares:
+        _bars(axes[2], shares, "hit rate, higher is better", log=False)
     figure.suptitle(results["header"], fontsize=9)
     figure.tight_layout()
     figure.savefig(target, dpi=110)

@@ -51,3 +51,41 @@ def stdlib_point_queries(path: Path, rows: int, seconds: float) -> float:
     elapsed = time.perf_counter() - started
     conn.close()
     return done / elapsed
+
+
+ORDERS_SCHEMA = Path(__file__).resolve().parent / "schema" / "orders" / "0001_orders.sql"
+
+
+def orders_database(path: Path, rows: int, customers: int) -> Path:
+    """An orders database of ``rows`` rows over ``customers`` customers (reused when there).
+
+    Each order goes to a customer drawn uniformly (fixed seed), so every customer
+    has about ``rows / customers`` orders; ``day`` is 1-365, ``amount`` 1-500.
+    """
+    if path.exists():
+        return path
+    building = path.with_suffix(".building")
+    pick = random.Random(5)
+    conn = sqlite3.connect(building, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(ORDERS_SCHEMA.read_text())
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO orders (id, customer, day, amount) VALUES (?, ?, ?, ?)",
+            (
+                (
+                    i,
+                    pick.randint(1, customers),
+                    pick.randint(1, 365),
+                    pick.randint(100, 50_000) / 100,
+                )
+                for i in range(1, rows + 1)
+            ),
+        )
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    building.rename(path)
+    return path

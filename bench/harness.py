@@ -6,6 +6,7 @@ a loopback port of its own and is stopped by its pid when the block ends.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import statistics
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent
+DIGITS = {"ms": 2, "hit rate": 3}  # decimals a figure is printed with, by unit; else 0
 
 
 @dataclass
@@ -28,8 +30,10 @@ class Row:
     """One line of the table: a figure, its comparison, and the goal for their ratio.
 
     The ratio is always ours / theirs; for a figure where lower is better
-    (latency) the goal is a ceiling instead of a floor. ``invalid`` says why
-    the figures do not measure what the row claims, and replaces the verdict.
+    (latency) the goal is a ceiling instead of a floor. With ``absolute`` the
+    goal bounds our figure itself (a hit rate, a latency in ms), not the
+    ratio. ``invalid`` says why the figures do not measure what the row
+    claims, and replaces the verdict.
     """
 
     scenario: str
@@ -40,9 +44,10 @@ class Row:
     goal: float | None
     lower_is_better: bool = False
     invalid: str | None = None
+    absolute: bool = False
 
     def ratios(self) -> list[float]:
-        return [a / b for a, b in zip(self.ours, self.theirs, strict=True)]
+        return [a / b if b else math.inf for a, b in zip(self.ours, self.theirs, strict=True)]
 
     def line(self) -> str:
         r = self.ratios()
@@ -50,24 +55,27 @@ class Row:
         return (
             f"| {self.scenario} | {self._figure(self.ours)} | "
             f"{self.against}: {self._figure(self.theirs)} | "
-            f"{med:.2f} ({min(r):.2f}-{max(r):.2f}) | {self._goal()} | {self._verdict(med)} |"
+            f"{med:.2f} ({min(r):.2f}-{max(r):.2f}) | {self._goal()} | "
+            f"{self._verdict(statistics.median(self.ours) if self.absolute else med)} |"
         )
 
     def _figure(self, values: list[float]) -> str:
-        digits = 2 if self.unit == "ms" else 0
+        digits = DIGITS.get(self.unit, 0)
         return f"{statistics.median(values):,.{digits}f} {self.unit}"
 
     def _goal(self) -> str:
         if self.goal is None:
             return "-"
-        return f"{'<=' if self.lower_is_better else '>='} {self.goal:g}"
+        bound = f"{'<=' if self.lower_is_better else '>='} {self.goal:g}"
+        return f"{bound} {self.unit}" if self.absolute else bound
 
-    def _verdict(self, median_ratio: float) -> str:
+    def _verdict(self, median: float) -> str:
+        """Met or not: ``median`` is the ratio's, or with ``absolute`` our figure's."""
         if self.invalid is not None:
             return self.invalid
         if self.goal is None:
             return ""
-        met = median_ratio <= self.goal if self.lower_is_better else median_ratio >= self.goal
+        met = median <= self.goal if self.lower_is_better else median >= self.goal
         return "met" if met else "NOT met"
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from bench.cached import L1_HIT, REDIS_HIT, Plan, bench_cached, bench_tracing
 from bench.harness import ROOT, Row, serving
 from bench.idempotent import bench_idempotent
+from bench.keys import bench_keys
 from bench.sqlite_scenarios import bench_group, bench_points, bench_scaling
 
 RESULTS = ROOT / "results"
@@ -142,6 +143,7 @@ STEPS: dict[str, Callable[[Path, bool], list[Row]]] = {
     "cached_l1": lambda workdir, quick: bench_cached(workdir, L1_HIT, Plan.for_run(quick)),
     "cached_redis": lambda workdir, quick: bench_cached(workdir, REDIS_HIT, Plan.for_run(quick)),
     "tracing": lambda workdir, quick: bench_tracing(workdir, Plan.for_run(quick)),
+    "keys": bench_keys,
     "points": bench_points,
     "group": bench_group,
     "scaling": bench_scaling,
