@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass, replace
 
 from opentelemetry import trace
 
@@ -20,7 +20,7 @@ from service import errors
 from service.cache.keys import cache_key
 from service.cache.tagged import CacheUnavailable, EntryPolicy, TagCache
 from service.config import Limits
-from service.db.door import Database, KeyLookup, Rows, Statements, WriteOutcome
+from service.db.door import Database, ReadShape, Rows, Statements, WriteOutcome
 from service.domain import (
     CacheMode,
     CacheStatus,
@@ -39,15 +39,23 @@ from service.observe.stats_report import KeyFigures, StatsReport, stats_report
 from service.routing.fan_out import combine, fetch_all
 from service.routing.router import Router, pick_member
 from service.scopes import ANYONE, Principal, Scopes
-from service.tags import (
-    ALL_TAG,
-    database_tag,
-    invalidated,
-    key_generation_tag,
-    key_tags,
-    table_tags,
-)
+from service.tags import ALL_TAG, database_tag, invalidated, read_tags, table_tags, write_tags
 from service.values import SqlRow
+
+_ATTEMPTS = 3  # reads keyed anew after a schema change, before one goes uncached
+
+
+class _Rekeyed(Exception):
+    """A load's key lookups were learnt under a schema another process has changed."""
+
+
+@dataclass
+class _Tagged:
+    """A read's cache tags, whether a table is keyed, and the shapes they came from."""
+
+    tags: list[str]
+    keyed: bool
+    shapes: list[ReadShape]
 
 
 class DataAccess:
@@ -97,14 +105,32 @@ class DataAccess:
         ``identity`` (the request's bytes) lets ``cached`` answer its repeats.
         """
         members = self._readable(request, caller)
-        tagged = await self._read_tags(members, request, deadline)
-        if tagged is None:
-            result = await self._read(members, request, deadline)
-            return EncodedRead(self._encode(result), CacheStatus.BYPASS)
-        tags, keyed = tagged
+        for _ in range(_ATTEMPTS):
+            tagged = await self._read_tags(members, request, deadline)
+            if tagged is None:
+                break
+            try:
+                return await self._through_cache(members, request, deadline, identity, tagged)
+            except _Rekeyed:
+                continue  # another process changed the schema: learn the lookups again
+        result = await self._read(members, request, deadline)
+        return EncodedRead(self._encode(result), CacheStatus.BYPASS)
+
+    async def _through_cache(
+        self,
+        members: Sequence[Database],
+        request: ReadRequest,
+        deadline: float,
+        identity: bytes,
+        tagged: _Tagged,
+    ) -> EncodedRead:
+        tags = tagged.tags
 
         async def load() -> bytes:
-            self.keys.loaded(keyed)
+            # After the tokens were read: a schema change past this point bumps them.
+            if not all(shape.current() for shape in tagged.shapes):
+                raise _Rekeyed
+            self.keys.loaded(tagged.keyed)
             return self._encode(replace(await self._read(members, request, deadline), tags=tags))
 
         policy = EntryPolicy(
@@ -136,22 +162,23 @@ class DataAccess:
 
     async def _read_tags(
         self, members: Sequence[Database], request: ReadRequest, deadline: float
-    ) -> tuple[list[str], bool] | None:
-        """What a result is cached under, learnt from the engine, not from the SQL, and
-        whether some table is keyed; None when it must not be cached."""
+    ) -> _Tagged | None:
+        """What a result is cached under, learnt from the engine, not from the SQL; None
+        when it must not be cached."""
         if request.cache_mode is CacheMode.BYPASS:
             return None
-        tags: list[str] = []
-        keyed = False
+        tagged = _Tagged([], False, [])
         for database in members:
             shape = await database.read_shape(request.sql, request.params, deadline)
             if shape is None or not shape.cacheable(request.params):
                 return None  # random(), CURRENT_TIMESTAMP, datetime('now'), ...: never cached
             lookups = shape.keyed(request.params)
-            keyed = keyed or bool(lookups)
-            tags += _tags_of_read(database.name, shape.reads, lookups)
-            tags.append(database_tag(database.name))
-        return tags + list(request.cache_tags) + [ALL_TAG], keyed
+            tagged.keyed = tagged.keyed or bool(lookups)
+            tagged.tags += read_tags(database.name, shape.reads, lookups)
+            tagged.tags.append(database_tag(database.name))
+            tagged.shapes.append(shape)
+        tagged.tags += [*request.cache_tags, ALL_TAG]
+        return tagged
 
     async def _read(
         self, members: Sequence[Database], request: ReadRequest, deadline: float
@@ -306,7 +333,7 @@ class DataAccess:
         self, database: Database, write: WriteOptions
     ) -> Callable[[WriteOutcome], list[str]]:
         """What a committed write bumps: the tables and keys it changed, and the caller's tags."""
-        return lambda outcome: _tags_of_write(database.name, outcome) + list(write.invalidate_tags)
+        return lambda outcome: write_tags(database.name, outcome) + list(write.invalidate_tags)
 
     def check_write(self, database_name: str, caller: Principal) -> None:
         """Raise NotFound or PermissionDenied unless ``caller`` may write ``database_name``."""
@@ -357,31 +384,10 @@ def _tags_read(database: Database, rows: Rows) -> list[str]:
     return table_tags(database.name, rows.reads)
 
 
-def _tags_of_read(
-    database: str, reads: frozenset[str], keyed: Mapping[str, KeyLookup]
-) -> list[str]:
-    """A read's tags on one database: its keys on the tables it looks up by key, the
-    table tag of every other table it reads."""
-    tags = table_tags(database, reads - keyed.keys())
-    for table, lookup in sorted(keyed.items()):
-        tags += key_tags(database, table, lookup.columns, lookup.digests)
-        tags.append(key_generation_tag(database, table))
-    return tags
-
-
-def _tags_of_write(database: str, outcome: WriteOutcome) -> list[str]:
-    """What a committed write bumps on its database: the table tags of every table it
-    changed, the key tags of every key value it changed, the key generations it spent."""
-    tags = table_tags(database, outcome.tables)
-    for table, columns, digest in sorted(outcome.keys):
-        tags += key_tags(database, table, columns, (digest,))
-    return tags + [key_generation_tag(database, t) for t in sorted(outcome.key_generations)]
-
-
 def _written(
     outcomes: Sequence[tuple[Database, WriteOutcome]], extra_tags: Sequence[str]
 ) -> WriteResult:
     """The answer to a committed write; its tags were invalidated at the commit."""
-    tags = [tag for db, outcome in outcomes for tag in _tags_of_write(db.name, outcome)]
+    tags = [tag for db, outcome in outcomes for tag in write_tags(db.name, outcome)]
     first = outcomes[0][1]
     return WriteResult(first.rows_affected, first.last_insert_rowid, tags + list(extra_tags))

@@ -15,7 +15,9 @@ unservable, so ``all`` and ``database:`` tags drop everything of their scope.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+
+from service.db.door import KeyLookup, WriteOutcome
 
 ALL_TAG = "all"  # every entry carries it, so Invalidate(all) is one bump
 
@@ -55,3 +57,22 @@ def invalidated(tags: Sequence[str], databases: Sequence[str], everything: bool)
         *([ALL_TAG] if everything else []),
     ]
     return list(dict.fromkeys(bumped))
+
+
+def read_tags(database: str, reads: frozenset[str], keyed: Mapping[str, KeyLookup]) -> list[str]:
+    """A read's tags on one database: its keys on the tables it looks up by key, the
+    table tag of every other table it reads."""
+    tags = table_tags(database, reads - keyed.keys())
+    for table, lookup in sorted(keyed.items()):
+        tags += key_tags(database, table, lookup.columns, lookup.digests)
+        tags.append(key_generation_tag(database, table))
+    return tags
+
+
+def write_tags(database: str, outcome: WriteOutcome) -> list[str]:
+    """What a committed write bumps on its database: the table tags of every table it
+    changed, the key tags of every key value it changed, the key generations it spent."""
+    tags = table_tags(database, outcome.tables)
+    for table, columns, digest in sorted(outcome.keys):
+        tags += key_tags(database, table, columns, (digest,))
+    return tags + [key_generation_tag(database, t) for t in sorted(outcome.key_generations)]

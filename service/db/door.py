@@ -57,6 +57,11 @@ class ReadShape(Protocol):
         result depends on no other rows of them. Every other table read is not keyed."""
         ...
 
+    def current(self) -> bool:
+        """Whether its key lookups still name the keys writes report. False once the
+        schema changed under them: a result read now must not be cached under them."""
+        ...
+
 
 @dataclass(frozen=True)
 class Rows:

@@ -23,6 +23,7 @@ from tests.conftest import (
     base_document,
     plain_rows,
     row,
+    sqlite_database,
     started,
     value,
 )
@@ -49,6 +50,15 @@ CREATE TABLE stock (sku TEXT PRIMARY KEY, qty INTEGER) WITHOUT ROWID;
 CREATE TABLE tokens (code TEXT UNIQUE ON CONFLICT REPLACE, owner INTEGER);
 CREATE INDEX tokens_owner ON tokens(owner);
 CREATE TABLE scores (player INTEGER, game INTEGER, points INTEGER, PRIMARY KEY (player, game));
+CREATE TABLE labels (id INTEGER PRIMARY KEY, k TEXT UNIQUE);
+CREATE VIEW label_view AS SELECT id, k FROM labels;
+CREATE TRIGGER label_view_insert INSTEAD OF INSERT ON label_view BEGIN
+    INSERT INTO labels (id, k) VALUES (NEW.id, NEW.k);
+END;
+CREATE TABLE notes (id INTEGER PRIMARY KEY, x TEXT);
+CREATE TRIGGER notes_label AFTER INSERT ON notes BEGIN
+    INSERT OR REPLACE INTO label_view (id, k) VALUES (NULL, NEW.x);
+END;
 """
 SEED = [
     "INSERT INTO customers (id, email, region) VALUES"
@@ -58,6 +68,7 @@ SEED = [
     "INSERT INTO stock (sku, qty) VALUES ('a', 1), ('b', 2)",
     "INSERT INTO tokens (code, owner) VALUES ('t1', 1), ('t2', 2)",
     "INSERT INTO scores (player, game, points) VALUES (1, 1, 10), (1, 2, 20), (2, 1, 30)",
+    "INSERT INTO labels (id, k) VALUES (1, 'z')",
 ]
 BY_CUSTOMER = "SELECT id, amount FROM orders WHERE customer = ? ORDER BY id"
 STATUS = {
@@ -276,6 +287,17 @@ async def test_a_schema_level_on_conflict_replace_drops_the_replaced_rows_keys(
     assert await fresh(shop, owned, 1) == []
 
 
+async def test_a_replace_inside_a_trigger_through_a_views_instead_of_trigger(
+    shop: Running,
+) -> None:
+    """The outer write says no REPLACE, but a trigger's INSERT OR REPLACE into a view runs
+    the view's INSTEAD OF trigger under REPLACE: label 1 goes with no trigger telling."""
+    label = "SELECT id, k FROM labels WHERE id = ?"
+    assert await cached(shop, label, 1) == [(1, "z")]
+    await update(shop, "INSERT INTO notes (id, x) VALUES (5, 'z')")
+    assert await fresh(shop, label, 1) == []
+
+
 async def test_upserts_on_a_without_rowid_table_and_a_composite_key(shop: Running) -> None:
     sku = "SELECT qty FROM stock WHERE sku = ?"
     assert await cached(shop, sku, "a") == [(1,)]
@@ -471,3 +493,58 @@ async def test_pub_sub_alone_drops_the_key_on_another_server_and_skips_its_own_n
         assert (rows, status) == ([(12, 60.0)], "miss")
         await still_hit(other, BY_CUSTOMER, 1)
         await still_hit(one, BY_CUSTOMER, 3)  # its own news did not disturb its L1
+
+
+async def test_a_read_keyed_before_a_schema_change_is_not_cached_under_the_old_keys(
+    shop: Running,
+) -> None:
+    """A read takes its key lookups, another process drops the index they use, the service
+    writes (seeing the new schema) and only then does the read load: it must not be
+    cached under keys the writes no longer report."""
+    await cached(shop, BY_CUSTOMER, 1)  # the SQL's lookups are learnt: keyed on customer
+    database = sqlite_database(shop.server, "shop")
+    learn = database.read_shape
+    reached, go_on = asyncio.Event(), asyncio.Event()
+
+    async def paused(sql: str, params: Any, deadline: float) -> Any:
+        shape = await learn(sql, params, deadline)
+        if params == (2,):
+            reached.set()
+            await go_on.wait()
+        return shape
+
+    database.read_shape = paused  # type: ignore[method-assign]
+    pending = asyncio.ensure_future(read(shop, BY_CUSTOMER, 2))
+    await reached.wait()
+    with sqlite3.connect(shop.data_dir / "shop.db") as other:
+        other.execute("DROP INDEX orders_customer_day")
+    await update(shop, "UPDATE orders SET amount = amount WHERE id = 14")  # sees the schema
+    go_on.set()
+    rows, _, _ = await pending
+    database.read_shape = learn  # type: ignore[method-assign]
+    assert rows == [(12, 3.0)]
+    await update(shop, "UPDATE orders SET amount = 99 WHERE id = 12")
+    rows, status, tags = await read(shop, BY_CUSTOMER, 2)
+    assert rows == [(12, 99.0)], (status, tags)
+    assert "table:shop.orders" in tags  # no index on customer now: a table scan
+
+
+async def test_a_replica_with_key_tags_off_still_drops_the_others_keyed_reads(
+    tmp_path: Path, redis_server: RedisProcess
+) -> None:
+    """Two servers on one file and one Redis, one with key tags off (or an older release
+    mid-upgrade): its writes know no keys, so they drop the table's keyed reads whole."""
+    keyed = with_redis(shop_document(tmp_path), redis_server)
+    untracked = with_redis(shop_document(tmp_path), redis_server, key_tags=False)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with started(tmp_path / "a", untracked) as one, started(tmp_path / "b", keyed) as other:
+        await cached(other, BY_CUSTOMER, 2)
+        tags = await update(one, "UPDATE orders SET amount = 70 WHERE id = 12")
+        assert "keys:shop.orders" in tags
+        for _ in range(50):
+            rows, status, _ = await read(other, BY_CUSTOMER, 2)
+            if status == "miss":
+                break
+            await asyncio.sleep(0.02)
+        assert (rows, status) == ([(12, 70.0)], "miss")

@@ -963,12 +963,14 @@ class CacheTierStats(_message.Message):
     group of concurrent identical misses (the same on every tier's row).
     """
     keyed_loads: _builtins.int
-    """keyed_loads counts the loads whose result is cached under key tags for at
-    least one table it reads (an equality lookup on a key), so a write drops
-    it only when it changes one of those keys (the same on every tier's row).
+    """keyed_loads counts the reads run for the cache whose result is tagged by
+    key for at least one table it reads (an equality lookup on a key), so a
+    write drops it only when it changes one of those keys; reads answered
+    BYPASS while the cache could not be used count too (the same on every
+    tier's row).
     """
     table_tagged_loads: _builtins.int
-    """table_tagged_loads counts the loads cached under table tags only."""
+    """table_tagged_loads counts the same reads tagged by tables only."""
     def __init__(
         self,
         *,

@@ -247,7 +247,12 @@ class SqliteDatabase:
 
     def _cascaded(self, outcome: WriteOutcome) -> WriteOutcome:
         """``outcome`` naming also the tables its foreign-key actions changed."""
-        return replace(outcome, tables=self.schema.changed_with(outcome.tables))
+        tables = self.schema.changed_with(outcome.tables)
+        if self._tracking.enabled or outcome.replayed:
+            return replace(outcome, tables=tables)
+        # Untracked, its keys are unknown: another replica on this file (or an older run's
+        # entries in Redis) may hold reads keyed on them, so their generation goes.
+        return replace(outcome, tables=tables, key_generations=tables)
 
     # Health and figures
 

@@ -191,7 +191,12 @@ class KeyCapture:
         installed = self._installed
         keys, generations = self._keys(installed, rows, full)
         reach = installed.reach
-        generations |= reach.of(outcome.tables) if replaces else reach.replaced(outcome.tables)
+        risky = reach.replaced(outcome.tables)
+        if replaces or risky:
+            # Rows may have gone by REPLACE, which no trigger reports: every table the
+            # write reached (as the guard saw it, and as the schema says it may) drops
+            # its keyed reads.
+            generations |= reach.of(outcome.tables) | risky | outcome.tables
         if self._stale:
             generations |= self._stale | reach.of(outcome.tables)
             self._stale_carried = True

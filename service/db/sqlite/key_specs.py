@@ -147,14 +147,16 @@ class KeySpec:
         return self._digest(values)
 
     def _digest(self, values: Sequence[SqlValue]) -> str:
-        return _digest_of(self.collations, tuple(values))
+        held = tuple(values)
+        if any(isinstance(v, str | bytes) and len(v) > _REMEMBERED_BYTES for v in held):
+            return _digest_text(self.collations, held)  # not kept: the cache counts entries
+        return _digest_of(self.collations, held)
 
 
 # Python's equality never joins values SQLite keeps apart (1 == 1.0 == True share a
 # comparison class anyway, and text never equals a blob), so digests can be remembered:
 # hot keys are digested again on every write and read of them.
-@functools.lru_cache(maxsize=65_536)
-def _digest_of(collations: tuple[str, ...], values: tuple[SqlValue, ...]) -> str:
+def _digest_text(collations: tuple[str, ...], values: tuple[SqlValue, ...]) -> str:
     if len(values) != len(collations):
         raise ValueError("one value per key column")
     # Each part is unambiguous and holds no NUL (repr escapes it in text), so the
@@ -163,6 +165,10 @@ def _digest_of(collations: tuple[str, ...], values: tuple[SqlValue, ...]) -> str
     parts += [_class_text(v, c) for v, c in zip(values, collations, strict=True)]
     text = "\0".join(parts).encode("utf-8", "surrogatepass")
     return hashlib.blake2b(text, digest_size=8).hexdigest()
+
+
+_digest_of = functools.lru_cache(maxsize=65_536)(_digest_text)
+_REMEMBERED_BYTES = 256  # longer key values are digested each time, never kept
 
 
 def _class_text(value: SqlValue, collation: str) -> str:

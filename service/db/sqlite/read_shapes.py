@@ -32,6 +32,12 @@ class KeyedShape:
 
     shape: StatementShape
     lookups: Mapping[str, KeyedLookup]
+    catalog: KeyCatalog = EMPTY_CATALOG  # the catalog the lookups were learnt under
+    shapes: ReadShapes | None = None
+
+    def current(self) -> bool:
+        """Whether the lookups still follow the writer's key catalog (always, with none)."""
+        return not self.lookups or self.shapes is None or self.shapes.catalog is self.catalog
 
     @property
     def reads(self) -> frozenset[str]:
@@ -90,6 +96,11 @@ class ReadShapes:
         self._catalog = EMPTY_CATALOG  # read when the writer opens
         self._lookups = LookupMemo()
 
+    @property
+    def catalog(self) -> KeyCatalog:
+        """The key catalog reads are keyed by now."""
+        return self._catalog
+
     def use_catalog(self, catalog: KeyCatalog) -> None:
         """Key reads by ``catalog`` from now on: the one the writer's triggers serve, as
         they were installed or, on the writer's thread, made again."""
@@ -101,11 +112,13 @@ class ReadShapes:
     async def read_shape(self, sql: str, params: Params, deadline: float) -> KeyedShape | None:
         """The tables ``sql`` reads and how it looks them up: remembered, or learnt by
         preparing it under EXPLAIN."""
+        # The catalog first: use_catalog replaces the memo first, so lookups taken here
+        # are never newer than the catalog they are checked against (current()).
+        catalog = self._catalog
         memo = self._lookups  # replaced whole when the catalog changes
         known, lookups = self._read_memo.get(sql), memo.get(sql)
         if known is not None and lookups is not None:
-            return KeyedShape(known, lookups)
-        catalog = self._catalog
+            return KeyedShape(known, lookups, catalog, self)
 
         def explain(raw: sqlite3.Connection, guard: Guard) -> KeyedShape | None:
             guard.begin(sql)
@@ -113,7 +126,8 @@ class ReadShapes:
             shape = guard.shape_of(sql)
             if shape is None:
                 return None
-            return KeyedShape(shape, self._lookups_of(raw, guard, sql, params, catalog))
+            lookups = self._lookups_of(raw, guard, sql, params, catalog)
+            return KeyedShape(shape, lookups, catalog, self)
 
         async with self._pool.reader(deadline) as conn:
             found = await conn.run(lambda raw: explain(raw, conn.guard), deadline, field="sql")

@@ -43,17 +43,20 @@ class Reach:
     def replaced(self, tables: Iterable[str]) -> frozenset[str]:
         """The tables whose rows may go by REPLACE when ``tables`` are written."""
         found: set[str] = set()
-        for table in self.of(tables):
-            found |= self.replacing.get(table.lower(), frozenset())
+        for name in {*tables, *self.of(tables)}:  # a view written names its own reach
+            found |= self.replacing.get(name.lower(), frozenset())
         return frozenset(found)
 
 
 def read_reach(raw: sqlite3.Connection) -> Reach:
     """Which tables a write to each table may change, and which may lose rows to REPLACE."""
     objects = raw.execute(
-        "SELECT type, tbl_name, sql FROM sqlite_schema WHERE type IN ('table', 'trigger')"
+        "SELECT type, tbl_name, sql FROM sqlite_schema WHERE type IN ('table', 'view', 'trigger')"
     ).fetchall()
     tables = {str(name).lower(): str(name) for kind, name, _ in objects if kind == "table"}
+    # Views are steps too: a trigger writing a view runs the view's INSTEAD OF triggers,
+    # and an outer REPLACE carries into them.
+    nodes = tables | {str(name).lower(): str(name) for kind, name, _ in objects if kind == "view"}
     edges = _cascades(raw, tables)
     replacing: dict[str, set[str]] = {}
     for kind, on, sql in objects:
@@ -61,14 +64,18 @@ def read_reach(raw: sqlite3.Connection) -> Reach:
         if kind == "table" and says_replace(text):
             replacing.setdefault(table, set()).add(table)
         elif kind == "trigger":
-            named = _tables_named(text, tables)
+            named = _tables_named(text, nodes)
             edges.setdefault(table, set()).update(named)
             if says_replace(text):
-                replacing.setdefault(table, set()).update(named)
-    touches = {name: _closure(name, edges, tables) for name in edges.keys() | tables.keys()}
-    bumps = {
-        name: frozenset(t for r in risky for t in touches[r]) for name, risky in replacing.items()
-    }
+                replacing.setdefault(table, set()).update(named | {table})
+    steps = {name: _steps(name, edges) for name in edges.keys() | nodes.keys()}
+    touches = {name: _declared(reached, tables) for name, reached in steps.items()}
+    bumps: dict[str, frozenset[str]] = {}
+    for name, reached in steps.items():
+        # A write to ``name`` runs every trigger on what it reaches, views included.
+        risky = {r for step in reached for r in replacing.get(step, ())}
+        if risky:
+            bumps[name] = frozenset(t for r in risky for t in touches.get(r, ()))
     return Reach(touches, bumps)
 
 
@@ -96,12 +103,17 @@ def _tables_named(sql: str, tables: dict[str, str]) -> set[str]:
     return found
 
 
-def _closure(start: str, edges: dict[str, set[str]], tables: dict[str, str]) -> frozenset[str]:
-    """Declared names of ``start`` and every table reachable from it."""
+def _steps(start: str, edges: dict[str, set[str]]) -> set[str]:
+    """``start`` and every table or view reachable from it (lower-cased)."""
     seen, pending = {start}, [start]
     while pending:
         for step in edges.get(pending.pop(), set()):
             if step not in seen:
                 seen.add(step)
                 pending.append(step)
-    return frozenset(tables.get(name, name) for name in seen)
+    return seen
+
+
+def _declared(names: set[str], tables: dict[str, str]) -> frozenset[str]:
+    """The declared names of the tables among ``names`` (views are left out)."""
+    return frozenset(tables[name] for name in names if name in tables)
