@@ -548,3 +548,33 @@ async def test_a_replica_with_key_tags_off_still_drops_the_others_keyed_reads(
                 break
             await asyncio.sleep(0.02)
         assert (rows, status) == ([(12, 70.0)], "miss")
+
+
+async def test_a_key_holding_text_that_is_not_utf8_never_fails_a_write(shop: Running) -> None:
+    """Another process stored bytes that are not UTF-8 as text in a key column: writes to
+    that row still commit, and the keys around it are still dropped."""
+    by_email = "SELECT id FROM customers WHERE email = ?"
+    with sqlite3.connect(shop.data_dir / "shop.db") as other:
+        other.execute("INSERT INTO customers (id, email) VALUES (77, CAST(X'FF61' AS TEXT))")
+    assert await cached(shop, by_email, "a@x.com") == [(1,)]
+    await update(shop, "UPDATE customers SET email = 'a@x.com' || id WHERE id IN (1, 77)")
+    assert await fresh(shop, by_email, "a@x.com") == []
+    await update(shop, "DELETE FROM customers WHERE id = 77")
+
+
+@pytest.mark.parametrize("encoding", ["UTF-16le", "UTF-16be"])
+async def test_text_keys_in_a_utf16_database(tmp_path: Path, encoding: str) -> None:
+    document = shop_document(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    with sqlite3.connect(data / "shop.db") as made:  # text is stored as UTF-16 from the start
+        made.execute(f"PRAGMA encoding = '{encoding}'")
+        made.execute("CREATE TABLE first (x)")
+    async with started(tmp_path, document) as running:
+        by_email = "SELECT region FROM customers WHERE email = ?"
+        assert await cached(running, by_email, "A@x.com") == [("eu",)]
+        await update(running, "UPDATE customers SET region = 'apac' WHERE id = 1")
+        assert await fresh(running, by_email, "a@X.com") == [("apac",)]
+        await cached(running, by_email, "né@x.com")
+        await insert(running, "customers", ["id", "email"], (9, "NÉ@X.COM".replace("É", "é")))
+        assert await fresh(running, by_email, "né@x.com") == [(None,)]

@@ -57,6 +57,8 @@ from service.values import SqlValue
 log = logging.getLogger(__name__)
 
 TRIGGER_PREFIX = "_dataaccess_key_"
+_CODECS = {"UTF-8": "utf-8", "UTF-16LE": "utf-16-le", "UTF-16BE": "utf-16-be"}
+_MASK_BITS = 62  # key columns one text mask (an SQLite integer) can mark
 Key = tuple[str, str, str]  # (declared table, key columns, digest), as WriteOutcome.keys
 Row = tuple[SqlValue, ...]
 # (trigger name suffix, event, row images handed over)
@@ -73,6 +75,7 @@ class _Watched:
 
     table: str  # declared name
     specs: tuple[tuple[KeySpec, tuple[int, ...]], ...]
+    codec: str = "utf-8"  # how the database stores text, which comes over as bytes
 
 
 @dataclass(frozen=True)
@@ -251,6 +254,7 @@ def _keys_of(watched: _Watched, rows: set[Row], cap: int) -> frozenset[Key] | No
     """Every key of ``rows``; None past ``cap`` of them."""
     keys: set[Key] = set()
     table = watched.table
+    rows = {_texts(row, watched.codec) for row in rows}
     for spec, positions in watched.specs:
         name, digest = spec.name, spec.stored_digest
         values: set[Row]
@@ -265,6 +269,27 @@ def _keys_of(watched: _Watched, rows: set[Row], cap: int) -> frozenset[Key] | No
     return frozenset(keys)
 
 
+def _texts(row: Row, codec: str) -> Row:
+    """A captured row image as the values it holds: its text came over as bytes.
+
+    The triggers hand text over as a BLOB (and a mask saying which values were
+    text): Python cannot take text that is not valid UTF-8 as an argument, and
+    such a row, written by another process, must not make writes to it fail.
+    Valid text decodes to the very string a read binds; invalid bytes to one no
+    read can bind (SQLite compares their bytes, which no valid string shares).
+    """
+    mask, values = row[0], row[1:]
+    if not mask:
+        return values
+    assert isinstance(mask, int)
+    return tuple(
+        bytes(v).decode(codec, "surrogateescape")  # type: ignore[arg-type]
+        if mask >> i & 1
+        else v
+        for i, v in enumerate(values)
+    )
+
+
 def _tables(catalog: KeyCatalog) -> frozenset[str]:
     return frozenset(keys.table for keys in catalog.tables.values())
 
@@ -277,12 +302,13 @@ def _install(raw: sqlite3.Connection) -> _Installed:
     _drop_triggers(raw)
     catalog = read_key_catalog(raw)
     limit = raw.getlimit(sqlite3.SQLITE_LIMIT_FUNCTION_ARG)
+    codec = _CODECS[str(raw.execute("PRAGMA encoding").fetchone()[0]).upper()]
     watched: list[_Watched] = []
     triggers: dict[str, str] = {}
     for keys in catalog.tables.values():
         number = len(watched)
         columns = _columns(keys.specs)
-        if len(columns) + 1 > limit:
+        if len(columns) + 2 > limit or len(columns) > _MASK_BITS:
             log.warning("keys of table %s cannot be watched: too many key columns", keys.table)
             continue
         made = _make_triggers(raw, number, keys.table, columns) if columns else []
@@ -291,7 +317,7 @@ def _install(raw: sqlite3.Connection) -> _Installed:
         triggers.update(dict.fromkeys(made, keys.table.lower()))
         positions = {c: i for i, c in enumerate(columns)}
         specs = tuple((s, tuple(positions[c] for c in s.columns)) for s in keys.specs)
-        watched.append(_Watched(keys.table, specs))
+        watched.append(_Watched(keys.table, specs, codec))
     names = {w.table.lower() for w in watched}
     restricted = KeyCatalog(
         {name: keys for name, keys in catalog.tables.items() if name in names},
@@ -343,5 +369,11 @@ def _make_triggers(
 
 
 def _call(number: int, image: str, columns: tuple[str, ...]) -> str:
-    values = ", ".join(f"{image}.{quote_identifier(c)}" for c in columns)
-    return f"{KEY_FUNCTION}({number}, {values})"
+    """The call handing one row image over: a mask of its text values, then the values,
+    text as a BLOB of its bytes (see ``_texts``)."""
+    named = [f"{image}.{quote_identifier(c)}" for c in columns]
+    mask = " + ".join(f"((typeof({v}) = 'text') << {i})" for i, v in enumerate(named))
+    values = ", ".join(
+        f"CASE WHEN typeof({v}) = 'text' THEN CAST({v} AS BLOB) ELSE {v} END" for v in named
+    )
+    return f"{KEY_FUNCTION}({number}, {mask}, {values})"
