@@ -19,6 +19,7 @@ from service.db.sqlite.key_specs import (
     Affinity,
     KeySpec,
     Unknown,
+    _digest_text,
     affinity_of,
     apply_affinity,
     comparison_class,
@@ -262,3 +263,18 @@ def test_catalog_specs_of_a_schema() -> None:
     assert shadowed is not None and shadowed.specs == ()  # "rowid" is a column there
     roots = {name: root for root, (_, name) in catalog.roots.items() if name}
     assert set(roots) == {"orders_customer_day", "orders_name", "orders_lower"}
+
+
+@pytest.mark.parametrize("values", [(0,), (-5,), (2**63 - 1,), (-(2**63),), (1, 2), (7, -8, 9)])
+def test_integer_keys_digest_exactly_as_the_general_path(values: tuple[int, ...]) -> None:
+    collations = ("NOCASE", "BINARY", "RTRIM")[: len(values)]
+    spec = KeySpec(
+        "t",
+        tuple(f"c{i}" for i in range(len(values))),
+        (Affinity.INTEGER,) * len(values),
+        collations,
+    )
+    assert spec.stored_digest(values) == _digest_text(collations, values)
+    assert spec.stored_digest(values) == spec.stored_digest(tuple(float(v) for v in values)) or any(
+        abs(v) >= 2**53 for v in values
+    )
