@@ -1,4 +1,6 @@
-"""``python -m service [serve|migrate]``: build the Config, then serve until SIGTERM or SIGINT.
+"""``python -m service [serve|migrate|litestream-config]``: build the Config, then serve
+until SIGTERM or SIGINT (or apply the migrations, or print the Litestream config that
+replicates every configured database).
 
 The first signal stops gracefully within ``shutdown_grace_seconds`` (calls in
 flight finish, queued writes commit, buffered spans get a bounded share of
@@ -14,19 +16,19 @@ import signal
 import sys
 
 from service.config import Config, ConfigError
-from service.db import MigrationError, migrate
+from service.db import MigrationError, litestream_config, migrate
 from service.observe.logs import setup_logging
 from service.observe.telemetry import Telemetry
 from service.server import StartError, serve
 
-USAGE = "usage: python -m service [serve|migrate]"
+USAGE = "usage: python -m service [serve|migrate|litestream-config]"
 log = logging.getLogger("service")
 
 
 def main(argv: list[str]) -> int:
     """Run the command in ``argv``; the process exit code."""
     command = argv[0] if argv else "serve"
-    if command not in ("serve", "migrate") or len(argv) > 1:
+    if command not in ("serve", "migrate", "litestream-config") or len(argv) > 1:
         print(USAGE, file=sys.stderr)
         return 2
     try:
@@ -34,6 +36,8 @@ def main(argv: list[str]) -> int:
         setup_logging(config.log_level)
         if command == "migrate":
             migrate(config)
+        elif command == "litestream-config":
+            print(litestream_config(config), end="")
         else:
             asyncio.run(_serve_until_signalled(config, Telemetry.from_env(os.environ)))
     except (ConfigError, MigrationError, StartError) as exc:

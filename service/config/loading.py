@@ -22,6 +22,7 @@ from service.config.model import (
     DatabaseConfig,
     GroupConfig,
     Limits,
+    ReplicationConfig,
     RouteBound,
     RouteConfig,
     SqliteSettings,
@@ -59,6 +60,7 @@ TOP_KEYS = {
     "cache",
     "auth",
     "tls",
+    "replication",
 }
 TOKEN_KEYS = {"name", "sha256", "scopes"}
 DATABASE_KEYS = {"name", "path", "migrations", "allowed_tables"}
@@ -109,7 +111,18 @@ def _build(document: dict[str, Any] | None, environ: Mapping[str, str], config_d
         cache=_section("cache", CacheConfig, doc.get("cache")),
         auth_tokens=_tokens(doc.get("auth")),
         tls=_tls(doc.get("tls"), config_dir),
+        replication=_replication(doc.get("replication"), environ),
     )
+
+
+def _replication(raw: Any, environ: Mapping[str, str]) -> ReplicationConfig | None:
+    """The replication section; ``DATAACCESS_LITESTREAM_SOCKET`` alone turns it on too."""
+    socket = environ.get("DATAACCESS_LITESTREAM_SOCKET")
+    if raw is None and socket is None:
+        return None
+    replication: ReplicationConfig = _section("replication", ReplicationConfig, raw or {})
+    path = Path(str(socket or replication.litestream_socket))
+    return replace(replication, litestream_socket=path)
 
 
 def _sqlite(raw: Any, environ: Mapping[str, str], data_dir: Path) -> SqliteSettings:

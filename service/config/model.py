@@ -21,6 +21,7 @@ __all__ = [
     "DatabaseConfig",
     "GroupConfig",
     "Limits",
+    "ReplicationConfig",
     "RouteBound",
     "RouteConfig",
     "SqliteSettings",
@@ -155,6 +156,27 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class ReplicationConfig:
+    """Continuous replication by a Litestream process beside the service (YAML section
+    ``replication``): Litestream then owns checkpoints, and Health reads its state."""
+
+    # Litestream's control socket (its ``socket.path``); Health asks it for each
+    # database's last sync.
+    litestream_socket: Path = Path("/var/run/litestream/litestream.sock")
+    sync_interval_seconds: float = 1.0  # how often Litestream ships the WAL
+    # Health degrades when a database's last sync is older than this.
+    max_sync_age_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        _require_positive("replication.sync_interval_seconds", self.sync_interval_seconds)
+        _require_positive("replication.max_sync_age_seconds", self.max_sync_age_seconds)
+        if self.max_sync_age_seconds <= self.sync_interval_seconds:
+            raise ConfigError(
+                "replication.max_sync_age_seconds: must be above replication.sync_interval_seconds"
+            )
+
+
+@dataclass(frozen=True)
 class TlsConfig:
     """Serve over TLS; with ``client_ca_file``, callers must present a certificate it signed."""
 
@@ -249,6 +271,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     auth_tokens: tuple[TokenConfig, ...] = ()  # none: auth is off
     tls: TlsConfig | None = None  # none: plaintext (loopback, or a mesh that encrypts)
+    replication: ReplicationConfig | None = None  # none: the service checkpoints itself
 
     def __post_init__(self) -> None:
         _require_non_negative("l1_max_entries", self.l1_max_entries)

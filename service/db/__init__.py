@@ -14,8 +14,16 @@ from service.config import Config
 from service.db.door import AfterCommit, Database, KeyTracking
 from service.db.sqlite.database import SqliteDatabase
 from service.db.sqlite.migrate import CorruptDatabase, MigrationError, apply_migrations
+from service.db.sqlite.replication import litestream_config
 
-__all__ = ["AfterCommit", "Database", "MigrationError", "build_databases", "migrate"]
+__all__ = [
+    "AfterCommit",
+    "Database",
+    "MigrationError",
+    "build_databases",
+    "litestream_config",
+    "migrate",
+]
 log = logging.getLogger(__name__)
 
 
@@ -29,7 +37,14 @@ def build_databases(
     tracking = KeyTracking(config.cache.key_tags, config.cache.max_keys_per_write)
     return {
         db.name: SqliteDatabase(
-            db, config.sqlite, config.limits, after_commit, use_outbox, tracer, tracking
+            db,
+            config.sqlite,
+            config.limits,
+            after_commit,
+            use_outbox,
+            tracer,
+            tracking,
+            config.replication,
         )
         for db in config.databases
     }

@@ -19,7 +19,7 @@ from dataclasses import replace
 from opentelemetry import trace
 
 from service import errors
-from service.config import DatabaseConfig, Limits, SqliteSettings
+from service.config import DatabaseConfig, Limits, ReplicationConfig, SqliteSettings
 from service.db.door import (
     AfterCommit,
     Column,
@@ -48,6 +48,7 @@ from service.db.sqlite.plans import (
 from service.db.sqlite.pool import PoolPolicy, ReaderPool
 from service.db.sqlite.read_shapes import KeyedShape, ReadShapes
 from service.db.sqlite.reads import SqliteRowStream, close_stream, fetch_rows, open_stream
+from service.db.sqlite.replication import replication_finding
 from service.db.sqlite.schema import Schema, read_schema, rows_up_to
 from service.db.sqlite.write_plans import StatementPlan, WritePlan, plan_insert
 from service.domain import InsertRequest, WriteOptions, WriteSnapshot
@@ -71,9 +72,11 @@ class SqliteDatabase:
         use_outbox: bool = False,
         tracer: trace.Tracer | None = None,
         tracking: KeyTracking | None = None,
+        replication: ReplicationConfig | None = None,
     ) -> None:
         self.config = config
         self._tracking = tracking or KeyTracking(enabled=False)
+        self._replication = replication  # set: Litestream owns checkpoints
         self._tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
         self._after_commit = after_commit
         self._use_outbox = use_outbox
@@ -272,6 +275,8 @@ class SqliteDatabase:
         found = [Finding("", Severity.HEALTHY, "probe query answered", probe.ms_since(started))]
         found += probe.findings(looked, self._expected_indexes, deep)
         found.insert(4, await asyncio.to_thread(probe.disk, path))
+        if self._replication is not None:
+            found.append(await replication_finding(path, self._replication))
         return found
 
     def figures(self) -> DatabaseFigures:
@@ -300,6 +305,9 @@ class SqliteDatabase:
     async def open(self) -> None:
         """Open the writer (creating the file, in WAL mode), read the schema, open the readers."""
         conn = await self._open_connection(writer=True)
+        if self._replication is not None:
+            # Litestream's rule: one owner of checkpoints, and it is Litestream.
+            await conn.run_trusted(lambda raw: raw.execute("PRAGMA wal_autocheckpoint = 0"))
         self._writer_conn = conn
         # stat() opens no descriptor, so it cannot drop SQLite's POSIX locks.
         stat = self.config.path.stat()
@@ -372,7 +380,8 @@ class SqliteDatabase:
         if conn is None:
             return
         try:
-            await conn.run_trusted(_checkpoint)
+            if self._replication is None:  # else Litestream checkpoints, after its last sync
+                await conn.run_trusted(_checkpoint)
         except errors.DataAccessError as exc:
             log.warning("checkpoint of %s failed: %s", self.name, exc.message)
         finally:

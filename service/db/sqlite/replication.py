@@ -1,0 +1,119 @@
+"""The service's side of Litestream: its config for our databases, and its state for Health.
+
+Litestream, a process beside the service, ships every database's WAL to
+object storage; the service does not replicate anything itself. So that a
+database added to the service's config cannot be left unreplicated, the
+Litestream config is generated from the service's own database list
+(``python -m service litestream-config``). Health asks Litestream's control
+socket (``GET /list``) for each database's last sync: its Prometheus metrics
+have no such figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from service.config import Config, ReplicationConfig
+from service.db.door import Finding, Severity
+
+_ASK_SECONDS = 0.5  # a control socket that takes longer is as good as gone, for Health
+
+
+@dataclass(frozen=True)
+class Synced:
+    """What Litestream says of one database."""
+
+    status: str
+    last_sync_at: datetime | None
+
+
+def litestream_config(config: Config) -> str:
+    """The Litestream YAML replicating every configured database.
+
+    Where the replicas go comes from Litestream's own environment, which it
+    expands when it reads the file: ``LITESTREAM_BUCKET``, ``LITESTREAM_PATH``
+    (each database goes under ``<path>/<name>``), ``LITESTREAM_ENDPOINT``
+    (empty for AWS itself), ``LITESTREAM_REGION``, and the AWS credentials.
+    """
+    replication = config.replication or ReplicationConfig()
+    interval = f"{replication.sync_interval_seconds:g}s"
+    document: dict[str, Any] = {
+        "socket": {"enabled": True, "path": str(replication.litestream_socket)},
+        "dbs": [
+            {
+                "path": str(database.path),
+                "replica": {
+                    "type": "s3",
+                    "bucket": "${LITESTREAM_BUCKET}",
+                    "path": f"${{LITESTREAM_PATH}}/{database.name}",
+                    "endpoint": "${LITESTREAM_ENDPOINT}",
+                    "region": "${LITESTREAM_REGION}",
+                    "force-path-style": True,
+                    "sync-interval": interval,
+                },
+            }
+            for database in config.databases
+        ],
+    }
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+async def replication_state(socket: Path) -> dict[Path, Synced]:
+    """Each replicated database's status and last sync, by resolved path; raises OSError
+    (or TimeoutError, ValueError) when the control socket does not answer sensibly."""
+    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket)), _ASK_SECONDS)
+    try:
+        writer.write(b"GET /list HTTP/1.0\r\nHost: litestream\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), _ASK_SECONDS)  # HTTP/1.0: it closes
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    if not head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
+        raise ValueError(head.split(b"\r\n", 1)[0].decode("latin-1"))
+    listed = json.loads(body).get("databases") or []
+    return {Path(str(db["path"])).resolve(): _synced(db) for db in listed}
+
+
+def _synced(listed: dict[str, Any]) -> Synced:
+    stamp = listed.get("last_sync_at")
+    when = datetime.fromisoformat(str(stamp).replace("Z", "+00:00")) if stamp else None
+    return Synced(str(listed.get("status", "")), when)
+
+
+async def replication_finding(path: Path, replication: ReplicationConfig) -> Finding:
+    """Whether ``path`` is replicated and recently synced, as a Health finding."""
+    started = time.monotonic()
+    try:
+        state = await replication_state(replication.litestream_socket)
+    except (OSError, TimeoutError, ValueError) as exc:
+        message = f"Litestream's control socket {replication.litestream_socket} does not answer"
+        return _degraded(f"{message}: {exc or type(exc).__name__}", started)
+    synced = state.get(path.resolve())
+    if synced is None:
+        return _degraded("not replicated: Litestream does not list this database", started)
+    if synced.status != "replicating":
+        return _degraded(f"Litestream says {synced.status or 'nothing'}", started)
+    if synced.last_sync_at is None:
+        return _degraded("replicated, but not synced yet", started)
+    age = time.time() - synced.last_sync_at.timestamp()
+    if age > replication.max_sync_age_seconds:
+        limit = replication.max_sync_age_seconds
+        return _degraded(f"last synced {age:.0f} s ago (over {limit:g} s)", started)
+    message = f"replicated by Litestream, last synced {max(age, 0.0):.1f} s ago"
+    return Finding("replication", Severity.HEALTHY, message, _ms(started))
+
+
+def _degraded(message: str, started: float) -> Finding:
+    return Finding("replication", Severity.DEGRADED, message, _ms(started))
+
+
+def _ms(started: float) -> float:
+    return (time.monotonic() - started) * 1000

@@ -1,0 +1,80 @@
+"""The service's side of Litestream: its generated config, and one owner of checkpoints."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dataaccess.v1 import data_access_pb2 as pb
+from service.db import litestream_config
+from tests.conftest import build_config, row, sqlite_database, started
+
+
+def test_the_litestream_config_replicates_every_configured_database(
+    tmp_path: Path, document: dict[str, Any]
+) -> None:
+    Path(document["data_dir"]).mkdir(parents=True)
+    config = build_config(tmp_path, {**document, "replication": {"sync_interval_seconds": 2}})
+    generated = yaml.safe_load(litestream_config(config))
+    paths = [Path(db["path"]) for db in generated["dbs"]]
+    assert paths == [database.path for database in config.databases]
+    assert all(path.is_absolute() for path in paths)
+    replicas = [db["replica"] for db in generated["dbs"]]
+    assert [r["path"] for r in replicas] == [
+        f"${{LITESTREAM_PATH}}/{database.name}" for database in config.databases
+    ]
+    assert {r["sync-interval"] for r in replicas} == {"2s"}
+    assert generated["socket"] == {
+        "enabled": True,
+        "path": str(config.replication.litestream_socket if config.replication else ""),
+    }
+
+
+def _wal_bytes(data_dir: Path) -> int:
+    wal = data_dir / "kitchen.db-wal"
+    return wal.stat().st_size if wal.exists() else 0
+
+
+async def _write_and_stop(tmp_path: Path, document: dict[str, Any]) -> tuple[int, int]:
+    """Write through the service and stop it: the writer's autocheckpoint, and the WAL's
+    size left behind while another process (Litestream's place) still has the file open:
+    the last connection to close a database checkpoints it whoever it is."""
+    async with started(tmp_path, document) as running:
+        other = sqlite3.connect(running.data_dir / "kitchen.db")
+        other.execute("SELECT count(*) FROM items").fetchall()
+        writer = sqlite_database(running.server, "kitchen")._writer_conn
+        assert writer is not None
+        autocheckpoint = await writer.run_trusted(
+            lambda raw: int(raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        )
+        for n in range(20):
+            await running.stub.BatchInsert(
+                pb.BatchInsertRequest(
+                    database="kitchen", table="items", columns=["qty"], rows=[row(n)]
+                )
+            )
+        data_dir = running.data_dir
+    try:
+        return autocheckpoint, _wal_bytes(data_dir)
+    finally:
+        other.close()
+
+
+async def test_with_replication_litestream_owns_checkpoints(
+    tmp_path: Path, document: dict[str, Any]
+) -> None:
+    replicated = {**document, "replication": {"litestream_socket": str(tmp_path / "ls.sock")}}
+    autocheckpoint, wal_left = await _write_and_stop(tmp_path, replicated)
+    assert autocheckpoint == 0
+    assert wal_left > 0  # not truncated at shutdown: Litestream checkpoints after its sync
+
+
+async def test_without_replication_the_service_checkpoints_itself(
+    tmp_path: Path, document: dict[str, Any]
+) -> None:
+    autocheckpoint, wal_left = await _write_and_stop(tmp_path, document)
+    assert autocheckpoint == 1000
+    assert wal_left == 0
