@@ -1,6 +1,6 @@
-"""``python -m service [serve|migrate|litestream-config]``: build the Config, then serve
-until SIGTERM or SIGINT (or apply the migrations, or print the Litestream config that
-replicates every configured database).
+"""``python -m service [serve|migrate|litestream-config|restore]``: build the Config, then
+serve until SIGTERM or SIGINT (or apply the migrations, print the Litestream config that
+replicates every configured database, or restore the missing ones from their replicas).
 
 The first signal stops gracefully within ``shutdown_grace_seconds`` (calls in
 flight finish, queued writes commit, buffered spans get a bounded share of
@@ -14,21 +14,30 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from service.config import Config, ConfigError
-from service.db import MigrationError, litestream_config, migrate
+from service.db import (
+    MigrationError,
+    RestoreError,
+    litestream_config,
+    migrate,
+    restore_missing,
+)
 from service.observe.logs import setup_logging
 from service.observe.telemetry import Telemetry
 from service.server import StartError, serve
 
-USAGE = "usage: python -m service [serve|migrate|litestream-config]"
+USAGE = "usage: python -m service [serve|migrate|litestream-config [FILE]|restore]"
+COMMANDS = ("serve", "migrate", "litestream-config", "restore")
 log = logging.getLogger("service")
 
 
 def main(argv: list[str]) -> int:
     """Run the command in ``argv``; the process exit code."""
     command = argv[0] if argv else "serve"
-    if command not in ("serve", "migrate", "litestream-config") or len(argv) > 1:
+    target = argv[1] if len(argv) == 2 and command == "litestream-config" else None
+    if command not in COMMANDS or len(argv) > (2 if target else 1):
         print(USAGE, file=sys.stderr)
         return 2
     try:
@@ -36,11 +45,15 @@ def main(argv: list[str]) -> int:
         setup_logging(config.log_level)
         if command == "migrate":
             migrate(config)
+        elif command == "litestream-config" and target:  # a file, for Litestream's container
+            Path(target).write_text(litestream_config(config), encoding="utf-8")
         elif command == "litestream-config":
             print(litestream_config(config), end="")
+        elif command == "restore":
+            restore_missing(config)
         else:
             asyncio.run(_serve_until_signalled(config, Telemetry.from_env(os.environ)))
-    except (ConfigError, MigrationError, StartError) as exc:
+    except (ConfigError, MigrationError, RestoreError, StartError) as exc:
         print(f"dataaccess: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -14,15 +14,17 @@ from service.config import Config
 from service.db.door import AfterCommit, Database, KeyTracking
 from service.db.sqlite.database import SqliteDatabase
 from service.db.sqlite.migrate import CorruptDatabase, MigrationError, apply_migrations
-from service.db.sqlite.replication import litestream_config
+from service.db.sqlite.replication import RestoreError, litestream_config, restore_missing
 
 __all__ = [
     "AfterCommit",
     "Database",
     "MigrationError",
+    "RestoreError",
     "build_databases",
     "litestream_config",
     "migrate",
+    "restore_missing",
 ]
 log = logging.getLogger(__name__)
 

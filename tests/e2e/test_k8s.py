@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk import environment_variables
 
 from service.config import Config, Limits
+from service.db import litestream_config
 from service.server import SERVICE_NAME
 from tests.conftest import REPO, _wait_serving, free_port
 
@@ -314,3 +315,52 @@ def _kubectl() -> Iterator[None]:
     if shutil.which("kubectl") is None:
         raise AssertionError("kubectl is missing: `make test` installs it")
     yield
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+
+def test_restore_runs_before_the_litestream_sidecar_and_migrations() -> None:
+    pod = _pod(_render("prod"))
+    order = [c["name"] for c in pod["initContainers"]]
+    assert order == ["redis", "litestream-config", "restore", "litestream", "migrate"]
+    sidecar = _container(pod, "litestream", init=True)
+    assert sidecar["restartPolicy"] == "Always"  # a native sidecar: stopped after the service
+    release = tuple(int(n) for n in sidecar["image"].rsplit(":", 1)[1].split("."))
+    assert release >= (0, 5, 1)  # 0.5.0 lost data when replication resumed after a restore
+    for name in ("restore", "litestream"):
+        secret = _container(pod, name, init=True)["envFrom"]
+        assert secret == [{"secretRef": {"name": "dataaccess-litestream"}}]
+    assert _container(pod, "restore", init=True)["command"][-1] == "restore"
+    assert "litestream" not in [c["name"] for c in _pod(_render("dev"))["initContainers"]]
+
+
+def test_the_litestream_sidecar_replicates_every_database_the_service_serves(
+    tmp_path: Path,
+) -> None:
+    """The sidecar's config is made, in the pod, from the service's own config: every
+    database the ConfigMap names is replicated, and Health asks the socket it serves."""
+    objects = _render("prod")
+    pod = _pod(objects)
+    made = _container(pod, "litestream-config", init=True)
+    main = _container(pod, "dataaccess")
+    assert _env(made)["DATAACCESS_CONFIG"] == _env(main)["DATAACCESS_CONFIG"]
+    config_file = made["command"][-1]
+    assert _container(pod, "litestream", init=True)["args"] == [
+        "replicate",
+        "-config",
+        config_file,
+    ]
+    socket = _env(main)["DATAACCESS_LITESTREAM_SOCKET"]
+    assert _env(made)["DATAACCESS_LITESTREAM_SOCKET"] == socket
+    document = _loopback_config(_config(objects), tmp_path, 6379, free_port())
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(document))
+    built = Config.from_env(
+        {"DATAACCESS_CONFIG": str(tmp_path / "config.yaml"), "DATAACCESS_LITESTREAM_SOCKET": socket}
+    )
+    generated = yaml.safe_load(litestream_config(built))
+    assert [Path(db["path"]) for db in generated["dbs"]] == [db.path for db in built.databases]
+    assert generated["socket"]["path"] == socket
+    shared = {m["mountPath"] for m in main["volumeMounts"]}
+    assert str(Path(socket).parent) in shared

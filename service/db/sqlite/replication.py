@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +28,11 @@ from service.config import Config, ReplicationConfig
 from service.db.door import Finding, Severity
 
 _ASK_SECONDS = 0.5  # a control socket that takes longer is as good as gone, for Health
+log = logging.getLogger(__name__)
+
+
+class RestoreError(Exception):
+    """Litestream could not restore a database."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,28 @@ def litestream_config(config: Config) -> str:
         ],
     }
     return yaml.safe_dump(document, sort_keys=False)
+
+
+def restore_missing(config: Config, litestream: str = "litestream") -> list[str]:
+    """Restore each configured database whose file is missing from its replica, if it has
+    one (a pod on an empty volume); the names of those restored. Runs before migrations:
+    a database with no replica is left for them to create."""
+    restored = []
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", prefix="litestream-") as generated:
+        generated.write(litestream_config(config))
+        generated.flush()
+        for database in config.databases:
+            if database.path.exists():
+                continue
+            command = [litestream, "restore", "-config", generated.name]
+            command += ["-if-db-not-exists", "-if-replica-exists", str(database.path)]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RestoreError(f"{database.name}: litestream restore failed: {done.stderr}")
+            if database.path.exists():
+                log.info("restored from its replica", extra={"database": database.name})
+                restored.append(database.name)
+    return restored
 
 
 async def replication_state(socket: Path) -> dict[Path, Synced]:
