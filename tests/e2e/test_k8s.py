@@ -317,10 +317,6 @@ def _kubectl() -> Iterator[None]:
     yield
 
 
-def _env(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
-
-
 def test_restore_runs_before_the_litestream_sidecar_and_migrations() -> None:
     pod = _pod(_render("prod"))
     order = [c["name"] for c in pod["initContainers"]]
