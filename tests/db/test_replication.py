@@ -78,3 +78,16 @@ async def test_without_replication_the_service_checkpoints_itself(
     autocheckpoint, wal_left = await _write_and_stop(tmp_path, document)
     assert autocheckpoint == 1000
     assert wal_left == 0
+
+
+def test_a_restored_database_records_that_everything_cached_from_it_goes(tmp_path: Path) -> None:
+    from service.db.sqlite import outbox
+    from service.db.sqlite.replication import _drop_cached_reads
+
+    path = tmp_path / "live.db"
+    with sqlite3.connect(path) as made:  # as Litestream leaves it: the replica's state
+        made.execute("CREATE TABLE t (x)")
+    _drop_cached_reads(path, "live")
+    with sqlite3.connect(path) as restored:
+        tags, rows = outbox.undelivered(restored)
+    assert tags == ["database:live"] and len(rows) == 1

@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import subprocess
 import tempfile
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +28,7 @@ import yaml
 
 from service.config import Config, ReplicationConfig
 from service.db.door import Finding, Severity
+from service.db.sqlite import outbox
 
 _ASK_SECONDS = 0.5  # a control socket that takes longer is as good as gone, for Health
 log = logging.getLogger(__name__)
@@ -91,9 +94,21 @@ def restore_missing(config: Config, litestream: str = "litestream") -> list[str]
             if done.returncode != 0:
                 raise RestoreError(f"{database.name}: litestream restore failed: {done.stderr}")
             if database.path.exists():
+                _drop_cached_reads(database.path, database.name)
                 log.info("restored from its replica", extra={"database": database.name})
                 restored.append(database.name)
     return restored
+
+
+def _drop_cached_reads(path: Path, name: str) -> None:
+    """Record in the restored file's outbox that everything cached from it goes: entries
+    in Redis may hold writes the replica never got, and the service delivers this before
+    it serves (the service is not running yet: nothing else has the file open)."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(outbox.CREATE_TABLE)
+        outbox.record(conn, [f"database:{name}"])
+        conn.execute("COMMIT")
 
 
 async def replication_state(socket: Path) -> dict[Path, Synced]:
