@@ -166,6 +166,7 @@ class ReplicationConfig:
     sync_interval_seconds: float = 1.0  # how often Litestream ships the WAL
     # Health degrades when a database's last sync is older than this.
     max_sync_age_seconds: float = 10.0
+    metrics_listen: str | None = None  # Litestream's Prometheus endpoint (its ``addr``)
 
     def __post_init__(self) -> None:
         _require_positive("replication.sync_interval_seconds", self.sync_interval_seconds)

@@ -360,3 +360,18 @@ def test_the_litestream_sidecar_replicates_every_database_the_service_serves(
     assert generated["socket"]["path"] == socket
     shared = {m["mountPath"] for m in main["volumeMounts"]}
     assert str(Path(socket).parent) in shared
+
+
+def test_litestream_metrics_are_scraped_with_the_services() -> None:
+    objects = _render("prod")
+    ports = {p["name"]: p for p in _one(objects, "Service", "dataaccess-metrics")["spec"]["ports"]}
+    assert ports["litestream-metrics"]["targetPort"] == "ls-metrics"
+    sidecar = _container(_pod(objects), "litestream", init=True)
+    assert {"name": "ls-metrics", "containerPort": 9091} in sidecar["ports"]
+    [scrapers] = [
+        rule
+        for rule in _one(objects, "NetworkPolicy", "dataaccess")["spec"]["ingress"]
+        if {"protocol": "TCP", "port": 9464} in rule["ports"]
+    ]
+    assert {"protocol": "TCP", "port": 9091} in scrapers["ports"]
+    assert _config(objects)["replication"]["metrics_listen"].endswith(":9091")

@@ -57,6 +57,7 @@ def litestream_config(config: Config) -> str:
     replication = config.replication or ReplicationConfig()
     interval = f"{replication.sync_interval_seconds:g}s"
     document: dict[str, Any] = {
+        **({"addr": replication.metrics_listen} if replication.metrics_listen else {}),
         "socket": {"enabled": True, "path": str(replication.litestream_socket)},
         "dbs": [
             {
