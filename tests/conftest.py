@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import gc
+import http.client
+import json
 import os
+import re
 import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -368,3 +376,357 @@ def _dump_pending_tasks() -> None:
                 where = f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}"
                 print(f"    {where}", file=sys.stderr)
             awaiting = getattr(awaiting, "cr_await", None) or getattr(awaiting, "ag_await", None)
+
+
+# --- Replication: a real S3-compatible server (moto) and the real Litestream binary ---------
+
+BIN = Path(sys.executable).parent  # the venv's bin: `make test` installs litestream there
+
+
+def _aws_free_environ() -> dict[str, str]:
+    """This environment without AWS_*: the machines here set AWS_CA_BUNDLE, and Litestream's
+    S3 client then fails ("unable to add custom RootCAs"); no AWS_PROFILE or endpoint either."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+
+
+class S3Server:
+    """``moto_server`` on a free loopback port, in a temp dir, stopped by its pid."""
+
+    BUCKET = "backups"
+    REGION = "us-east-1"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """Its URL (path-style: the bucket is the first path segment)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """An environment for its clients: no AWS_CA_BUNDLE, any credentials."""
+        return {
+            **_aws_free_environ(),
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_REGION": self.REGION,
+            "AWS_DEFAULT_REGION": self.REGION,
+        }
+
+    def request(self, method: str, path: str = "/") -> tuple[int, bytes]:
+        """One unsigned request (moto does not check signatures), never through a proxy."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        request = urllib.request.Request(self.endpoint + path, method=method)
+        try:
+            with opener.open(request, timeout=5) as response:
+                return int(response.status), bytes(response.read())
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read()
+
+    def start(self) -> None:
+        """Start it, wait until it answers, create the bucket."""
+        args = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        with (self.workdir / "moto.log").open("ab") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=log, env=self.env)
+        deadline = time.monotonic() + 20
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"moto_server exited: {self.log()}")
+            try:
+                if self.request("GET")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"moto_server did not answer: {self.log()}")
+            time.sleep(0.1)
+        status, body = self.request("PUT", f"/{self.BUCKET}")
+        assert status == 200, (status, body)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """The object keys in the bucket under ``prefix``."""
+        query = urllib.parse.urlencode({"list-type": "2", "prefix": prefix, "max-keys": "1000"})
+        status, body = self.request("GET", f"/{self.BUCKET}?{query}")
+        assert status == 200, (status, body)
+        return re.findall(r"<Key>([^<]*)</Key>", body.decode())
+
+    def log(self) -> str:
+        """What it wrote so far."""
+        return (self.workdir / "moto.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM it, SIGKILL it if it lingers, reap it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+
+@pytest.fixture
+def s3_server(tmp_path: Path) -> Iterator[S3Server]:
+    """A started moto_server with the bucket ``backups``, stopped by its pid after the test."""
+    workdir = tmp_path / "s3"
+    workdir.mkdir()
+    server = S3Server(workdir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def litestream_yaml(service_config: Path, env: dict[str, str]) -> str:
+    """The Litestream config for the databases of the service config at ``service_config``:
+    ``python -m service litestream-config``, as the pod makes it (${VAR} placeholders that
+    Litestream expands from its environment)."""
+    return _run_service_command(["litestream-config"], service_config, env)
+
+
+def _run_service_command(argv: list[str], service_config: Path, env: dict[str, str]) -> str:
+    """``python -m service ARGV`` on that config: its stdout (it must succeed)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "service", *argv],
+        env={**env, "DATAACCESS_CONFIG": str(service_config)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@dataclass
+class SyncState:
+    """One database as Litestream's control socket lists it."""
+
+    status: str
+    last_sync_at: datetime.datetime | None
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(str(self.socket_path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _rfc3339(text: str) -> datetime.datetime:
+    # Go writes nanoseconds; Python parses at most microseconds.
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text.replace("Z", "+00:00"))
+    return datetime.datetime.fromisoformat(text)
+
+
+class Litestream:
+    """The real ``litestream`` on one service config, replicating to ``s3`` under ``prefix``.
+
+    ``replicate()`` starts ``litestream replicate`` as a process; ``stop()`` SIGTERMs it and
+    waits (its final sync), ``kill()`` SIGKILLs it (a lost node); ``restore()`` runs
+    ``litestream restore`` for one database.
+    """
+
+    def __init__(self, workdir: Path, s3: S3Server, service_config: Path, prefix: str) -> None:
+        self.workdir = workdir
+        self.env = {
+            **s3.env,
+            "LITESTREAM_BUCKET": s3.BUCKET,
+            "LITESTREAM_PATH": prefix,
+            "LITESTREAM_ENDPOINT": s3.endpoint,
+            "LITESTREAM_REGION": s3.REGION,
+        }
+        self.service_config = service_config
+        self.config = workdir / "litestream.yml"
+        self.config.write_text(litestream_yaml(service_config, self.env), encoding="utf-8")
+        document = yaml.safe_load(self.config.read_text(encoding="utf-8"))
+        self.socket = Path(document["socket"]["path"])
+        self.databases = [Path(db["path"]) for db in document["dbs"]]
+        self.process: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+
+    @property
+    def log(self) -> Path:
+        """The log of the latest ``replicate``."""
+        return self.workdir / f"litestream-{self.runs}.log"
+
+    def replicate(self, timeout: float = 15) -> None:
+        """Start ``litestream replicate`` and wait until its control socket answers."""
+        assert self.process is None or self.process.poll() is not None, "already replicating"
+        self.runs += 1
+        args = [str(BIN / "litestream"), "replicate", "-config", str(self.config)]
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(args, stdout=out, stderr=out, env=self.env)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"litestream exited: {self.log.read_text()}")
+            try:
+                self.status()
+                return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"litestream's socket did not answer: {self.log.read_text()}")
+            time.sleep(0.05)
+
+    def status(self) -> dict[Path, SyncState]:
+        """``GET /list`` on the control socket: each database's status and last sync."""
+        connection = _UnixHTTPConnection(self.socket, timeout=2)
+        try:
+            connection.request("GET", "/list")
+            response = connection.getresponse()
+            body = response.read()
+        finally:
+            connection.close()
+        assert response.status == 200, (response.status, body)
+        listed = json.loads(body)["databases"] or []
+        return {
+            Path(db["path"]): SyncState(
+                db.get("status", ""),
+                _rfc3339(db["last_sync_at"]) if db.get("last_sync_at") else None,
+            )
+            for db in listed
+        }
+
+    def wait_synced(self, after: datetime.datetime | None = None, timeout: float = 15) -> None:
+        """Wait until every database had two syncs that began after ``after`` (default: now).
+
+        ``last_sync_at`` moves on every sync, changes or not; a sync that ended just after
+        ``after`` may have read the WAL before it, so the second one is the proof.
+        """
+        after = after or datetime.datetime.now(datetime.UTC)
+        deadline = time.monotonic() + timeout
+        first: dict[Path, datetime.datetime] = {}
+        while True:
+            try:
+                states = self.status()
+            except OSError:
+                states = {}
+            for path in self.databases:
+                state = states.get(path)
+                synced = state.last_sync_at if state else None
+                if synced is None or synced <= after:
+                    continue
+                first.setdefault(path, synced)
+            if len(first) == len(self.databases) and all(
+                (s := states[p].last_sync_at) is not None and s > first[p] for p in first
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not synced within {timeout} s: {states}")
+            time.sleep(0.05)
+
+    def sync(self, timeout: float = 15) -> None:
+        """Make the running ``replicate`` ship every database now and wait until the
+        replica has it (``litestream sync -wait``, through the control socket)."""
+        for database in self.databases:
+            args = [str(BIN / "litestream"), "sync", "-wait", "-json"]
+            args += ["-timeout", str(round(timeout)), "-socket", str(self.socket), str(database)]
+            done = subprocess.run(
+                args, env=self.env, capture_output=True, text=True, timeout=timeout + 5, check=False
+            )
+            assert done.returncode == 0, (database, done.stdout, done.stderr)
+            answer = json.loads(done.stdout)
+            assert answer["replica_txid"] == answer["txid"], answer
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM (a clean shutdown, its final sync) and wait; the exit code."""
+        assert self.process is not None
+        self.process.terminate()
+        code = self.process.wait(timeout)
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL it and reap it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` (SIGSTOP, SIGCONT) to it."""
+        assert self.process is not None
+        os.kill(self.process.pid, signum)
+
+    def restore(
+        self,
+        database: Path,
+        *,
+        if_db_not_exists: bool = False,
+        if_replica_exists: bool = False,
+        timestamp: datetime.datetime | None = None,
+        output: Path | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
+        """``litestream restore`` of one database (by its configured path); not checked."""
+        args = [str(BIN / "litestream"), "restore", "-config", str(self.config)]
+        args += ["-if-db-not-exists"] if if_db_not_exists else []
+        args += ["-if-replica-exists"] if if_replica_exists else []
+        if timestamp is not None:
+            utc = timestamp.astimezone(datetime.UTC)
+            args += ["-timestamp", utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")]
+        args += ["-o", str(output)] if output is not None else []
+        args.append(str(database))
+        return subprocess.run(
+            args, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    def service_restore(self) -> str:
+        """``python -m service restore`` (the pod's restore init container) with this
+        Litestream on PATH and its environment; its output (it must succeed)."""
+        env = {**self.env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        return _run_service_command(["restore"], self.service_config, env)
+
+    def restore_all(self) -> dict[Path, subprocess.CompletedProcess[str]]:
+        """Restore every configured database as the pod's init container does (each must
+        succeed): ``restore -if-db-not-exists -if-replica-exists``, one per invocation."""
+        done = {}
+        for database in self.databases:
+            done[database] = self.restore(database, if_db_not_exists=True, if_replica_exists=True)
+            assert done[database].returncode == 0, done[database].stderr
+        return done
+
+
+@pytest.fixture
+def litestream(tmp_path: Path, s3_server: S3Server) -> Iterator[Any]:
+    """Make a :class:`Litestream` for a service config (``make(config_path, prefix)``);
+    every one still running after the test is SIGKILLed."""
+    made: list[Litestream] = []
+
+    def make(service_config: Path, prefix: str = "service") -> Litestream:
+        workdir = tmp_path / f"litestream-{len(made)}"
+        workdir.mkdir()
+        made.append(Litestream(workdir, s3_server, service_config, prefix))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for one in made:
+            one.kill()
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    """A short temporary directory for Unix sockets (their paths have at most 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="sock-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
