@@ -10,7 +10,8 @@ COPY pyproject.toml README.md ./
 COPY service/ service/
 # Wheels of the two distributions (the client with its CLI, for `kubectl exec ... dataaccess`)
 # and everything they need, built once.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels './client_py[cli]' .
+# The service with Litestream's binary, for its restore init container (k8s/components/litestream).
+RUN pip wheel --no-cache-dir --wheel-dir /wheels './client_py[cli]' '.[replication]'
 
 FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -19,7 +20,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --gid 10001 dataaccess \
  && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin dataaccess
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels dataaccess-service 'dataaccess-client[cli]' \
+RUN pip install --no-cache-dir --no-index --find-links /wheels 'dataaccess-service[replication]' 'dataaccess-client[cli]' \
  && rm -rf /wheels
 WORKDIR /app
 COPY migrations/ /app/migrations/

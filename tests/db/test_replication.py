@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from dataaccess.v1 import data_access_pb2 as pb
@@ -91,3 +92,14 @@ def test_a_restored_database_records_that_everything_cached_from_it_goes(tmp_pat
     with sqlite3.connect(path) as restored:
         tags, rows = outbox.undelivered(restored)
     assert tags == ["database:live"] and len(rows) == 1
+
+
+def test_restore_without_the_litestream_binary_says_so(
+    tmp_path: Path, document: dict[str, Any]
+) -> None:
+    from service.db import RestoreError, restore_missing
+
+    Path(document["data_dir"]).mkdir(parents=True)
+    config = build_config(tmp_path, document)
+    with pytest.raises(RestoreError, match="litestream restore"):
+        restore_missing(config, litestream=str(tmp_path / "no-litestream-here"))

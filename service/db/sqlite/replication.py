@@ -31,6 +31,7 @@ from service.db.door import Finding, Severity
 from service.db.sqlite import outbox
 
 _ASK_SECONDS = 0.5  # a control socket that takes longer is as good as gone, for Health
+_RESTORE_SECONDS = 3600.0  # one database; a restore still running after an hour is stuck
 log = logging.getLogger(__name__)
 
 
@@ -91,7 +92,12 @@ def restore_missing(config: Config, litestream: str = "litestream") -> list[str]
                 continue
             command = [litestream, "restore", "-config", generated.name]
             command += ["-if-db-not-exists", "-if-replica-exists", str(database.path)]
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            try:
+                done = subprocess.run(
+                    command, capture_output=True, text=True, check=False, timeout=_RESTORE_SECONDS
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:  # no binary, or it hung
+                raise RestoreError(f"{database.name}: litestream restore: {exc}") from exc
             if done.returncode != 0:
                 raise RestoreError(f"{database.name}: litestream restore failed: {done.stderr}")
             if database.path.exists():
