@@ -508,3 +508,34 @@ async def test_reads_cached_before_the_node_was_lost_are_not_served_after_the_re
     await node.stop()
     assert _count(answers["items"]) == 1
     assert _count(answers["notes"]) == 0
+
+
+async def _replication_check(node: Node, database: str) -> pb.HealthCheck:
+    report = await node.stub.Health(pb.HealthRequest(), timeout=5)
+    [check] = [c for c in report.checks if c.name == f"database:{database}:replication"]
+    return check
+
+
+async def test_health_reports_replication_from_litestreams_socket_and_degrades_without_it(
+    tmp_path: Path,
+    document: dict[str, Any],
+    socket_dir: Path,
+    service_process: Any,
+    litestream: Any,
+) -> None:
+    node = Node(tmp_path, document, socket_dir, service_process, litestream, prefix="health")
+    await node.start()
+    try:
+        check = await _replication_check(node, "kitchen")
+        assert check.status == pb.HEALTH_STATUS_HEALTHY, check.message
+        assert "last synced" in check.message
+        node.litestream.kill()  # the sidecar is gone: its socket no longer answers
+        for _ in range(50):
+            check = await _replication_check(node, "kitchen")
+            if check.status != pb.HEALTH_STATUS_HEALTHY:
+                break
+            await asyncio.sleep(0.1)
+        assert check.status == pb.HEALTH_STATUS_DEGRADED, check.message
+        assert "does not answer" in check.message
+    finally:
+        await node.close_channel()
