@@ -192,9 +192,13 @@ class SingleFlightLoader:
         flight = Flight(asyncio.ensure_future(load()))
         self._flights[flight_key] = flight
 
-        def forget(_task: asyncio.Task[Answer]) -> None:
+        def forget(task: asyncio.Task[Answer]) -> None:
             if self._flights.get(flight_key) is flight:
                 del self._flights[flight_key]
+            # Its waiters hear of its error through the shield; when the last one left as
+            # it failed (a deadline interrupting the query), nobody is left to read it.
+            if not task.cancelled():
+                task.exception()
 
         flight.task.add_done_callback(forget)
         return flight
