@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench.cached import L1_HIT, REDIS_HIT, Plan, bench_cached, bench_tracing
+from bench.durability import bench_durability
 from bench.harness import ROOT, Row, serving
 from bench.idempotent import bench_idempotent
 from bench.keys import bench_keys
@@ -147,6 +148,7 @@ STEPS: dict[str, Callable[[Path, bool], list[Row]]] = {
     "points": bench_points,
     "group": bench_group,
     "scaling": bench_scaling,
+    "durability": bench_durability,
 }
 
 
