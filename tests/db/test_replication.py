@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +13,10 @@ import pytest
 import yaml
 
 from dataaccess.v1 import data_access_pb2 as pb
+from service.config import ReplicationConfig
 from service.db import litestream_config
+from service.db.door import Severity
+from service.db.sqlite.replication import replication_finding
 from tests.conftest import build_config, row, sqlite_database, started
 
 
@@ -103,3 +109,46 @@ def test_restore_without_the_litestream_binary_says_so(
     config = build_config(tmp_path, document)
     with pytest.raises(RestoreError, match="litestream restore"):
         restore_missing(config, litestream=str(tmp_path / "no-litestream-here"))
+
+
+async def _serve_list(socket: Path, listed: dict[str, Any]) -> asyncio.AbstractServer:
+    """A stand-in for Litestream's control socket answering GET /list with ``listed``."""
+    body = json.dumps(listed).encode()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_unix_server(answer, path=str(socket))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("age", "status", "severity", "says"),
+    [
+        (1, "replicating", Severity.HEALTHY, "last synced"),
+        (30, "replicating", Severity.DEGRADED, "over 10 s"),
+        (1, "stopped", Severity.DEGRADED, "Litestream says stopped"),
+        (None, "replicating", Severity.DEGRADED, "not synced yet"),
+    ],
+)
+async def test_the_replication_check_reads_the_age_and_status_of_the_last_sync(
+    tmp_path: Path, age: float | None, status: str, severity: Severity, says: str
+) -> None:
+    database = tmp_path / "live.db"
+    synced = None if age is None else datetime.now(UTC) - timedelta(seconds=age)
+    stamp = synced.isoformat().replace("+00:00", "Z") if synced else None
+    listed = {"databases": [{"path": str(database), "status": status, "last_sync_at": stamp}]}
+    socket = tmp_path / "ls.sock"
+    server = await _serve_list(socket, listed)
+    try:
+        found = await replication_finding(database, ReplicationConfig(litestream_socket=socket))
+        other = await replication_finding(tmp_path / "other.db", ReplicationConfig(socket))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (found.aspect, found.severity) == ("replication", severity)
+    assert says in found.message
+    assert other.severity is Severity.DEGRADED and "not replicated" in other.message
