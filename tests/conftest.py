@@ -730,3 +730,72 @@ def socket_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+class PostgresProcess:
+    """A real PostgreSQL server on a free loopback port in its own temp dir, stopped by its
+    pid. Run as the ``postgres`` user when the tests run as root (as CI does): PostgreSQL
+    refuses to run as root."""
+
+    def __init__(self) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="pg-"))  # short: its socket lives here
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._as: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            shutil.chown(self.workdir, "postgres", "postgres")
+            self._as = {"user": "postgres", "group": "postgres", "extra_groups": []}
+
+    @property
+    def url(self) -> str:
+        """A superuser's connection URL."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        """initdb (trust on loopback only), start the server, wait until it accepts."""
+        binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+        if not binaries:
+            raise AssertionError("PostgreSQL is missing: `make test` installs it")
+        bin_dir, data = binaries[-1], self.workdir / "data"
+        subprocess.run(
+            [str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+            check=True,
+            capture_output=True,
+            **self._as,
+        )
+        args = [str(bin_dir / "postgres"), "-D", str(data), "-p", str(self.port)]
+        args += ["-c", "listen_addresses=127.0.0.1", "-k", str(self.workdir)]
+        with (self.workdir / "postgres.log").open("ab") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=log, **self._as)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(
+            f"PostgreSQL did not start: {(self.workdir / 'postgres.log').read_text()}"
+        )
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT), then remove its files."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresProcess]:
+    """A started PostgreSQL server, stopped after the test."""
+    server = PostgresProcess()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
