@@ -145,6 +145,19 @@ async def fresh(running: Running, sql: str, *params: Any) -> list[Any]:
     return rows
 
 
+async def until_miss(
+    running: Running, sql: str, *params: Any, tries: int, pause: float
+) -> tuple[list[Any], str]:
+    """Read until the entry is dropped (news from elsewhere takes a moment), at most
+    ``tries`` times; the last rows and status."""
+    for _ in range(tries):
+        rows, status, _ = await read(running, sql, *params)
+        if status == "miss":
+            break
+        await asyncio.sleep(pause)
+    return rows, status
+
+
 async def still_hit(running: Running, sql: str, *params: Any) -> list[Any]:
     rows, status, _ = await read(running, sql, *params)
     assert status == "hit", f"{sql} {params} was dropped by a write to another key"
@@ -451,11 +464,8 @@ async def test_a_write_on_one_server_drops_the_key_on_another_and_only_that_key(
         await cached(other, BY_CUSTOMER, 1)
         await cached(other, BY_CUSTOMER, 2)
         await update(one, "UPDATE orders SET amount = 50 WHERE id = 12")
-        for _ in range(50):  # pub/sub reaches the other server's L1 within moments
-            rows, status, _ = await read(other, BY_CUSTOMER, 2)
-            if status == "miss":
-                break
-            await asyncio.sleep(0.02)
+        # pub/sub reaches the other server's L1 within moments
+        rows, status = await until_miss(other, BY_CUSTOMER, 2, tries=50, pause=0.02)
         assert (rows, status) == ([(12, 50.0)], "miss")
         await still_hit(other, BY_CUSTOMER, 1)
 
@@ -464,11 +474,8 @@ async def test_a_write_by_another_process_drops_keyed_reads(shop: Running) -> No
     await cached(shop, BY_CUSTOMER, 1)
     with sqlite3.connect(shop.data_dir / "shop.db") as conn:
         conn.execute("UPDATE orders SET amount = 99 WHERE id = 10")
-    for _ in range(100):  # the writer notices another process's commit within its period
-        rows, status, _ = await read(shop, BY_CUSTOMER, 1)
-        if status == "miss":
-            break
-        await asyncio.sleep(0.05)
+    # the writer notices another process's commit within its period
+    rows, status = await until_miss(shop, BY_CUSTOMER, 1, tries=100, pause=0.05)
     assert rows == [(10, 99.0), (11, 2.0)]
 
 
@@ -485,11 +492,7 @@ async def test_pub_sub_alone_drops_the_key_on_another_server_and_skips_its_own_n
         await cached(other, BY_CUSTOMER, 2)
         await cached(one, BY_CUSTOMER, 3)
         await update(one, "UPDATE orders SET amount = 60 WHERE id = 12")
-        for _ in range(50):
-            rows, status, _ = await read(other, BY_CUSTOMER, 2)
-            if status == "miss":
-                break
-            await asyncio.sleep(0.02)
+        rows, status = await until_miss(other, BY_CUSTOMER, 2, tries=50, pause=0.02)
         assert (rows, status) == ([(12, 60.0)], "miss")
         await still_hit(other, BY_CUSTOMER, 1)
         await still_hit(one, BY_CUSTOMER, 3)  # its own news did not disturb its L1
@@ -542,11 +545,7 @@ async def test_a_replica_with_key_tags_off_still_drops_the_others_keyed_reads(
         await cached(other, BY_CUSTOMER, 2)
         tags = await update(one, "UPDATE orders SET amount = 70 WHERE id = 12")
         assert "keys:shop.orders" in tags
-        for _ in range(50):
-            rows, status, _ = await read(other, BY_CUSTOMER, 2)
-            if status == "miss":
-                break
-            await asyncio.sleep(0.02)
+        rows, status = await until_miss(other, BY_CUSTOMER, 2, tries=50, pause=0.02)
         assert (rows, status) == ([(12, 70.0)], "miss")
 
 
