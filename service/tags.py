@@ -16,8 +16,10 @@ unservable, so ``all`` and ``database:`` tags drop everything of their scope.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from service.db.door import KeyLookup, WriteOutcome
+if TYPE_CHECKING:  # the db tier names its tags with these functions: no import cycle
+    from service.db.door import KeyLookup, WriteOutcome
 
 ALL_TAG = "all"  # every entry carries it, so Invalidate(all) is one bump
 

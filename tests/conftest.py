@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import gc
 import http.client
+import itertools
 import json
 import os
 import re
@@ -789,6 +790,27 @@ class PostgresProcess:
                 self.process.wait(10)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run ``sql`` with psql as the superuser; its output."""
+        binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+        args = [str(binaries[-1] / "psql"), "-h", "127.0.0.1", "-p", str(self.port)]
+        args += ["-U", "postgres", "-d", database, "-v", "ON_ERROR_STOP=1", "-qAtc", sql]
+        done = subprocess.run(args, check=True, capture_output=True, text=True, timeout=60)
+        return done.stdout
+
+    def database_url(self, name: str) -> str:
+        """The superuser's URL of database ``name``."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    def fresh_database(self) -> str:
+        """A new, empty database; its URL."""
+        name = f"t{next(_DATABASE_NUMBERS)}_{os.getpid()}"
+        self.psql(f"CREATE DATABASE {name}")
+        return self.database_url(name)
+
+
+_DATABASE_NUMBERS = itertools.count(1)
+
 
 @pytest.fixture
 def postgres_server() -> Iterator[PostgresProcess]:
@@ -799,3 +821,20 @@ def postgres_server() -> Iterator[PostgresProcess]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresProcess]:
+    """One PostgreSQL server for the session; tests take a fresh database each."""
+    server = PostgresProcess()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresProcess) -> str:
+    """A fresh database on the session's PostgreSQL server."""
+    return postgres_cluster.fresh_database()

@@ -16,12 +16,14 @@ from typing import Any
 import yaml
 
 from service.config.model import (
+    AnyDatabaseConfig,
     CacheConfig,
     Config,
     ConfigError,
     DatabaseConfig,
     GroupConfig,
     Limits,
+    PostgresDatabaseConfig,
     ReplicationConfig,
     RouteBound,
     RouteConfig,
@@ -64,6 +66,15 @@ TOP_KEYS = {
 }
 TOKEN_KEYS = {"name", "sha256", "scopes"}
 DATABASE_KEYS = {"name", "path", "migrations", "allowed_tables"}
+POSTGRES_KEYS = {
+    "name",
+    "url",
+    "migrations",
+    "allowed_tables",
+    "schema",
+    "reader_role",
+    "pool_size",
+}
 GROUP_KEYS = {"name", "members", "route"}
 ROUTE_KEYS = {"kind", "column", "bounds"}
 BOUND_KEYS = {"member", "below"}
@@ -74,6 +85,7 @@ def _build(document: dict[str, Any] | None, environ: Mapping[str, str], config_d
     _reject_unknown("config", doc, TOP_KEYS)
     data_dir = Path(environ.get("DATAACCESS_DATA_DIR") or doc.get("data_dir") or "data")
     data_dir = data_dir if data_dir.is_absolute() else Path.cwd() / data_dir
+    databases: tuple[AnyDatabaseConfig, ...]
     if document is None or "databases" not in doc:
         databases = _embedded_databases(data_dir, environ)
     else:
@@ -206,23 +218,52 @@ def _embedded_databases(data_dir: Path, environ: Mapping[str, str]) -> tuple[Dat
     )
 
 
-def _database(index: int, raw: Any, data_dir: Path, config_dir: Path) -> DatabaseConfig:
+def _database(index: int, raw: Any, data_dir: Path, config_dir: Path) -> AnyDatabaseConfig:
     where = f"databases[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping")
+    if "url" in raw:
+        return _postgres_database(where, raw, data_dir, config_dir)
     _reject_unknown(where, raw, DATABASE_KEYS)
     name = _name(where, raw)
     if "path" not in raw:
-        raise ConfigError(f"{where}.path: missing")
-    allowed = raw.get("allowed_tables")
-    if allowed is not None and not isinstance(allowed, list):
-        raise ConfigError(f"{where}.allowed_tables: expected a list of table names")
+        raise ConfigError(f"{where}.path: missing (a SQLite file), or url: postgresql://...")
     return DatabaseConfig(
         name=name,
         path=_resolve(Path(str(raw["path"])), data_dir),
         migrations=_migrations_dir(raw.get("migrations"), data_dir, config_dir),
-        allowed_tables=frozenset(str(t) for t in allowed) if allowed is not None else None,
+        allowed_tables=_allowed_tables(where, raw),
     )
+
+
+def _postgres_database(
+    where: str, raw: dict[str, Any], data_dir: Path, config_dir: Path
+) -> PostgresDatabaseConfig:
+    _reject_unknown(where, raw, POSTGRES_KEYS)
+    if "path" in raw:
+        raise ConfigError(f"{where}: path and url both given; a database is one or the other")
+    return PostgresDatabaseConfig(
+        name=_name(where, raw),
+        url=str(raw["url"]),
+        migrations=_migrations_dir(raw.get("migrations"), data_dir, config_dir),
+        allowed_tables=_allowed_tables(where, raw),
+        schema=str(raw.get("schema", "public")),
+        reader_role=str(raw.get("reader_role", "")),
+        pool_size=_integer(f"{where}.pool_size", raw.get("pool_size", 8)),
+    )
+
+
+def _allowed_tables(where: str, raw: dict[str, Any]) -> frozenset[str] | None:
+    allowed = raw.get("allowed_tables")
+    if allowed is not None and not isinstance(allowed, list):
+        raise ConfigError(f"{where}.allowed_tables: expected a list of table names")
+    return frozenset(str(t) for t in allowed) if allowed is not None else None
+
+
+def _integer(key: str, raw: Any) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise ConfigError(f"{key}: expected an integer")
+    return raw
 
 
 def _migrations_dir(raw: Any, data_dir: Path, config_dir: Path) -> Path | None:

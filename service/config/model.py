@@ -20,6 +20,8 @@ __all__ = [
     "ConfigError",
     "DatabaseConfig",
     "GroupConfig",
+    "PostgresDatabaseConfig",
+    "AnyDatabaseConfig",
     "Limits",
     "ReplicationConfig",
     "RouteBound",
@@ -222,6 +224,42 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True)
+class PostgresDatabaseConfig:
+    """One PostgreSQL database the service serves (``url: postgresql://...``).
+
+    ``url``'s role runs migrations and writes, and owns the tables; reads run as
+    ``<reader_role>``, a role the service keeps able to SELECT the allowed tables
+    and nothing else. ``schema`` is the one schema whose tables the database serves.
+    """
+
+    name: str
+    url: str
+    migrations: Path | None = None
+    allowed_tables: frozenset[str] | None = None
+    schema: str = "public"
+    reader_role: str = ""  # empty: dataaccess_reader_<name>
+    pool_size: int = 8  # writer connections; readers take limits.readers_per_database
+
+    def __post_init__(self) -> None:
+        where = f"databases.{self.name}"
+        if not self.url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(f"{where}.url: expected postgresql://...")
+        for key in ("schema", "reader_role"):
+            value = getattr(self, key)
+            if value and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
+                raise ConfigError(f"{where}.{key}: expected a lower-case SQL identifier")
+        _require_positive(f"{where}.pool_size", self.pool_size)
+
+    @property
+    def reader(self) -> str:
+        """The role reads run as."""
+        return self.reader_role or f"dataaccess_reader_{self.name.lower()}"[:63]
+
+
+AnyDatabaseConfig = DatabaseConfig | PostgresDatabaseConfig
+
+
+@dataclass(frozen=True)
 class RouteBound:
     """One step of a range route: keys below ``below`` go to ``member``."""
 
@@ -265,7 +303,7 @@ class Config:
     shutdown_grace_seconds: float = 20.0
     health_interval_seconds: float = 2.0  # how often the standard health status is refreshed
     health_deep_interval_seconds: float = 10.0  # a deep Health report is reused this long
-    databases: tuple[DatabaseConfig, ...] = ()
+    databases: tuple[AnyDatabaseConfig, ...] = ()
     groups: tuple[GroupConfig, ...] = ()
     sqlite: SqliteSettings = field(default_factory=SqliteSettings)
     limits: Limits = field(default_factory=Limits)
@@ -288,7 +326,7 @@ class Config:
             raise ConfigError("databases: at least one database is needed")
         _check_names(self.databases, self.groups)
         for database in self.databases:
-            if not database.path.parent.is_dir():
+            if isinstance(database, DatabaseConfig) and not database.path.parent.is_dir():
                 raise ConfigError(
                     f"databases.{database.name}.path: folder {database.path.parent} does not exist"
                 )
@@ -306,12 +344,17 @@ class Config:
 
         return load(environ)
 
-    def database(self, name: str) -> DatabaseConfig | None:
+    def database(self, name: str) -> AnyDatabaseConfig | None:
         """The database called ``name``, if any."""
         return next((db for db in self.databases if db.name == name), None)
 
+    @property
+    def sqlite_databases(self) -> tuple[DatabaseConfig, ...]:
+        """The SQLite databases (files), in config order."""
+        return tuple(db for db in self.databases if isinstance(db, DatabaseConfig))
 
-def _check_names(databases: tuple[DatabaseConfig, ...], groups: tuple[GroupConfig, ...]) -> None:
+
+def _check_names(databases: tuple[AnyDatabaseConfig, ...], groups: tuple[GroupConfig, ...]) -> None:
     seen: set[str] = set()
     for name in [db.name for db in databases] + [g.name for g in groups]:
         if name in seen:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from service.config import Config, ConfigError
+from service.config import Config, ConfigError, DatabaseConfig
 from tests.conftest import MIGRATIONS, build_config
 
 
@@ -52,7 +52,7 @@ groups:
     assert config.listen == "127.0.0.1:50051"
     assert config.redis_url == "redis://127.0.0.1:6379/0"
     live = config.database("live")
-    assert live is not None and live.path == tmp_path / "data" / "live.db"
+    assert isinstance(live, DatabaseConfig) and live.path == tmp_path / "data" / "live.db"
     assert live.allowed_tables == frozenset({"orders"})
     assert config.groups[0].members == ("archive", "live")
     assert config.groups[0].route is not None and config.groups[0].route.kind == "range"
@@ -79,7 +79,7 @@ def test_no_config_is_the_embedded_default(tmp_path: Path, monkeypatch: pytest.M
     assert config.listen == "127.0.0.1:50051"
     assert config.redis_url is None
     assert [db.name for db in config.databases] == ["live", "archive"]
-    assert all(db.path.parent == tmp_path / "data" for db in config.databases)
+    assert all(db.path.parent == tmp_path / "data" for db in config.sqlite_databases)
     assert all(db.migrations is not None for db in config.databases)
 
 

@@ -27,7 +27,7 @@ def test_the_litestream_config_replicates_every_configured_database(
     config = build_config(tmp_path, {**document, "replication": {"sync_interval_seconds": 2}})
     generated = yaml.safe_load(litestream_config(config))
     paths = [Path(db["path"]) for db in generated["dbs"]]
-    assert paths == [database.path for database in config.databases]
+    assert paths == [database.path for database in config.sqlite_databases]
     assert all(path.is_absolute() for path in paths)
     replicas = [db["replica"] for db in generated["dbs"]]
     assert [r["path"] for r in replicas] == [

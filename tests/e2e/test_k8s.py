@@ -356,7 +356,9 @@ def test_the_litestream_sidecar_replicates_every_database_the_service_serves(
         {"DATAACCESS_CONFIG": str(tmp_path / "config.yaml"), "DATAACCESS_LITESTREAM_SOCKET": socket}
     )
     generated = yaml.safe_load(litestream_config(built))
-    assert [Path(db["path"]) for db in generated["dbs"]] == [db.path for db in built.databases]
+    assert [Path(db["path"]) for db in generated["dbs"]] == [
+        db.path for db in built.sqlite_databases
+    ]
     assert generated["socket"]["path"] == socket
     shared = {m["mountPath"] for m in main["volumeMounts"]}
     assert str(Path(socket).parent) in shared

@@ -73,7 +73,7 @@ def litestream_config(config: Config) -> str:
                     "sync-interval": interval,
                 },
             }
-            for database in config.databases
+            for database in config.sqlite_databases
         ],
     }
     return yaml.safe_dump(document, sort_keys=False)
@@ -87,7 +87,7 @@ def restore_missing(config: Config, litestream: str = "litestream") -> list[str]
     with tempfile.NamedTemporaryFile("w", suffix=".yml", prefix="litestream-") as generated:
         generated.write(litestream_config(config))
         generated.flush()
-        for database in config.databases:
+        for database in config.sqlite_databases:
             if database.path.exists():
                 continue
             command = [litestream, "restore", "-config", generated.name]

@@ -1,0 +1,445 @@
+"""One configured PostgreSQL database behind the ``Database`` door.
+
+It opens a writer pool (the configured role) and a reader pool (the reader
+role), installs the capture triggers, keeps the catalog current (a cheap
+fingerprint of the schema, polled), listens for writes made by others, and
+runs the door's verbs: reads in READ ONLY transactions whose
+``statement_timeout`` is the call's remaining deadline, each write RPC in one
+transaction with its outbox row and idempotency record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import asyncpg
+from opentelemetry import trace
+
+from service import errors
+from service.config import Limits, PostgresDatabaseConfig
+from service.db.door import (
+    AfterCommit,
+    DatabaseFigures,
+    Finding,
+    KeyTracking,
+    QueryPlan,
+    Rows,
+    Statements,
+    TagsOfWrite,
+    WriteOutcome,
+)
+from service.db.postgres import catalog as catalogs
+from service.db.postgres import health
+from service.db.postgres.catalog import Catalog
+from service.db.postgres.connections import ReaderPool, create_pool, ensure_reader_role, timeout_ms
+from service.db.postgres.error_map import translate
+from service.db.postgres.session import Conn
+from service.db.postgres.shapes import (
+    PgShape,
+    ShapeMemo,
+    check_calls,
+    check_relations,
+    explain,
+    keyed_scans,
+)
+from service.db.postgres.streams import PgRowStream, fetch_rows
+from service.db.postgres.writer import PgWriter
+from service.db.postgres.writes import OUTBOX_TABLE, create_tables, plan_insert
+from service.domain import InsertRequest, WriteOptions
+from service.fingerprint import fingerprint
+from service.values import Params
+
+log = logging.getLogger(__name__)
+DB_SYSTEM = "postgresql"
+_USER_OPERATORS = "SELECT DISTINCT oprname FROM pg_operator WHERE oid >= 16384"
+
+
+class PostgresDatabase:
+    """Opens, serves and closes one PostgreSQL database."""
+
+    def __init__(
+        self,
+        config: PostgresDatabaseConfig,
+        limits: Limits,
+        after_commit: AfterCommit | None = None,
+        use_outbox: bool = False,
+        tracer: trace.Tracer | None = None,
+        tracking: KeyTracking | None = None,
+        schema_check_seconds: float = 0.5,
+    ) -> None:
+        self.config = config
+        self._limits = limits
+        self._after_commit = after_commit
+        self._use_outbox = use_outbox
+        self._tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
+        self._tracking = tracking or KeyTracking(enabled=False)
+        self._schema_check_seconds = schema_check_seconds
+        self.catalog = Catalog(config.schema)
+        self._version = [0]
+        self._memo = ShapeMemo()
+        self._user_operators: frozenset[str] = frozenset()
+        self._failure: errors.DataAccessError | None = None
+        self._writers: asyncpg.Pool | None = None
+        self._readers: ReaderPool | None = None
+        self._writer: PgWriter | None = None
+        self._listener: Conn | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._undelivered: tuple[list[str], list[int]] = ([], [])
+
+    @property
+    def name(self) -> str:
+        """The database's configured name."""
+        return self.config.name
+
+    @property
+    def failure(self) -> errors.DataAccessError | None:
+        """Why the database cannot serve, or None."""
+        return self._failure
+
+    def fail(self, failure: errors.DataAccessError) -> None:
+        """Serve ``failure`` to every call from now on."""
+        self._failure = failure
+
+    @property
+    def declared_names(self) -> frozenset[str]:
+        """Every table's name, for fingerprints."""
+        return self.catalog.names
+
+    @property
+    def readers(self) -> ReaderPool:
+        """The reader pool."""
+        assert self._readers is not None, "open() first"
+        return self._readers
+
+    @property
+    def writer(self) -> PgWriter:
+        """The writer."""
+        assert self._writer is not None, "open() first"
+        return self._writer
+
+    # Reads
+
+    async def read_shape(self, sql: str, params: Params, deadline: float) -> PgShape:
+        """What ``sql`` reads and calls: remembered, or learnt from its generic plan."""
+        if isinstance(params, dict):
+            raise errors.InvalidArgument(
+                f"{self.name}: PostgreSQL takes positional $n parameters, not named ones",
+                field="named_params",
+            )
+        shape = self._memo.get(sql)
+        if shape is not None:
+            return shape
+        version = self._version[0]
+        async with self.readers.reader(deadline) as connection:
+            try:
+                async with connection.transaction(readonly=True):
+                    ms = timeout_ms(deadline, self.name)
+                    await connection.execute(f"SET LOCAL statement_timeout = {ms}")
+                    shape = await self._learn(connection, sql, version)
+            except asyncpg.PostgresError as exc:
+                raise translate(exc, database=self.name) from exc
+        self._memo.put(sql, shape)
+        return shape
+
+    async def _learn(self, connection: Conn, sql: str, version: int) -> PgShape:
+        # Parsed alone first: one statement, never several (PREPARE below is plain SQL).
+        prepared = await connection.prepare(sql)
+        if not prepared.get_attributes():
+            raise errors.InvalidArgument("Query takes a statement that returns rows", field="sql")
+        facts = await explain(connection, sql, len(prepared.get_parameters()))
+        if facts.operation or facts.top_node == "ModifyTable":
+            raise errors.PermissionDenied(f"{self.name}: a read may not write")
+        reads = check_relations(facts, self.catalog, self.config.allowed_tables, self.name)
+        varies, hidden = await check_calls(connection, facts, self._user_operators)
+        untracked = bool(reads - self.catalog.tracked)
+        may_cache = not (varies or hidden or untracked or facts.uncacheable_nodes)
+        keyed = keyed_scans(facts, self.catalog) if self._tracking.enabled else {}
+        return PgShape(reads, may_cache, keyed, version, self._version)
+
+    async def read(
+        self, sql: str, params: Params, max_rows: int, max_bytes: int, deadline: float
+    ) -> Rows:
+        """Run a read in a READ ONLY transaction and fetch up to ``max_rows`` rows."""
+        shape = await self.read_shape(sql, params, deadline)
+        assert isinstance(params, tuple)
+        with self._tracer.start_as_current_span(
+            "db.query", kind=trace.SpanKind.CLIENT, attributes=self._query_attributes(sql)
+        ) as span:
+            started = time.monotonic()
+            async with self.readers.reader(deadline) as connection:
+                columns, rows, more = await fetch_rows(
+                    connection, self.name, sql, params, max_rows, max_bytes, deadline
+                )
+            span.set_attribute("db.response.returned_rows", len(rows))
+        elapsed_ms = (time.monotonic() - started) * 1000
+        return Rows(columns, rows, more, shape.reads, elapsed_ms)
+
+    @asynccontextmanager
+    async def stream(
+        self, sql: str, params: Params, chunk_bytes: int, deadline: float
+    ) -> AsyncIterator[PgRowStream]:
+        """Run a read through a server-side cursor, fetched chunk by chunk."""
+        shape = await self.read_shape(sql, params, deadline)
+        assert isinstance(params, tuple)
+        span = self._tracer.start_span(
+            "db.query", kind=trace.SpanKind.CLIENT, attributes=self._query_attributes(sql)
+        )
+        rows: PgRowStream | None = None
+        try:
+            async with self.readers.reader(deadline) as connection:
+                rows = PgRowStream(connection, self.name, shape.reads, chunk_bytes, deadline)
+                try:
+                    await rows.open(sql, params)
+                    yield rows
+                finally:
+                    await rows.close()
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(trace.StatusCode.ERROR, type(exc).__name__)
+            raise
+        finally:
+            span.set_attribute("db.response.returned_rows", rows.sent if rows else 0)
+            span.end()
+
+    def _query_attributes(self, sql: str) -> dict[str, str]:
+        return {
+            "db.system.name": DB_SYSTEM,
+            "db.namespace": self.name,
+            "db.query.text": fingerprint(sql, self.catalog.names),
+        }
+
+    async def plan_of(self, sql: str, params: Params, deadline: float) -> QueryPlan:
+        """PostgreSQL's generic plan of a read, and a large table it scans whole, if any."""
+        shape = await self.read_shape(sql, params, deadline)
+        async with self.readers.reader(deadline) as connection:
+            async with connection.transaction(readonly=True):
+                count = len(params) if isinstance(params, tuple) else 0
+                facts = await explain(connection, sql, count)
+        scanned = next((s.table for s in facts.scans if s.table in shape.reads), None)
+        return QueryPlan([facts.top_node], scanned if facts.top_node == "Seq Scan" else None)
+
+    def columns_of(self, table: str) -> set[str]:
+        """The lower-cased columns of ``table`` (empty when unknown)."""
+        info = self.catalog.table(table)
+        return {c.lower() for c in info.columns} if info else set()
+
+    # Writes
+
+    def check_insert(self, request: InsertRequest) -> None:
+        """Raise unless ``request`` fits the schema and may write its table."""
+        plan_insert(request, self.catalog, self.config.allowed_tables)
+
+    async def insert(
+        self, request: InsertRequest, write: WriteOptions, deadline: float, tags_of: TagsOfWrite
+    ) -> WriteOutcome:
+        """COPY the rows in, in one transaction; the tags are bumped after the COMMIT."""
+        plan = plan_insert(request, self.catalog, self.config.allowed_tables)
+        return await self.writer.insert(plan, write, deadline, tags_of)
+
+    async def update(
+        self, statements: Statements, write: WriteOptions, deadline: float, tags_of: TagsOfWrite
+    ) -> WriteOutcome:
+        """Run DML statements in one transaction; the tags are bumped after the COMMIT."""
+        return await self.writer.update(statements, write, deadline, tags_of)
+
+    # Health and figures
+
+    async def probe(self, deep: bool) -> list[Finding]:
+        """Connectivity, role, replication lag, size and long transactions."""
+        return await health.probe(self.readers, self._writers, self.name, deep)
+
+    def figures(self) -> DatabaseFigures:
+        """The reader pool's and the writer's counters."""
+        return DatabaseFigures(self.readers.snapshot(), self.writer.snapshot(), 0)
+
+    def reset_figures(self) -> None:
+        """Start the counters again."""
+        self.readers.reset_stats()
+        self.writer.reset_counters()
+
+    def undelivered(self) -> tuple[list[str], Callable[[], None]]:
+        """Tags a previous run committed but may not have bumped, and their receipt."""
+        tags, rows = self._undelivered
+        writer = self._writer
+
+        def delivered() -> None:
+            if writer is not None:
+                writer.delivered(rows)
+
+        return tags, delivered
+
+    # Opening and closing
+
+    async def open(self) -> None:
+        """Connect, set up the service's tables, triggers and reader role, and watch."""
+        try:
+            await self._open()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _open(self) -> None:
+        config = self.config
+        self._writers = await create_pool(config, config.pool_size)
+        async with self._writers.acquire() as connection:
+            try:
+                await self._prepare_schema(connection)
+            except asyncpg.PostgresError as exc:
+                raise translate(exc, database=self.name) from exc
+        readers = await create_pool(config, self._limits.readers_per_database, config.reader)
+        self._readers = ReaderPool(
+            self.name,
+            readers,
+            self._limits.readers_per_database,
+            self._limits.acquire_timeout_seconds,
+        )
+        self._writer = PgWriter(
+            self.name,
+            config.schema,
+            self._writers,
+            self._after_commit,
+            self._use_outbox,
+            self._tracer,
+            self._limits.idempotency_window_seconds,
+            self._tracking,
+            lambda: self.catalog,
+            self._checked_write,
+        )
+        listener = await asyncpg.connect(config.url, timeout=10)
+        await listener.add_listener(catalogs.CHANNEL, self._on_outside_write)
+        self._listener = listener
+        self._watch = asyncio.ensure_future(self._watch_schema())
+
+    async def _prepare_schema(self, connection: Conn) -> None:
+        schema = self.config.schema
+        # Several replicas may start together: one at a time sets the schema up.
+        async with connection.transaction():
+            await connection.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))",
+                f"dataaccess-setup:{schema}",
+            )
+            await connection.execute(create_tables(schema))
+        async with connection.transaction():
+            await connection.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))",
+                f"dataaccess-setup:{schema}",
+            )
+            skipped = await catalogs.install_triggers(
+                connection, schema, self._tracking.max_keys_per_write, self._tracking.enabled
+            )
+        for table in skipped:
+            log.warning("not the owner of %s.%s: its reads are not cached", self.name, table)
+        self.catalog = await catalogs.load(connection, schema)
+        tables = sorted(t for t in self.catalog.names if self._allowed(t))
+        await ensure_reader_role(connection, self.config, tables)
+        self._user_operators = frozenset(row[0] for row in await connection.fetch(_USER_OPERATORS))
+        if self._use_outbox:
+            self._undelivered = await _undelivered(connection, schema)
+
+    def _allowed(self, table: str) -> bool:
+        allowed = self.config.allowed_tables
+        return allowed is None or table in allowed or table.lower() in allowed
+
+    async def _checked_write(self, connection: Conn, sql: str) -> frozenset[str]:
+        """Refuse a BatchUpdate statement that is not DML on allowed tables; its tables."""
+        parameters = (await connection.prepare(sql)).get_parameters()
+        facts = await explain(connection, sql, len(parameters))
+        if facts.top_node != "ModifyTable":
+            raise errors.InvalidArgument(
+                "BatchUpdate takes INSERT, UPDATE, DELETE or upsert statements only", field="sql"
+            )
+        tables = check_relations(facts, self.catalog, self.config.allowed_tables, self.name)
+        await check_calls(connection, facts, frozenset())
+        return tables
+
+    def _on_outside_write(
+        self, _connection: Conn, pid: int, _channel: str, payload: object
+    ) -> None:
+        """Another process changed a table (or another replica, with no Redis between them,
+        committed a write): drop the cached reads it changed."""
+        if self._after_commit is None or self.writer.owns(pid):
+            return
+        try:
+            news = json.loads(str(payload))
+            if "tags" in news:
+                tags = [str(tag) for tag in news["tags"]]
+            else:
+                tags = _outside_tags(self.name, str(news["t"]))
+        except (ValueError, KeyError, TypeError):
+            return
+        task = asyncio.ensure_future(self._after_commit(tags, None))
+        self.writer.keep(task)
+
+    async def _watch_schema(self) -> None:
+        """Reload the catalog (and forget learnt shapes) when the schema changed."""
+        while True:
+            await asyncio.sleep(self._schema_check_seconds)
+            try:
+                await self._check_schema()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                log.warning("schema check of %s failed: %s", self.name, exc)
+
+    async def _check_schema(self) -> None:
+        assert self._writers is not None
+        async with self._writers.acquire() as connection:
+            now = await connection.fetchval(catalogs.FINGERPRINT, self.config.schema)
+            if now == self.catalog.fingerprint:
+                return
+            log.info("schema of %s changed: reloading", self.name)
+            async with connection.transaction():
+                await catalogs.install_triggers(
+                    connection,
+                    self.config.schema,
+                    self._tracking.max_keys_per_write,
+                    self._tracking.enabled,
+                )
+            self.catalog = await catalogs.load(connection, self.config.schema)
+            tables = sorted(t for t in self.catalog.names if self._allowed(t))
+            await ensure_reader_role(connection, self.config, tables)
+        self._version[0] += 1
+        self._memo.clear()
+        if self._after_commit is not None:
+            await self._after_commit([f"database:{self.name}"], None)
+
+    async def close(self) -> None:
+        """Stop watching, close the pools."""
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+            self._watch = None
+        if self._writer is not None:
+            await self._writer.close()
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            try:
+                await listener.close(timeout=2)
+            except (OSError, asyncpg.InterfaceError, TimeoutError):
+                listener.terminate()
+        if self._readers is not None:
+            await self._readers.pool.close()
+        if self._writers is not None:
+            await self._writers.close()
+            self._writers = None
+
+
+async def _undelivered(connection: Conn, schema: str) -> tuple[list[str], list[int]]:
+    tags: dict[str, None] = {}
+    ids = []
+    query = f"SELECT id, tags FROM {catalogs.quote(schema)}.{OUTBOX_TABLE} ORDER BY id"
+    for row in await connection.fetch(query):
+        tags.update(dict.fromkeys(json.loads(row["tags"])))
+        ids.append(row["id"])
+    return list(tags), ids
+
+
+def _outside_tags(database: str, table: str) -> list[str]:
+    """What a write by another process to ``table`` bumps: its table tag and its key
+    generation (its keys are not known), named as ``service.tags`` names them."""
+    return [f"table:{database}.{table}", f"keys:{database}.{table}"]

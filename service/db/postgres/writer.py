@@ -1,0 +1,279 @@
+"""The writer of one PostgreSQL database: each write RPC is one transaction on a pooled
+connection, and its cache tags are bumped after the COMMIT, before the caller hears.
+
+Inside the transaction, ``dataaccess.writer`` is on, so the capture triggers
+report every changed table and key (cascades and triggers included) through
+``dataaccess.changed``. The tags they make are recorded in the outbox (with
+Redis) or sent with ``pg_notify`` (without Redis, for other replicas' L1) in
+the same transaction, with the idempotency record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import asyncpg
+from opentelemetry import trace
+
+from service import errors
+from service.db.door import AfterCommit, KeyTracking, Statements, TagsOfWrite, WriteOutcome
+from service.db.postgres import writes
+from service.db.postgres.catalog import (
+    CHANGED_SETTING,
+    CHANNEL,
+    WRITER_SETTING,
+    Catalog,
+    parse_changed,
+    quote,
+)
+from service.db.postgres.connections import timeout_ms
+from service.db.postgres.error_map import translate
+from service.db.postgres.session import Conn
+from service.db.postgres.shapes import digest
+from service.domain import WriteOptions, WriteSnapshot
+
+log = logging.getLogger(__name__)
+CheckWrite = Callable[[Conn, str], Awaitable[frozenset[str]]]
+_NOTIFY_LIMIT = 7000  # bytes; PostgreSQL's payload limit is 8000
+
+
+@dataclass
+class _Counters:
+    transactions: int = 0
+    batches: int = 0
+    rows: int = 0
+    keys_bumped: int = 0
+    key_generations_bumped: int = 0
+
+
+class PgWriter:
+    """Runs write RPCs, one transaction each, and bumps their tags after COMMIT."""
+
+    def __init__(
+        self,
+        database: str,
+        schema: str,
+        pool: asyncpg.Pool,
+        after_commit: AfterCommit | None,
+        use_outbox: bool,
+        tracer: trace.Tracer,
+        window_seconds: float,
+        tracking: KeyTracking,
+        catalog: Callable[[], Catalog],
+        check_write: CheckWrite,
+    ) -> None:
+        self.database = database
+        self._schema = schema
+        self._pool = pool
+        self._after_commit = after_commit
+        self._use_outbox = use_outbox
+        self._tracer = tracer
+        self._window = window_seconds
+        self._tracking = tracking
+        self._catalog = catalog
+        self._check_write = check_write
+        self.counters = _Counters()
+        self._pids: set[int] = set()
+        self._delivered: list[int] = []
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    def owns(self, pid: int) -> bool:
+        """Whether backend ``pid`` is one of this writer's connections."""
+        return pid in self._pids
+
+    def keep(self, task: asyncio.Future[Any]) -> None:
+        """Hold a background task until it is done."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def delivered(self, row_ids: Sequence[int]) -> None:
+        """The tags of these outbox rows reached Redis: a later transaction deletes them."""
+        self._delivered.extend(row_ids)
+
+    async def insert(
+        self, plan: writes.InsertPlan, write: WriteOptions, deadline: float, tags_of: TagsOfWrite
+    ) -> WriteOutcome:
+        """COPY a BatchInsert in, in one transaction."""
+
+        async def run(connection: Conn) -> WriteOutcome:
+            count = await writes.run_insert(connection, self._schema, plan)
+            return WriteOutcome((count,), 0, frozenset({plan.table}))
+
+        return await self._transaction(run, plan, write, deadline, tags_of)
+
+    async def update(
+        self, statements: Statements, write: WriteOptions, deadline: float, tags_of: TagsOfWrite
+    ) -> WriteOutcome:
+        """Run a BatchUpdate's statements in one transaction."""
+
+        async def run(connection: Conn) -> WriteOutcome:
+            tables: set[str] = set()
+            for index, (sql, _sets) in enumerate(statements):
+                try:
+                    tables |= await self._check_write(connection, sql)
+                except errors.DataAccessError as exc:
+                    exc.field = f"statements[{index}].sql"
+                    raise
+            counts = await writes.run_statements(connection, statements)
+            return WriteOutcome(counts, 0, frozenset(tables))
+
+        request = [(sql, [tuple(p) for p in sets]) for sql, sets in statements]
+        return await self._transaction(run, request, write, deadline, tags_of)
+
+    async def _transaction(
+        self,
+        run: Callable[[Conn], Awaitable[WriteOutcome]],
+        request: object,
+        write: WriteOptions,
+        deadline: float,
+        tags_of: TagsOfWrite,
+    ) -> WriteOutcome:
+        attributes = {
+            "db.system.name": "postgresql",
+            "db.namespace": self.database,
+            "db.operation.name": "write",
+        }
+        with self._tracer.start_as_current_span(
+            "db.write_batch", kind=trace.SpanKind.CLIENT, attributes=attributes
+        ):
+            outcome, tags, outbox_id = await self._commit(run, request, write, deadline, tags_of)
+        if not outcome.replayed:
+            self.counters.transactions += 1
+            self.counters.batches += 1
+            self.counters.rows += outcome.rows_written
+            self.counters.keys_bumped += len(outcome.keys)
+            self.counters.key_generations_bumped += len(outcome.key_generations)
+        if tags and self._after_commit is not None:
+            receipt = (lambda: self.delivered([outbox_id])) if outbox_id else None
+            try:
+                await self._after_commit(tags, receipt)
+            except Exception:  # the write is committed: its caller must hear so
+                log.exception("invalidating after a commit on %s failed", self.database)
+        return outcome
+
+    async def _commit(
+        self,
+        run: Callable[[Conn], Awaitable[WriteOutcome]],
+        request: object,
+        write: WriteOptions,
+        deadline: float,
+        tags_of: TagsOfWrite,
+    ) -> tuple[WriteOutcome, list[str], int]:
+        try:
+            connection = await self._pool.acquire(
+                timeout=max(0.001, min(5.0, deadline_left(deadline)))
+            )
+        except TimeoutError as exc:
+            raise errors.ResourceExhausted(f"{self.database}: no writer free in time") from exc
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise translate(exc, database=self.database) from exc
+        try:
+            self._pids.add(connection.get_server_pid())
+            return await self._in_transaction(connection, run, request, write, deadline, tags_of)
+        except asyncpg.PostgresError as exc:
+            raise translate(exc, database=self.database) from exc
+        except (OSError, asyncpg.InterfaceError) as exc:
+            raise errors.Unavailable(
+                f"{self.database}: the write's connection failed: {exc}"
+            ) from exc
+        finally:
+            await self._pool.release(connection)
+
+    async def _in_transaction(
+        self,
+        connection: Conn,
+        run: Callable[[Conn], Awaitable[WriteOutcome]],
+        request: object,
+        write: WriteOptions,
+        deadline: float,
+        tags_of: TagsOfWrite,
+    ) -> tuple[WriteOutcome, list[str], int]:
+        ms = timeout_ms(deadline, self.database)
+        await connection.execute(
+            f"BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL {WRITER_SETTING} = 'on'"
+        )
+        try:
+            print_ = writes.fingerprint(request)
+            if write.idempotency_key:
+                found = await writes.replayed(
+                    connection, self._schema, write.idempotency_key, print_, self._window
+                )
+                if found is not None:
+                    await connection.execute("ROLLBACK")
+                    return found, [], 0
+            outcome = self._with_changes(
+                await run(connection),
+                await connection.fetchval(f"SELECT current_setting('{CHANGED_SETTING}', true)"),
+            )
+            tags = list(tags_of(outcome))
+            outbox_id = await self._record(connection, tags)
+            if write.idempotency_key:
+                await writes.remember(
+                    connection, self._schema, write.idempotency_key, print_, outcome
+                )
+            await connection.execute("COMMIT")
+            return outcome, tags, outbox_id
+        except BaseException:
+            if not connection.is_closed() and connection.is_in_transaction():
+                await asyncio.shield(connection.execute("ROLLBACK"))
+            raise
+
+    def _with_changes(self, outcome: WriteOutcome, text: str | None) -> WriteOutcome:
+        """``outcome`` with the tables and keys the triggers reported."""
+        changed = parse_changed(text)
+        tables = outcome.tables | changed.tables
+        catalog = self._catalog()
+        if not self._tracking.enabled:
+            return replace(outcome, tables=tables, key_generations=tables)
+        # A table with no capture triggers cannot say its keys: every keyed read goes.
+        whole = changed.untracked_keys | (tables - catalog.tracked)
+        keys = frozenset(
+            (table, spec, digest(values))
+            for table, spec, values in changed.keys
+            if table not in whole
+        )
+        return replace(outcome, tables=tables, keys=keys, key_generations=frozenset(whole))
+
+    async def _record(self, connection: Conn, tags: list[str]) -> int:
+        """Write the tags where other replicas find them, in this transaction."""
+        if not tags:
+            return 0
+        if not self._use_outbox:
+            payload = json.dumps({"tags": tags})
+            if len(payload) > _NOTIFY_LIMIT:
+                payload = json.dumps({"tags": [f"database:{self.database}"]})
+            await connection.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+            return 0
+        table = f"{quote(self._schema)}.{writes.OUTBOX_TABLE}"
+        if self._delivered:
+            done, self._delivered = self._delivered, []
+            await connection.execute(f"DELETE FROM {table} WHERE id = ANY($1::bigint[])", done)
+        return int(
+            await connection.fetchval(
+                f"INSERT INTO {table} (tags) VALUES ($1::jsonb) RETURNING id", json.dumps(tags)
+            )
+        )
+
+    def snapshot(self) -> WriteSnapshot:
+        """The commit counters."""
+        return WriteSnapshot(self.database, **vars(self.counters))
+
+    def reset_counters(self) -> None:
+        """Start counting again."""
+        self.counters = _Counters()
+
+    async def close(self) -> None:
+        """Wait for background deliveries."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def deadline_left(deadline: float) -> float:
+    """Seconds until ``deadline``."""
+    return deadline - time.monotonic()
