@@ -10,8 +10,6 @@ transaction with its outbox row and idempotency record.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -48,8 +46,9 @@ from service.db.postgres.shapes import (
     keyed_scans,
 )
 from service.db.postgres.streams import PgRowStream, fetch_rows
+from service.db.postgres.watch import Watch
 from service.db.postgres.writer import PgWriter
-from service.db.postgres.writes import OUTBOX_TABLE, create_tables, plan_insert
+from service.db.postgres.writes import create_tables, plan_insert, undelivered
 from service.domain import InsertRequest, WriteOptions
 from service.fingerprint import fingerprint
 from service.values import Params
@@ -87,8 +86,7 @@ class PostgresDatabase:
         self._writers: asyncpg.Pool | None = None
         self._readers: ReaderPool | None = None
         self._writer: PgWriter | None = None
-        self._listener: Conn | None = None
-        self._watch: asyncio.Task[None] | None = None
+        self._watch: Watch | None = None
         self._undelivered: tuple[list[str], list[int]] = ([], [])
 
     @property
@@ -310,10 +308,17 @@ class PostgresDatabase:
             lambda: self.catalog,
             self._checked_write,
         )
-        listener = await asyncpg.connect(config.url, timeout=10)
-        await listener.add_listener(catalogs.CHANNEL, self._on_outside_write)
-        self._listener = listener
-        self._watch = asyncio.ensure_future(self._watch_schema())
+        self._watch = Watch(
+            self.name,
+            config.url,
+            config.schema,
+            self._writers,
+            self._after_commit,
+            self._writer.owns,
+            self._schema_changed,
+            self._schema_check_seconds,
+        )
+        await self._watch.start(self.catalog.fingerprint)
 
     async def _prepare_schema(self, connection: Conn) -> None:
         schema = self.config.schema
@@ -339,7 +344,7 @@ class PostgresDatabase:
         await ensure_reader_role(connection, self.config, tables)
         self._user_operators = frozenset(row[0] for row in await connection.fetch(_USER_OPERATORS))
         if self._use_outbox:
-            self._undelivered = await _undelivered(connection, schema)
+            self._undelivered = await undelivered(connection, schema)
 
     def _allowed(self, table: str) -> bool:
         allowed = self.config.allowed_tables
@@ -357,52 +362,18 @@ class PostgresDatabase:
         await check_calls(connection, facts, frozenset())
         return tables
 
-    def _on_outside_write(
-        self, _connection: Conn, pid: int, _channel: str, payload: object
-    ) -> None:
-        """Another process changed a table (or another replica, with no Redis between them,
-        committed a write): drop the cached reads it changed."""
-        if self._after_commit is None or self.writer.owns(pid):
-            return
-        try:
-            news = json.loads(str(payload))
-            if "tags" in news:
-                tags = [str(tag) for tag in news["tags"]]
-            else:
-                tags = _outside_tags(self.name, str(news["t"]))
-        except (ValueError, KeyError, TypeError):
-            return
-        task = asyncio.ensure_future(self._after_commit(tags, None))
-        self.writer.keep(task)
-
-    async def _watch_schema(self) -> None:
-        """Reload the catalog (and forget learnt shapes) when the schema changed."""
-        while True:
-            await asyncio.sleep(self._schema_check_seconds)
-            try:
-                await self._check_schema()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the next round tries again
-                log.warning("schema check of %s failed: %s", self.name, exc)
-
-    async def _check_schema(self) -> None:
-        assert self._writers is not None
-        async with self._writers.acquire() as connection:
-            now = await connection.fetchval(catalogs.FINGERPRINT, self.config.schema)
-            if now == self.catalog.fingerprint:
-                return
-            log.info("schema of %s changed: reloading", self.name)
-            async with connection.transaction():
-                await catalogs.install_triggers(
-                    connection,
-                    self.config.schema,
-                    self._tracking.max_keys_per_write,
-                    self._tracking.enabled,
-                )
-            self.catalog = await catalogs.load(connection, self.config.schema)
-            tables = sorted(t for t in self.catalog.names if self._allowed(t))
-            await ensure_reader_role(connection, self.config, tables)
+    async def _schema_changed(self, connection: Conn, fingerprint: str) -> None:
+        """Reinstall the triggers, reload the catalog, forget learnt shapes, drop cached reads."""
+        async with connection.transaction():
+            await catalogs.install_triggers(
+                connection,
+                self.config.schema,
+                self._tracking.max_keys_per_write,
+                self._tracking.enabled,
+            )
+        self.catalog = await catalogs.load(connection, self.config.schema)
+        tables = sorted(t for t in self.catalog.names if self._allowed(t))
+        await ensure_reader_role(connection, self.config, tables)
         self._version[0] += 1
         self._memo.clear()
         if self._after_commit is not None:
@@ -411,35 +382,12 @@ class PostgresDatabase:
     async def close(self) -> None:
         """Stop watching, close the pools."""
         if self._watch is not None:
-            self._watch.cancel()
-            await asyncio.gather(self._watch, return_exceptions=True)
+            await self._watch.close()
             self._watch = None
         if self._writer is not None:
             await self._writer.close()
-        if self._listener is not None:
-            listener, self._listener = self._listener, None
-            try:
-                await listener.close(timeout=2)
-            except (OSError, asyncpg.InterfaceError, TimeoutError):
-                listener.terminate()
         if self._readers is not None:
             await self._readers.pool.close()
         if self._writers is not None:
             await self._writers.close()
             self._writers = None
-
-
-async def _undelivered(connection: Conn, schema: str) -> tuple[list[str], list[int]]:
-    tags: dict[str, None] = {}
-    ids = []
-    query = f"SELECT id, tags FROM {catalogs.quote(schema)}.{OUTBOX_TABLE} ORDER BY id"
-    for row in await connection.fetch(query):
-        tags.update(dict.fromkeys(json.loads(row["tags"])))
-        ids.append(row["id"])
-    return list(tags), ids
-
-
-def _outside_tags(database: str, table: str) -> list[str]:
-    """What a write by another process to ``table`` bumps: its table tag and its key
-    generation (its keys are not known), named as ``service.tags`` names them."""
-    return [f"table:{database}.{table}", f"keys:{database}.{table}"]

@@ -252,3 +252,15 @@ async def remember(
         stored,
         time.time(),
     )
+
+
+async def undelivered(connection: Conn, schema: str) -> tuple[list[str], list[int]]:
+    """The tags of every outbox row still there (a run that may not have bumped them),
+    and the rows' ids."""
+    tags: dict[str, None] = {}
+    ids = []
+    query = f"SELECT id, tags FROM {quote(schema)}.{OUTBOX_TABLE} ORDER BY id"
+    for row in await connection.fetch(query):
+        tags.update(dict.fromkeys(json.loads(row["tags"])))
+        ids.append(row["id"])
+    return list(tags), ids
