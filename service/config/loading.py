@@ -239,9 +239,9 @@ def _database(index: int, raw: Any, data_dir: Path, config_dir: Path) -> AnyData
 def _postgres_database(
     where: str, raw: dict[str, Any], data_dir: Path, config_dir: Path
 ) -> PostgresDatabaseConfig:
-    _reject_unknown(where, raw, POSTGRES_KEYS)
     if "path" in raw:
         raise ConfigError(f"{where}: path and url both given; a database is one or the other")
+    _reject_unknown(where, raw, POSTGRES_KEYS)
     return PostgresDatabaseConfig(
         name=_name(where, raw),
         url=str(raw["url"]),

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from service.config import Config, ConfigError, DatabaseConfig
+from service.config import Config, ConfigError, DatabaseConfig, PostgresDatabaseConfig
 from tests.conftest import MIGRATIONS, build_config
 
 
@@ -161,3 +161,41 @@ def test_the_cache_section_is_read(tmp_path: Path) -> None:
     assert config.cache.l1_validation_window_seconds == 0
     assert config.cache.breaker_failures == 5
     assert config.cache.redis_socket_timeout_seconds == 0.25
+
+
+def test_a_database_is_a_sqlite_file_or_a_postgresql_url(tmp_path: Path) -> None:
+    document = _doc(tmp_path)
+    document["databases"].append(
+        {
+            "name": "orders",
+            "url": "postgresql://app@127.0.0.1:5432/orders",
+            "allowed_tables": ["orders"],
+            "pool_size": 4,
+        }
+    )
+    config = build_config(tmp_path, document)
+    orders = config.database("orders")
+    assert isinstance(orders, PostgresDatabaseConfig)
+    assert orders.url == "postgresql://app@127.0.0.1:5432/orders"
+    assert orders.schema == "public" and orders.pool_size == 4
+    assert orders.reader == "dataaccess_reader_orders"
+    assert [db.name for db in config.sqlite_databases] == ["live", "archive"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"url": "mysql://x/y"}, "databases.orders.url: expected postgresql://"),
+        ({"url": "postgresql://x/y", "path": "o.db"}, "path and url both given"),
+        ({"url": "postgresql://x/y", "schema": "Bad-Name"}, "databases.orders.schema"),
+        ({"url": "postgresql://x/y", "pool_size": 0}, "databases.orders.pool_size"),
+        ({"url": "postgresql://x/y", "nope": 1}, "nope"),
+    ],
+)
+def test_a_bad_postgresql_entry_names_the_key(
+    tmp_path: Path, entry: dict[str, Any], message: str
+) -> None:
+    document = _doc(tmp_path)
+    document["databases"].append({"name": "orders", **entry})
+    with pytest.raises(ConfigError, match=message):
+        build_config(tmp_path, document)
