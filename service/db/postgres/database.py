@@ -55,6 +55,7 @@ from service.values import Params
 
 log = logging.getLogger(__name__)
 DB_SYSTEM = "postgresql"
+_WRITE_MEMO_SIZE = 1024
 _USER_OPERATORS = "SELECT DISTINCT oprname FROM pg_operator WHERE oid >= 16384"
 
 
@@ -81,6 +82,7 @@ class PostgresDatabase:
         self.catalog = Catalog(config.schema)
         self._version = [0]
         self._memo = ShapeMemo()
+        self._write_memo: dict[str, frozenset[str]] = {}  # checked DML -> its tables
         self._user_operators: frozenset[str] = frozenset()
         self._failure: errors.DataAccessError | None = None
         self._writers: asyncpg.Pool | None = None
@@ -352,6 +354,9 @@ class PostgresDatabase:
 
     async def _checked_write(self, connection: Conn, sql: str) -> frozenset[str]:
         """Refuse a BatchUpdate statement that is not DML on allowed tables; its tables."""
+        known = self._write_memo.get(sql)
+        if known is not None:
+            return known
         parameters = (await connection.prepare(sql)).get_parameters()
         facts = await explain(connection, sql, len(parameters))
         if facts.top_node != "ModifyTable":
@@ -360,6 +365,9 @@ class PostgresDatabase:
             )
         tables = check_relations(facts, self.catalog, self.config.allowed_tables, self.name)
         await check_calls(connection, facts, frozenset())
+        if len(self._write_memo) >= _WRITE_MEMO_SIZE:
+            self._write_memo.clear()
+        self._write_memo[sql] = tables
         return tables
 
     async def _schema_changed(self, connection: Conn, fingerprint: str) -> None:
@@ -376,6 +384,11 @@ class PostgresDatabase:
         await ensure_reader_role(connection, self.config, tables)
         self._version[0] += 1
         self._memo.clear()
+        self._write_memo.clear()
+        # Statements prepared on the old schema would fail inside a transaction.
+        for pool in (self._writers, self.readers.pool):
+            if pool is not None:
+                await pool.expire_connections()
         if self._after_commit is not None:
             await self._after_commit([f"database:{self.name}"], None)
 
