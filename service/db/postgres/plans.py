@@ -73,10 +73,13 @@ _VALUE = (
     r"(?P<value>\$\d+|-?\d+"
     r"|'(?:[^']|'')*'::(?:text|integer|bigint|smallint|character varying))"
 )
-_EQUALITY = re.compile(
-    rf"^(?:{_QUALIFIER}(?P<col>{_NAME})|\({_QUALIFIER}(?P<cast>{_NAME})\)::text)"
-    rf"\s*=\s*\(?{_VALUE}\)?(?:::[a-z ]+)?$"
+_SUBJECT = rf"(?:{_QUALIFIER}(?P<col>{_NAME})|\({_QUALIFIER}(?P<cast>{_NAME})\)::text)"
+# col = ANY (ARRAY[$1, $2]) or col = ANY ('{1,2}'::integer[]): an IN list.
+_ANY = re.compile(
+    rf"^{_SUBJECT}\s*=\s*ANY\s*\((?:ARRAY\[(?P<items>[$\d, -]+)\]"
+    rf"|'\{{(?P<ints>[\d, -]+)\}}'::(?:integer|bigint|smallint)\[\])\)$"
 )
+_EQUALITY = re.compile(rf"^{_SUBJECT}\s*=\s*\(?{_VALUE}\)?(?:::[a-z ]+)?$")
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ class Scan:
 
     schema: str
     table: str
-    equal: Mapping[str, int | str]
+    equal: Mapping[str, tuple[int | str, ...]]  # the values a column may equal (IN lists)
 
 
 @dataclass
@@ -149,12 +152,12 @@ def _strings(value: Any) -> Iterator[str]:
 
 
 def _scan(node: Mapping[str, Any]) -> Scan:
-    equal: dict[str, int | str] = {}
+    equal: dict[str, tuple[int | str, ...]] = {}
     for key in _CONDITION_KEYS:
         condition = node.get(key)
         if isinstance(condition, str):
             for conjunct in conjuncts(condition):
-                found = equality(conjunct)
+                found = equality(conjunct) or any_of(conjunct)
                 if found is not None:
                     equal.setdefault(found[0], found[1])
     return Scan(str(node.get("Schema", "")), str(node["Relation Name"]), equal)
@@ -203,17 +206,36 @@ def _wraps(text: str) -> bool:
     return True
 
 
-def equality(conjunct: str) -> tuple[str, int | str] | None:
-    """``(column, $n index or literal text)`` for ``column = $n`` or ``column = literal``."""
+def equality(conjunct: str) -> tuple[str, tuple[int | str, ...]] | None:
+    """``(column, ($n index or literal text,))`` for ``column = $n`` or ``column = literal``."""
     match = _EQUALITY.match(conjunct)
     if match is None:
         return None
+    value = match.group("value")
+    if value.startswith("'"):
+        return _column(match), (value[1 : value.rindex("'")].replace("''", "'"),)
+    return _column(match), (_source(value),)
+
+
+def any_of(conjunct: str) -> tuple[str, tuple[int | str, ...]] | None:
+    """``(column, sources)`` for an IN list of parameters or integers, as PostgreSQL prints
+    it: ``column = ANY (ARRAY[$1, $2])`` or ``column = ANY ('{1,2}'::integer[])``."""
+    match = _ANY.match(conjunct)
+    if match is None:
+        return None
+    items = [item.strip() for item in (match.group("items") or match.group("ints")).split(",")]
+    if not all(re.fullmatch(r"\$\d+|-?\d+", item) for item in items):
+        return None
+    return _column(match), tuple(_source(item) for item in items)
+
+
+def _column(match: re.Match[str]) -> str:
     column = match.group("col") or match.group("cast")
     if column.startswith('"'):
         column = column[1:-1].replace('""', '"')
-    value = match.group("value")
-    if value.startswith("$"):
-        return column, int(value[1:]) - 1
-    if value.startswith("'"):
-        return column, value[1 : value.rindex("'")].replace("''", "'")
-    return column, value
+    return column
+
+
+def _source(item: str) -> int | str:
+    """``$n`` as the parameter's index from 0; an integer literal as its text."""
+    return int(item[1:]) - 1 if item.startswith("$") else item

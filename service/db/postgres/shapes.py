@@ -7,6 +7,7 @@ the functions a read may call, and how it is cached.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -97,7 +98,8 @@ class KeyedScan:
 
     columns: tuple[str, ...]
     types: tuple[str, ...]  # "int" or "text", per column
-    sources: tuple[tuple[int | str, ...], ...]
+    # per scan, per column: the parameters (indexes) or literals the column may equal
+    sources: tuple[tuple[tuple[int | str, ...], ...], ...]
 
 
 @dataclass(frozen=True)
@@ -131,16 +133,19 @@ class PgShape:
 def _digests(scan: KeyedScan, params: Params) -> tuple[str, ...] | None:
     if isinstance(params, dict):
         return None
-    digests = []
-    for sources in scan.sources:
-        values = []
-        for kind, source in zip(scan.types, sources, strict=True):
-            text = source if isinstance(source, str) else _canonical(kind, params, source)
-            if text is None:
-                return None
-            values.append(text)
-        digests.append(digest(tuple(values)))
-    return tuple(sorted(set(digests)))
+    digests: set[str] = set()
+    for per_column in scan.sources:
+        texts = []
+        for kind, alternatives in zip(scan.types, per_column, strict=True):
+            column_texts = []
+            for source in alternatives:
+                text = source if isinstance(source, str) else _canonical(kind, params, source)
+                if text is None:
+                    return None
+                column_texts.append(text)
+            texts.append(column_texts)
+        digests.update(digest(values) for values in itertools.product(*texts))
+    return tuple(sorted(digests))
 
 
 def _canonical(kind: str, params: tuple[SqlValue, ...], index: int) -> str | None:
@@ -230,7 +235,7 @@ def check_relations(
 
 def keyed_scans(facts: PlanFacts, catalog: Catalog) -> dict[str, KeyedScan]:
     """The tables every scan of which is restricted to one key the triggers report."""
-    by_table: dict[str, list[Mapping[str, int | str]]] = {}
+    by_table: dict[str, list[Mapping[str, tuple[int | str, ...]]]] = {}
     for scan in facts.scans:
         by_table.setdefault(scan.table, []).append(scan.equal)
     found = {}
@@ -250,7 +255,7 @@ def keyed_scans(facts: PlanFacts, catalog: Catalog) -> dict[str, KeyedScan]:
 
 
 def _common_key(
-    keys: tuple[tuple[str, ...], ...], scans: list[Mapping[str, int | str]]
+    keys: tuple[tuple[str, ...], ...], scans: list[Mapping[str, tuple[int | str, ...]]]
 ) -> tuple[str, ...] | None:
     """The longest key every scan restricts to equal values."""
     covering = [key for key in keys if all(set(key) <= set(equal) for equal in scans)]
