@@ -131,6 +131,13 @@ WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
   AND c.relname NOT LIKE '\\_dataaccess\\_%' AND c.relname <> 'schema_migrations'
 ORDER BY c.relname, a.attnum
 """
+_TRIGGERS = 4  # insert, update, delete, truncate
+_INSTALLED = """
+SELECT c.relname, t.tgargs
+FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND t.tgname LIKE '\\_dataaccess\\_capture\\_%'
+"""
 _TRIGGER_ARGS = """
 SELECT c.relname, t.tgargs
 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
@@ -209,32 +216,36 @@ async def install_triggers(
             for end in range(1, len(cols) + 1):
                 specs.setdefault(row["relname"], set()).add(cols[:end])
     owned = await connection.fetch(
-        "SELECT c.relname, pg_has_role(c.relowner, 'USAGE') AS mine FROM pg_class c"
+        "SELECT c.relname, pg_has_role(c.relowner, 'USAGE') AS mine,"
+        " (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = c.oid"
+        "  AND t.tgname LIKE '\\_dataaccess\\_capture\\_%') AS triggers FROM pg_class c"
         " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1"
         " AND c.relkind IN ('r', 'p') AND c.relname NOT LIKE '\\_dataaccess\\_%'"
         " AND c.relname <> 'schema_migrations' AND NOT c.relispartition",
         schema,
     )
+    installed: dict[str, set[bytes]] = {}
+    for row in await connection.fetch(_INSTALLED, schema):
+        installed.setdefault(row["relname"], set()).add(bytes(row["tgargs"]))
     skipped = []
     for row in owned:
         if not row["mine"]:
             skipped.append(row["relname"])
             continue
         keys = sorted(specs.get(row["relname"], set()))
-        await _install_on(connection, schema, row["relname"], max_keys, keys)
+        args = [str(max_keys), *(",".join(k) for k in keys)]
+        wanted = b"".join(a.encode() + b"\x00" for a in args)
+        if installed.get(row["relname"]) == {wanted} and row["triggers"] == _TRIGGERS:
+            # Unchanged: recreating them would change the schema's fingerprint, and every
+            # replica would then reinstall them in turn, for ever.
+            continue
+        await _install_on(connection, schema, row["relname"], args)
     return skipped
 
 
-async def _install_on(
-    connection: Conn,
-    schema: str,
-    table: str,
-    max_keys: int,
-    keys: list[tuple[str, ...]],
-) -> None:
+async def _install_on(connection: Conn, schema: str, table: str, args: list[str]) -> None:
     target = f"{quote(schema)}.{quote(table)}"
-    args = ", ".join(_literal(a) for a in [str(max_keys), *(",".join(k) for k in keys)])
-    function = f"{quote(schema)}._dataaccess_capture({args})"
+    function = f"{quote(schema)}._dataaccess_capture({', '.join(map(_literal, args))})"
     statements = []
     for event in _EVENTS:
         name = quote(_TRIGGER_PREFIX + event)

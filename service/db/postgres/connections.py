@@ -64,43 +64,59 @@ async def create_pool(
     return pool
 
 
+# Roles belong to the whole server: replicas (or services of other databases with the
+# same name) may create or grant the same role at the same moment.
+_RACING_STATES = ("42710", "XX000", "40001", "40P01", "23505")
+_ATTEMPTS = 5
+
+
 async def ensure_reader_role(
     connection: Conn, config: PostgresDatabaseConfig, tables: list[str]
 ) -> None:
     """Create the reader role if missing, let the URL's role act as it, and leave it able
     to SELECT exactly ``tables`` of the schema."""
+    for attempt in range(_ATTEMPTS):
+        try:
+            await _reader_role(connection, config, tables)
+            return
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise errors.Unavailable(
+                f"{config.name}: cannot set up the reader role {config.reader!r} ({exc}): give"
+                f" the url's role CREATEROLE, or create {config.reader} NOLOGIN, GRANT it to"
+                " that role and GRANT it SELECT on the allowed tables"
+            ) from exc
+        except asyncpg.PostgresError as exc:
+            if getattr(exc, "sqlstate", "") not in _RACING_STATES or attempt == _ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
+
+
+async def _reader_role(connection: Conn, config: PostgresDatabaseConfig, tables: list[str]) -> None:
     role, schema = quote(config.reader), quote(config.schema)
     exists = await connection.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", config.reader)
-    try:
-        if not exists:
-            await connection.execute(f"CREATE ROLE {role} NOLOGIN NOINHERIT")
-        member = await connection.fetchval(
-            "SELECT pg_has_role(current_user, $1, 'MEMBER')", config.reader
-        )
-        if not member:
-            await connection.execute(f"GRANT {role} TO CURRENT_USER")
-        granted = await connection.fetch(
-            "SELECT table_name FROM information_schema.role_table_grants"
-            " WHERE grantee = $1 AND table_schema = $2",
-            config.reader,
-            config.schema,
-        )
-        async with connection.transaction():
-            for row in granted:
-                if row["table_name"] not in tables:
-                    await connection.execute(
-                        f"REVOKE ALL ON {schema}.{quote(row['table_name'])} FROM {role}"
-                    )
-            await connection.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
-            for table in tables:
-                if not table.startswith(INTERNAL_PREFIX):
-                    await connection.execute(f"GRANT SELECT ON {schema}.{quote(table)} TO {role}")
-    except asyncpg.InsufficientPrivilegeError as exc:
-        raise errors.Unavailable(
-            f"{config.name}: cannot set up the reader role {config.reader!r} ({exc}): give the"
-            f" url's role CREATEROLE, or create {config.reader} NOLOGIN, GRANT it to that role"
-            " and GRANT it SELECT on the allowed tables"
-        ) from exc
+    if not exists:
+        await connection.execute(f"CREATE ROLE {role} NOLOGIN NOINHERIT")
+    member = await connection.fetchval(
+        "SELECT pg_has_role(current_user, $1, 'MEMBER')", config.reader
+    )
+    if not member:
+        await connection.execute(f"GRANT {role} TO CURRENT_USER")
+    granted = await connection.fetch(
+        "SELECT table_name FROM information_schema.role_table_grants"
+        " WHERE grantee = $1 AND table_schema = $2",
+        config.reader,
+        config.schema,
+    )
+    async with connection.transaction():
+        for row in granted:
+            if row["table_name"] not in tables:
+                await connection.execute(
+                    f"REVOKE ALL ON {schema}.{quote(row['table_name'])} FROM {role}"
+                )
+        await connection.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+        for table in tables:
+            if not table.startswith(INTERNAL_PREFIX):
+                await connection.execute(f"GRANT SELECT ON {schema}.{quote(table)} TO {role}")
 
 
 class ReaderPool:
