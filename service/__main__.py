@@ -1,6 +1,7 @@
-"""``python -m service [serve|migrate|litestream-config|restore]``: build the Config, then
-serve until SIGTERM or SIGINT (or apply the migrations, print the Litestream config that
-replicates every configured database, or restore the missing ones from their replicas).
+"""``python -m service [serve|migrate|litestream-config|restore|copy]``: build the Config,
+then serve until SIGTERM or SIGINT (or apply the migrations, print the Litestream config that
+replicates every configured database, restore the missing ones from their replicas, or copy
+one SQLite database into a PostgreSQL one and print both sides' row counts).
 
 The first signal stops gracefully within ``shutdown_grace_seconds`` (calls in
 flight finish, queued writes commit, buffered spans get a bounded share of
@@ -18,8 +19,12 @@ from pathlib import Path
 
 from service.config import Config, ConfigError
 from service.db import (
+    CopyError,
     MigrationError,
     RestoreError,
+    check_counts,
+    copy_database,
+    counts_table,
     litestream_config,
     migrate,
     restore_missing,
@@ -28,18 +33,27 @@ from service.observe.logs import setup_logging
 from service.observe.telemetry import Telemetry
 from service.server import StartError, serve
 
-USAGE = "usage: python -m service [serve|migrate|litestream-config [FILE]|restore]"
-COMMANDS = ("serve", "migrate", "litestream-config", "restore")
+USAGE = (
+    "usage: python -m service [serve|migrate|litestream-config [FILE]|restore|copy SOURCE TARGET]"
+)
+# Each command and how many arguments it takes.
+COMMANDS = {
+    "serve": (0,),
+    "migrate": (0,),
+    "litestream-config": (0, 1),
+    "restore": (0,),
+    "copy": (2,),
+}
 log = logging.getLogger("service")
 
 
 def main(argv: list[str]) -> int:
     """Run the command in ``argv``; the process exit code."""
-    command = argv[0] if argv else "serve"
-    target = argv[1] if len(argv) == 2 and command == "litestream-config" else None
-    if command not in COMMANDS or len(argv) > (2 if target else 1):
+    command, args = (argv[0], argv[1:]) if argv else ("serve", [])
+    if len(args) not in COMMANDS.get(command, ()):
         print(USAGE, file=sys.stderr)
         return 2
+    target = args[0] if args else None
     try:
         config = Config.from_env(os.environ)
         setup_logging(config.log_level)
@@ -51,9 +65,13 @@ def main(argv: list[str]) -> int:
             print(litestream_config(config), end="")
         elif command == "restore":
             restore_missing(config)
+        elif command == "copy":
+            counts = asyncio.run(copy_database(config, args[0], args[1]))
+            print(counts_table(counts), end="")
+            check_counts(counts)
         else:
             asyncio.run(_serve_until_signalled(config, Telemetry.from_env(os.environ)))
-    except (ConfigError, MigrationError, RestoreError, StartError) as exc:
+    except (ConfigError, CopyError, MigrationError, RestoreError, StartError) as exc:
         print(f"dataaccess: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -14,6 +14,13 @@ from opentelemetry import trace
 
 from service.config import Config, PostgresDatabaseConfig
 from service.db.door import AfterCommit, Database, KeyTracking
+from service.db.postgres.copy_from_sqlite import (
+    CopyError,
+    TableCount,
+    check_counts,
+    copy_database,
+    counts_table,
+)
 from service.db.postgres.database import PostgresDatabase
 from service.db.postgres.migrate import apply_migrations as apply_postgres_migrations
 from service.db.sqlite.database import SqliteDatabase
@@ -22,10 +29,15 @@ from service.db.sqlite.replication import RestoreError, litestream_config, resto
 
 __all__ = [
     "AfterCommit",
+    "CopyError",
     "Database",
     "MigrationError",
     "RestoreError",
+    "TableCount",
     "build_databases",
+    "check_counts",
+    "copy_database",
+    "counts_table",
     "litestream_config",
     "migrate",
     "restore_missing",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import grpc
 
@@ -60,7 +61,7 @@ async def test_values_of_every_storage_class_round_trip(served: Running, engine:
 async def test_batch_insert_conflict_modes(served: Running, engine: Engine) -> None:
     stub = served.stub
 
-    def insert(rows: list[pb.Row], **options: object) -> object:
+    def insert(rows: list[pb.Row], **options: Any) -> Any:
         return stub.BatchInsert(
             pb.BatchInsertRequest(
                 database="kitchen", table="items", columns=["id", "t"], rows=rows, **options
