@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from dataaccess.v1 import data_access_pb2 as pb
-from tests.conftest import Running, failure_of, plain_rows, row, value
+from tests.conftest import KITCHEN_MIGRATIONS, Running, failure_of, plain_rows, row, started, value
 from tests.engines.conftest import Engine
 
 
@@ -310,3 +311,85 @@ async def test_a_group_mixing_engines_answers_one_merged_query(
         )
         assert plain_rows(answer) == [(4, 40), (3, 30), (2, 20)]
         assert sorted(answer.databases) == ["kitchen", "kitchen_file"]
+
+
+async def test_a_routed_group_spans_both_engines(tmp_path: Path, engine: Engine) -> None:
+    document = engine.document()
+    document["databases"].append(
+        {"name": "kitchen_file", "path": "kitchen_file.db", "migrations": str(KITCHEN_MIGRATIONS)}
+    )
+    document["groups"] = [
+        {
+            "name": "split",
+            "members": ["kitchen", "kitchen_file"],
+            "route": {
+                "kind": "range",
+                "column": "id",
+                "bounds": [{"member": "kitchen", "below": 100}, {"member": "kitchen_file"}],
+            },
+        }
+    ]
+    async with started(tmp_path, document) as server:
+        inserted = await server.stub.BatchInsert(
+            pb.BatchInsertRequest(
+                database="split",
+                table="items",
+                columns=["id", "t"],
+                rows=[row(5, "low"), row(500, "high")],
+            )
+        )
+        assert inserted.rows_affected == 2
+        assert await engine.direct("SELECT id FROM items") == [(5,)]
+        for key, member in ((5, "kitchen"), (500, "kitchen_file")):
+            answer = await server.stub.Query(
+                pb.QueryRequest(database="split", sql="SELECT t FROM items", route_key=value(key))
+            )
+            assert list(answer.databases) == [member]
+
+
+async def test_a_cancelled_call_stops_its_query_and_frees_its_reader(
+    served: Running, engine: Engine
+) -> None:
+    slow = (
+        "SELECT count(*) FROM generate_series(1, 2000000000)"
+        if engine.postgres
+        else "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c"
+        " WHERE x < 2000000000) SELECT count(*) FROM c"
+    )
+    call = served.stub.Query(
+        pb.QueryRequest(
+            database="kitchen", sql=slow, cache=pb.CacheOptions(mode=pb.CACHE_MODE_BYPASS)
+        ),
+        timeout=30,
+    )
+    waiting = asyncio.ensure_future(call)
+
+    async def readers_in_use() -> int:
+        stats = await served.stub.Stats(pb.StatsRequest())
+        return next(p.in_use for p in stats.pools if p.database == "kitchen")
+
+    async def running_on_postgresql() -> int:
+        rows = await engine.direct(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%2000000000%'"
+            " AND state = 'active' AND pid <> pg_backend_pid()"
+        )
+        return int(rows[0][0])
+
+    for _ in range(100):  # until the query runs: bounded, 2 s
+        if await readers_in_use() == 1 and (not engine.postgres or await running_on_postgresql()):
+            break
+        await asyncio.sleep(0.02)
+    assert await readers_in_use() == 1
+    if engine.postgres:
+        assert await running_on_postgresql() == 1
+    call.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    for _ in range(100):  # bounded: 2 s
+        if await readers_in_use() == 0 and (
+            not engine.postgres or not await running_on_postgresql()
+        ):
+            break
+        await asyncio.sleep(0.02)
+    assert await readers_in_use() == 0
+    if engine.postgres:  # the backend's query was cancelled, not left running
+        assert await running_on_postgresql() == 0
