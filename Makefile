@@ -40,11 +40,11 @@ $(BENCH_STAMP):
 	$(BENCH_VENV)/bin/python -m pip install --quiet 'datasette>=0.65' 'httpx>=0.27' 'matplotlib>=3.8'
 	touch $(BENCH_STAMP)
 
-bench: $(STAMP) $(BENCH_STAMP) redis-server ## benchmarks: each speed goal as a ratio measured side by side (about 20 minutes)
+bench: $(STAMP) $(BENCH_STAMP) redis-server postgresql ## benchmarks: each speed goal as a ratio measured side by side (about 20 minutes)
 	BENCH_PYTHON=$(BENCH_VENV)/bin/python $(PY) -m bench.run
 	$(BENCH_VENV)/bin/python -m bench.chart bench/results/latest.json bench/results/latest.png
 
-bench-quick: $(STAMP) $(BENCH_STAMP) redis-server ## the benchmarks with fewer rounds and rows (a few minutes)
+bench-quick: $(STAMP) $(BENCH_STAMP) redis-server postgresql ## the benchmarks with fewer rounds and rows (a few minutes)
 	BENCH_PYTHON=$(BENCH_VENV)/bin/python $(PY) -m bench.run --quick
 	$(BENCH_VENV)/bin/python -m bench.chart bench/results/latest.json bench/results/latest.png
 

@@ -25,6 +25,7 @@ from bench.durability import bench_durability
 from bench.harness import ROOT, Row, serving
 from bench.idempotent import bench_idempotent
 from bench.keys import bench_keys
+from bench.postgres import bench_postgres
 from bench.sqlite_scenarios import bench_group, bench_points, bench_scaling
 
 RESULTS = ROOT / "results"
@@ -149,6 +150,7 @@ STEPS: dict[str, Callable[[Path, bool], list[Row]]] = {
     "group": bench_group,
     "scaling": bench_scaling,
     "durability": bench_durability,
+    "postgres": bench_postgres,
 }
 
 
