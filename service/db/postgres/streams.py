@@ -19,7 +19,18 @@ from service.db.postgres.session import Conn
 from service.db.postgres.values import plain_row
 from service.values import SqlRow, SqlValue
 
-_CHUNK = 256  # rows per round trip while filling a Query's answer
+_CHUNK = 1000  # rows per round trip at most: a Query's answer up to it takes one
+
+
+async def prepared(connection: Conn, sql: str) -> Any:
+    """``sql`` prepared on ``connection``, from the connection's statement cache.
+
+    ``Connection.prepare`` bypasses that cache (a Parse round trip per read, and one more
+    to close the statement later); ``_prepare(use_cache=True)`` is what asyncpg's own
+    ``fetch`` uses, and it drops a statement the schema made stale.
+    """
+    cached_prepare = getattr(connection, "_prepare")  # noqa: B009 - not in the stubs
+    return await cached_prepare(sql, use_cache=True)
 
 
 def row_bytes(row: SqlRow) -> int:
@@ -51,33 +62,49 @@ async def fetch_rows(
     deadline: float,
 ) -> tuple[list[Column], list[SqlRow], bool]:
     """Up to ``max_rows`` rows within ``max_bytes``, and whether more follow."""
-    try:
-        await _begin(connection, database, deadline)
+    for attempt in (1, 2):
         try:
-            statement = await connection.prepare(sql)
-            columns = _columns(statement)
-            cursor = await statement.cursor(*params)
-            rows: list[SqlRow] = []
-            size = 0
-            while len(rows) <= max_rows:
-                want = min(_CHUNK, max_rows + 1 - len(rows))
-                records = await cursor.fetch(want)
-                for record in records:
-                    row = plain_row(record)
-                    size += row_bytes(row)
-                    if size > max_bytes:
-                        raise errors.ResourceExhausted(
-                            f"the result is over {max_bytes} bytes: cut it with max_rows or"
-                            " use QueryStream"
-                        )
-                    rows.append(row)
-                if len(records) < want:
-                    break
-            return columns, rows[:max_rows], len(rows) > max_rows
-        finally:
-            await _end(connection)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ValueError, TypeError) as exc:
-        raise translate(exc, database=database, field="params" if _is_value(exc) else None) from exc
+            return await _fetch(connection, database, sql, params, max_rows, max_bytes, deadline)
+        except asyncpg.InvalidCachedStatementError as exc:
+            # The schema changed under a cached statement (asyncpg has dropped it now):
+            # inside a transaction asyncpg cannot prepare it again by itself.
+            if attempt == 2:
+                raise translate(exc, database=database) from exc
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ValueError) as exc:
+            field = "params" if _is_value(exc) else None
+            raise translate(exc, database=database, field=field) from exc
+    raise AssertionError("unreachable")
+
+
+async def _fetch(
+    connection: Conn,
+    database: str,
+    sql: str,
+    params: tuple[SqlValue, ...],
+    max_rows: int,
+    max_bytes: int,
+    deadline: float,
+) -> tuple[list[Column], list[SqlRow], bool]:
+    await _begin(connection, database, deadline)
+    try:
+        statement = await prepared(connection, sql)
+        columns = _columns(statement)
+        rows: list[SqlRow] = []
+        size = 0
+        # Bind and the first fetch in one round trip; a portal, so memory stays bounded.
+        async for record in statement.cursor(*params, prefetch=min(max_rows + 1, _CHUNK)):
+            row = plain_row(record)
+            size += row_bytes(row)
+            if size > max_bytes:
+                raise errors.ResourceExhausted(
+                    f"the result is over {max_bytes} bytes: cut it with max_rows or use QueryStream"
+                )
+            rows.append(row)
+            if len(rows) > max_rows:
+                break
+        return columns, rows[:max_rows], len(rows) > max_rows
+    finally:
+        await _end(connection)
 
 
 def _is_value(exc: BaseException) -> bool:
@@ -108,7 +135,7 @@ class PgRowStream:
         """Begin the transaction and open the cursor."""
         try:
             await _begin(self._connection, self._database, self._deadline)
-            statement = await self._connection.prepare(sql)
+            statement = await prepared(self._connection, sql)
             self.columns = _columns(statement)
             self._cursor = await statement.cursor(*params)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ValueError) as exc:
