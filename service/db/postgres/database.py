@@ -44,6 +44,7 @@ from service.db.postgres.shapes import (
     check_relations,
     explain,
     keyed_scans,
+    names_a_moment,
 )
 from service.db.postgres.streams import PgRowStream, fetch_rows
 from service.db.postgres.watch import Watch
@@ -157,7 +158,9 @@ class PostgresDatabase:
         reads = check_relations(facts, self.catalog, self.config.allowed_tables, self.name)
         varies, hidden = await check_calls(connection, facts, self._user_operators)
         untracked = bool(reads - self.catalog.tracked)
-        may_cache = not (varies or hidden or untracked or facts.uncacheable_nodes)
+        may_cache = not (
+            varies or hidden or untracked or facts.uncacheable_nodes or names_a_moment(sql)
+        )
         keyed = keyed_scans(facts, self.catalog) if self._tracking.enabled else {}
         return PgShape(reads, may_cache, keyed, version, self._version)
 

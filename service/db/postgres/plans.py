@@ -115,25 +115,34 @@ def analyse(explained: Any) -> PlanFacts:
     root = explained[0]["Plan"] if isinstance(explained, list) else explained["Plan"]
     facts = PlanFacts(top_node=str(root.get("Node Type", "")))
     facts.operation = str(root.get("Operation", "")) if facts.top_node == "ModifyTable" else ""
-    if facts.operation and "Relation Name" in root:
-        # The table written: a scan of sorts (its triggers report the rows).
-        facts.scans.append(Scan(str(root.get("Schema", "")), str(root["Relation Name"]), {}))
+    nodes = list(_nodes(root))
+    # PostgreSQL 15 prints the values sub-plans hand on ($0, $1, ...) like the
+    # statement's own parameters: with any sub-plan, a "$n" cannot be told apart.
+    subplans = any(n.get("Parent Relationship") in ("InitPlan", "SubPlan") for n in nodes)
     texts: list[str] = []
-    for node in _nodes(root):
+    for node in nodes:
         kind = str(node.get("Node Type", ""))
         if kind in _UNCACHEABLE_NODES:
             facts.uncacheable_nodes = True
+        if kind == "ModifyTable" and "Relation Name" in node:
+            # A table written (also inside a WITH): its triggers report the rows.
+            facts.scans.append(Scan(str(node.get("Schema", "")), str(node["Relation Name"]), {}))
         if kind in _SCANS and "Relation Name" in node:
-            facts.scans.append(_scan(node))
+            facts.scans.append(_scan(node, subplans))
         for key, value in node.items():
             if key in ("Plans", "Relation Name", "Alias", "Schema", "Index Name", "Node Type"):
                 continue
             texts.extend(_strings(value))
-    stripped = _STRING_LITERAL.sub("''", " ".join(texts))
-    stripped = _QUOTED_NAME.sub(lambda m: m.group(0).replace("(", " "), stripped)
-    facts.text = stripped
-    facts.calls = {name.lower() for name in _CALL.findall(stripped) if name not in _NOT_FUNCTIONS}
-    facts.keyword_functions = bool(_KEYWORD_FUNCTIONS.search(stripped))
+    # Each expression on its own: joined, an output column would run into the next one.
+    cleaned = [_QUOTED_NAME.sub(" ", _STRING_LITERAL.sub("''", text)) for text in texts]
+    facts.text = "\n".join(cleaned)
+    facts.calls = {
+        name.lower()
+        for text in cleaned
+        for name in _CALL.findall(text)
+        if name not in _NOT_FUNCTIONS
+    }
+    facts.keyword_functions = any(_KEYWORD_FUNCTIONS.search(text) for text in cleaned)
     return facts
 
 
@@ -151,15 +160,18 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(item)
 
 
-def _scan(node: Mapping[str, Any]) -> Scan:
+def _scan(node: Mapping[str, Any], subplans: bool) -> Scan:
     equal: dict[str, tuple[int | str, ...]] = {}
     for key in _CONDITION_KEYS:
         condition = node.get(key)
         if isinstance(condition, str):
             for conjunct in conjuncts(condition):
                 found = equality(conjunct) or any_of(conjunct)
-                if found is not None:
-                    equal.setdefault(found[0], found[1])
+                if found is None:
+                    continue
+                if subplans and any(isinstance(source, int) for source in found[1]):
+                    continue  # maybe a sub-plan's value, not the caller's parameter
+                equal.setdefault(found[0], found[1])
     return Scan(str(node.get("Schema", "")), str(node["Relation Name"]), equal)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,21 @@ from service.values import Params, SqlValue
 # large objects, other servers), change what a pooled session carries (settings,
 # roles, locks, listeners), or run SQL text whose tables no plan shows.
 REFUSED_PREFIXES = (
+    # the server's own state, not the database's tables: settings, locks, statistics
+    "pg_show_",
+    "pg_lock_status",
+    "pg_stat_",
+    "pg_prepared_",
+    "pg_cursor",
+    "pg_hba_",
+    "pg_ident_",
+    "pg_config",
+    "pg_file_settings",
+    "pg_backend_memory",
+    "pg_get_backend",
+    "pg_blocking_pids",
+    "pg_safe_snapshot",
+    # outside the database, or the session
     "dblink",
     "lo_",
     "pg_read_",
@@ -80,6 +96,23 @@ FROM pg_proc WHERE proname = ANY($1::text[]) GROUP BY proname
 _SHAPE_STATEMENT = "_dataaccess_shape"
 
 
+# Date and time input that PostgreSQL turns into the moment it reads it: fixed when the
+# statement is parsed (a literal) or bound (a parameter), so no plan shows a call.
+_MOMENTS = frozenset({"now", "today", "tomorrow", "yesterday"})
+_MOMENT_LITERAL = re.compile(r"'\s*(?:now|today|tomorrow|yesterday)\s*'", re.IGNORECASE)
+
+
+def is_moment(text: str) -> bool:
+    """Whether ``text`` means a moment relative to now for PostgreSQL's date/time input."""
+    return text.strip().lower() in _MOMENTS
+
+
+def names_a_moment(sql: str) -> bool:
+    """Whether ``sql`` holds a literal such as ``'now'`` (an uncacheable read, if it is cast
+    to a date or time; a text compared with 'now' is only not cached, never wrong)."""
+    return bool(_MOMENT_LITERAL.search(sql))
+
+
 def refused(name: str) -> bool:
     """Whether a read or write may not call the function ``name``."""
     return name in REFUSED_NAMES or name.startswith(REFUSED_PREFIXES)
@@ -113,8 +146,12 @@ class PgShape:
     catalog_version: list[int]  # shared cell: the catalog's version now
 
     def cacheable(self, params: Params) -> bool:
-        """Whether the result stays the same until a write (no volatile or hidden reads)."""
-        return self.may_cache
+        """Whether the result stays the same until a write (no volatile or hidden reads,
+        no 'now' passed for a date or time)."""
+        if not self.may_cache:
+            return False
+        values = params.values() if isinstance(params, dict) else params
+        return not any(isinstance(v, str) and is_moment(v) for v in values)
 
     def keyed(self, params: Params) -> dict[str, KeyLookup]:
         """The tables read only by key lookups, with the digests of the keys looked up."""
@@ -151,7 +188,7 @@ def _digests(scan: KeyedScan, params: Params) -> tuple[str, ...] | None:
 def _canonical(kind: str, params: tuple[SqlValue, ...], index: int) -> str | None:
     """A parameter as PostgreSQL prints the key column's value it selects; None when the
     service cannot be sure (then the table tag is used)."""
-    if index >= len(params):
+    if not 0 <= index < len(params):
         return None
     value = params[index]
     if kind == "int" and isinstance(value, int) and not isinstance(value, bool):

@@ -115,11 +115,14 @@ class PgWriter:
         async def run(connection: Conn) -> WriteOutcome:
             tables: set[str] = set()
             for index, (sql, _sets) in enumerate(statements):
+                field = f"statements[{index}].sql"
                 try:
                     tables |= await self._check_write(connection, sql)
                 except errors.DataAccessError as exc:
-                    exc.field = f"statements[{index}].sql"
+                    exc.field = field
                     raise
+                except asyncpg.PostgresError as exc:
+                    raise translate(exc, database=self.database, field=field) from exc
             counts = await writes.run_statements(connection, statements)
             return WriteOutcome(counts, 0, frozenset(tables))
 
