@@ -24,8 +24,8 @@ from service.db.postgres.copy_from_sqlite import (
     check_counts,
     copy_database,
     counts_table,
-    postgres_type,
 )
+from service.db.postgres.sqlite_source import postgres_type
 
 BIG = 2**63 - 1
 AWKWARD_TEXT = "tab\there\nnew line\r\\back\\slash \\N é ☃"
