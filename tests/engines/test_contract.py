@@ -376,10 +376,10 @@ async def test_a_cancelled_call_stops_its_query_and_frees_its_reader(
         return int(rows[0][0])
 
     for _ in range(100):  # until the query runs: bounded, 2 s
-        if await readers_in_use() == 1 and (not engine.postgres or await running_on_postgresql()):
+        if await readers_in_use() >= 1 and (not engine.postgres or await running_on_postgresql()):
             break
         await asyncio.sleep(0.02)
-    assert await readers_in_use() == 1
+    assert await readers_in_use() >= 1  # (a health probe may hold another for a moment)
     if engine.postgres:
         assert await running_on_postgresql() == 1
     call.cancel()
