@@ -764,23 +764,29 @@ class PostgresProcess:
             capture_output=True,
             **self._as,
         )
+        self.launch()
+
+    def launch(self) -> None:
+        """Start the server on its data folder and port; wait until it accepts."""
+        bin_dir = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
+        data = self.workdir / "data"
         args = [str(bin_dir / "postgres"), "-D", str(data), "-p", str(self.port)]
         args += ["-c", "listen_addresses=127.0.0.1", "-k", str(self.workdir)]
         with (self.workdir / "postgres.log").open("ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=log, **self._as)
         deadline = time.monotonic() + 20
+        ready = [str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
         while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
+            # Not only the port: a server still starting up refuses connections.
+            if subprocess.run(ready + ["-U", "postgres"], check=False).returncode == 0:
+                return
+            time.sleep(0.05)
         raise AssertionError(
             f"PostgreSQL did not start: {(self.workdir / 'postgres.log').read_text()}"
         )
 
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT), then remove its files."""
+    def halt(self) -> None:
+        """Fast shutdown (SIGINT), keeping its files for ``launch``."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
@@ -788,6 +794,10 @@ class PostgresProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT), then remove its files."""
+        self.halt()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def psql(self, sql: str, database: str = "postgres") -> str:

@@ -10,6 +10,7 @@ transaction with its outbox row and idempotency record.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -57,6 +58,7 @@ from service.values import Params
 log = logging.getLogger(__name__)
 DB_SYSTEM = "postgresql"
 _WRITE_MEMO_SIZE = 1024
+REOPEN_SECONDS = 2.0
 _USER_OPERATORS = "SELECT DISTINCT oprname FROM pg_operator WHERE oid >= 16384"
 
 
@@ -90,6 +92,7 @@ class PostgresDatabase:
         self._readers: ReaderPool | None = None
         self._writer: PgWriter | None = None
         self._watch: Watch | None = None
+        self._reopening: asyncio.Future[None] | None = None
         self._undelivered: tuple[list[str], list[int]] = ([], [])
 
     @property
@@ -279,12 +282,38 @@ class PostgresDatabase:
     # Opening and closing
 
     async def open(self) -> None:
-        """Connect, set up the service's tables, triggers and reader role, and watch."""
+        """Connect, set up the service's tables, triggers and reader role, and watch.
+
+        PostgreSQL unreachable at start is not fatal: the database answers UNAVAILABLE
+        and connects again every ``REOPEN_SECONDS`` until it serves.
+        """
         try:
             await self._open()
+        except errors.Unavailable as exc:
+            await self._close_parts()
+            log.error("%s unreachable, trying again: %s", self.name, exc.message)
+            self._failure = exc
+            self._reopening = asyncio.ensure_future(self._reopen())
         except BaseException:
-            await self.close()
+            await self._close_parts()
             raise
+
+    async def _reopen(self) -> None:
+        while True:
+            await asyncio.sleep(REOPEN_SECONDS)
+            try:
+                await self._open()
+            except errors.Unavailable as exc:
+                await self._close_parts()
+                self._failure = exc
+                continue
+            except Exception:  # noqa: BLE001 - a setup error: keep answering it, keep trying
+                log.exception("opening %s failed", self.name)
+                await self._close_parts()
+                continue
+            log.info("%s reachable again: serving", self.name)
+            self._failure = None
+            return
 
     async def _open(self) -> None:
         config = self.config
@@ -396,14 +425,23 @@ class PostgresDatabase:
             await self._after_commit([f"database:{self.name}"], None)
 
     async def close(self) -> None:
-        """Stop watching, close the pools."""
+        """Stop watching (and connecting again), close the pools."""
+        if self._reopening is not None:
+            self._reopening.cancel()
+            await asyncio.gather(self._reopening, return_exceptions=True)
+            self._reopening = None
+        await self._close_parts()
+
+    async def _close_parts(self) -> None:
         if self._watch is not None:
             await self._watch.close()
             self._watch = None
         if self._writer is not None:
             await self._writer.close()
+            self._writer = None
         if self._readers is not None:
             await self._readers.pool.close()
+            self._readers = None
         if self._writers is not None:
             await self._writers.close()
             self._writers = None
