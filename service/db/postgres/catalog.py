@@ -107,6 +107,14 @@ class Catalog:
     tables: dict[str, TableInfo] = field(default_factory=dict)
     fingerprint: str = ""
     tracked: frozenset[str] = frozenset()  # tables whose capture triggers are installed
+    descendants: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    def with_descendants(self, tables: frozenset[str]) -> frozenset[str]:
+        """``tables`` and every table that inherits from one of them."""
+        found = set(tables)
+        for table in tables:
+            found |= self.descendants.get(table, frozenset())
+        return frozenset(found)
 
     def table(self, name: str) -> TableInfo | None:
         """The table called ``name`` (exact, else the one case-folded match)."""
@@ -143,16 +151,39 @@ SELECT c.relname, t.tgargs
 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = $1 AND t.tgname = '_dataaccess_capture_insert'
+  AND (SELECT count(*) FROM pg_trigger x WHERE x.tgrelid = t.tgrelid AND x.tgenabled = 'A'
+       AND x.tgname LIKE '\\_dataaccess\\_capture\\_%') = 4
 """
-# Changes when a table, column, index or trigger of the schema comes or goes.
+# Every table below another by inheritance (or partitioning): a write through the parent
+# fires the parent's statement triggers only, yet changes the children's rows.
+_DESCENDANTS = """
+WITH RECURSIVE tree AS (
+  SELECT inhparent AS root, inhrelid AS child FROM pg_inherits
+  UNION SELECT tree.root, i.inhrelid FROM tree JOIN pg_inherits i ON i.inhparent = tree.child
+)
+SELECT p.relname, array_agg(DISTINCT c.relname) AS children
+FROM tree JOIN pg_class p ON p.oid = tree.root JOIN pg_class c ON c.oid = tree.child
+JOIN pg_namespace n ON n.oid = p.relnamespace WHERE n.nspname = $1 GROUP BY p.relname
+"""
+# Changes when a table, column, view definition, inheritance or trigger (or whether it
+# is enabled) of the schema comes, goes or changes.
 FINGERPRINT = """
 SELECT md5(coalesce(string_agg(x, ',' ORDER BY x), '')) FROM (
   SELECT c.oid::text || ':' || c.relname || ':' || c.relnatts || ':' || c.relkind::text AS x
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1
   UNION ALL
-  SELECT t.oid::text || ':' || t.tgrelid::text FROM pg_trigger t
+  SELECT t.oid::text || ':' || t.tgrelid::text || ':' || t.tgenabled::text FROM pg_trigger t
   JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
   WHERE n.nspname = $1 AND NOT t.tgisinternal
+  UNION ALL
+  -- a view redefined in place keeps its oid: its rules' text says what it reads now
+  SELECT r.oid::text || ':' || md5(r.ev_action::text) FROM pg_rewrite r
+  JOIN pg_class c ON c.oid = r.ev_class JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE n.nspname = $1
+  UNION ALL
+  SELECT i.inhrelid::text || '<' || i.inhparent::text FROM pg_inherits i
+  JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE n.nspname = $1
   UNION ALL
   SELECT a.attrelid::text || '.' || a.attnum || ':' || a.atttypid::text FROM pg_attribute a
   JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -192,7 +223,11 @@ async def load(connection: Conn, schema: str) -> Catalog:
         keys[row["relname"]] = tuple(tuple(a.decode().split(",")) for a in args[1:] if a)
     fingerprint = await connection.fetchval(FINGERPRINT, schema)
     infos = {name: TableInfo(name, columns, keys.get(name, ())) for name, columns in tables.items()}
-    return Catalog(schema, infos, str(fingerprint), frozenset(keys))
+    descendants = {
+        row["relname"]: frozenset(row["children"])
+        for row in await connection.fetch(_DESCENDANTS, schema)
+    }
+    return Catalog(schema, infos, str(fingerprint), frozenset(keys), descendants)
 
 
 def quote(identifier: str) -> str:
@@ -217,7 +252,7 @@ async def install_triggers(
                 specs.setdefault(row["relname"], set()).add(cols[:end])
     owned = await connection.fetch(
         "SELECT c.relname, pg_has_role(c.relowner, 'USAGE') AS mine,"
-        " (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = c.oid"
+        " (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgenabled = 'A'"
         "  AND t.tgname LIKE '\\_dataaccess\\_capture\\_%') AS triggers FROM pg_class c"
         " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1"
         " AND c.relkind IN ('r', 'p') AND c.relname NOT LIKE '\\_dataaccess\\_%'"
@@ -259,12 +294,16 @@ async def _install_on(connection: Conn, schema: str, table: str, args: list[str]
             f"CREATE TRIGGER {name} AFTER {event.upper()} ON {target} {referencing}"
             f" FOR EACH STATEMENT EXECUTE FUNCTION {function}"
         )
+        # Also in replica mode (session_replication_role = replica: logical replication,
+        # pg_restore --disable-triggers, bulk loaders): a write must always report.
+        statements.append(f"ALTER TABLE {target} ENABLE ALWAYS TRIGGER {name}")
     name = quote(_TRIGGER_PREFIX + "truncate")
     statements.append(f"DROP TRIGGER IF EXISTS {name} ON {target}")
     statements.append(
         f"CREATE TRIGGER {name} AFTER TRUNCATE ON {target}"
         f" FOR EACH STATEMENT EXECUTE FUNCTION {function}"
     )
+    statements.append(f"ALTER TABLE {target} ENABLE ALWAYS TRIGGER {name}")
     async with connection.transaction():
         await connection.execute(";\n".join(statements))
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import asyncpg
 from opentelemetry import trace
@@ -32,25 +34,17 @@ from service.db.door import (
     TagsOfWrite,
     WriteOutcome,
 )
-from service.db.postgres import catalog as catalogs
 from service.db.postgres import health
 from service.db.postgres.catalog import Catalog
-from service.db.postgres.connections import ReaderPool, create_pool, ensure_reader_role, timeout_ms
+from service.db.postgres.connections import ReaderPool, create_pool, timeout_ms
 from service.db.postgres.error_map import translate
 from service.db.postgres.session import Conn
-from service.db.postgres.shapes import (
-    PgShape,
-    ShapeMemo,
-    check_calls,
-    check_relations,
-    explain,
-    keyed_scans,
-    names_a_moment,
-)
+from service.db.postgres.setup import set_up
+from service.db.postgres.shapes import PgShape, ShapeMemo, check_write, explain, learn
 from service.db.postgres.streams import PgRowStream, fetch_rows
 from service.db.postgres.watch import Watch
 from service.db.postgres.writer import PgWriter
-from service.db.postgres.writes import create_tables, plan_insert, undelivered
+from service.db.postgres.writes import plan_insert, undelivered
 from service.domain import InsertRequest, WriteOptions
 from service.fingerprint import fingerprint
 from service.values import Params
@@ -59,7 +53,6 @@ log = logging.getLogger(__name__)
 DB_SYSTEM = "postgresql"
 _WRITE_MEMO_SIZE = 1024
 REOPEN_SECONDS = 2.0
-_USER_OPERATORS = "SELECT DISTINCT oprname FROM pg_operator WHERE oid >= 16384"
 
 
 class PostgresDatabase:
@@ -86,13 +79,13 @@ class PostgresDatabase:
         self._version = [0]
         self._memo = ShapeMemo()
         self._write_memo: dict[str, frozenset[str]] = {}  # checked DML -> its tables
-        self._user_operators: frozenset[str] = frozenset()
         self._failure: errors.DataAccessError | None = None
         self._writers: asyncpg.Pool | None = None
         self._readers: ReaderPool | None = None
         self._writer: PgWriter | None = None
         self._watch: Watch | None = None
         self._reopening: asyncio.Future[None] | None = None
+        self._origin = uuid.uuid4().hex  # tells this process's notifications from others'
         self._undelivered: tuple[list[str], list[int]] = ([], [])
 
     @property
@@ -144,28 +137,13 @@ class PostgresDatabase:
                 async with connection.transaction(readonly=True):
                     ms = timeout_ms(deadline, self.name)
                     await connection.execute(f"SET LOCAL statement_timeout = {ms}")
-                    shape = await self._learn(connection, sql, version)
+                    keys = self._tracking.enabled
+                    shape = await learn(connection, sql, self.catalog, self.config, keys)
+                    shape = replace(shape, version=version, catalog_version=self._version)
             except asyncpg.PostgresError as exc:
                 raise translate(exc, database=self.name) from exc
         self._memo.put(sql, shape)
         return shape
-
-    async def _learn(self, connection: Conn, sql: str, version: int) -> PgShape:
-        # Parsed alone first: one statement, never several (PREPARE below is plain SQL).
-        prepared = await connection.prepare(sql)
-        if not prepared.get_attributes():
-            raise errors.InvalidArgument("Query takes a statement that returns rows", field="sql")
-        facts = await explain(connection, sql, len(prepared.get_parameters()))
-        if facts.operation or facts.top_node == "ModifyTable":
-            raise errors.PermissionDenied(f"{self.name}: a read may not write")
-        reads = check_relations(facts, self.catalog, self.config.allowed_tables, self.name)
-        varies, hidden = await check_calls(connection, facts, self._user_operators)
-        untracked = bool(reads - self.catalog.tracked)
-        may_cache = not (
-            varies or hidden or untracked or facts.uncacheable_nodes or names_a_moment(sql)
-        )
-        keyed = keyed_scans(facts, self.catalog) if self._tracking.enabled else {}
-        return PgShape(reads, may_cache, keyed, version, self._version)
 
     async def read(
         self, sql: str, params: Params, max_rows: int, max_bytes: int, deadline: float
@@ -179,7 +157,7 @@ class PostgresDatabase:
             started = time.monotonic()
             async with self.readers.reader(deadline) as connection:
                 columns, rows, more = await fetch_rows(
-                    connection, self.name, sql, params, max_rows, max_bytes, deadline
+                    connection, self.name, sql, params, max_rows, max_bytes, deadline, shape.replan
                 )
             span.set_attribute("db.response.returned_rows", len(rows))
         elapsed_ms = (time.monotonic() - started) * 1000
@@ -200,7 +178,7 @@ class PostgresDatabase:
             async with self.readers.reader(deadline) as connection:
                 rows = PgRowStream(connection, self.name, shape.reads, chunk_bytes, deadline)
                 try:
-                    await rows.open(sql, params)
+                    await rows.open(sql, params, shape.replan)
                     yield rows
                 finally:
                     await rows.close()
@@ -341,6 +319,7 @@ class PostgresDatabase:
             self._tracking,
             lambda: self.catalog,
             self._checked_write,
+            self._origin,
         )
         self._watch = Watch(
             self.name,
@@ -348,55 +327,25 @@ class PostgresDatabase:
             config.schema,
             self._writers,
             self._after_commit,
-            self._writer.owns,
+            self._origin,
+            lambda table: self.catalog.with_descendants(frozenset({table})),
             self._schema_changed,
             self._schema_check_seconds,
         )
         await self._watch.start(self.catalog.fingerprint)
 
     async def _prepare_schema(self, connection: Conn) -> None:
-        schema = self.config.schema
-        # Several replicas may start together: one at a time sets the schema up.
-        async with connection.transaction():
-            await connection.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))",
-                f"dataaccess-setup:{schema}",
-            )
-            await connection.execute(create_tables(schema))
-        async with connection.transaction():
-            await connection.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))",
-                f"dataaccess-setup:{schema}",
-            )
-            skipped = await catalogs.install_triggers(
-                connection, schema, self._tracking.max_keys_per_write, self._tracking.enabled
-            )
-        for table in skipped:
-            log.warning("not the owner of %s.%s: its reads are not cached", self.name, table)
-        self.catalog = await catalogs.load(connection, schema)
-        tables = sorted(t for t in self.catalog.names if self._allowed(t))
-        await ensure_reader_role(connection, self.config, tables)
-        self._user_operators = frozenset(row[0] for row in await connection.fetch(_USER_OPERATORS))
+        self.catalog = await set_up(connection, self.config, self._tracking)
         if self._use_outbox:
-            self._undelivered = await undelivered(connection, schema)
-
-    def _allowed(self, table: str) -> bool:
-        allowed = self.config.allowed_tables
-        return allowed is None or table in allowed or table.lower() in allowed
+            self._undelivered = await undelivered(connection, self.config.schema)
 
     async def _checked_write(self, connection: Conn, sql: str) -> frozenset[str]:
-        """Refuse a BatchUpdate statement that is not DML on allowed tables; its tables."""
+        """Refuse a BatchUpdate statement that is not DML on allowed tables; the tables it
+        writes."""
         known = self._write_memo.get(sql)
         if known is not None:
             return known
-        parameters = (await connection.prepare(sql)).get_parameters()
-        facts = await explain(connection, sql, len(parameters))
-        if facts.top_node != "ModifyTable":
-            raise errors.InvalidArgument(
-                "BatchUpdate takes INSERT, UPDATE, DELETE or upsert statements only", field="sql"
-            )
-        tables = check_relations(facts, self.catalog, self.config.allowed_tables, self.name)
-        await check_calls(connection, facts, frozenset())
+        tables = await check_write(connection, sql, self.catalog, self.config)
         if len(self._write_memo) >= _WRITE_MEMO_SIZE:
             self._write_memo.clear()
         self._write_memo[sql] = tables
@@ -404,16 +353,7 @@ class PostgresDatabase:
 
     async def _schema_changed(self, connection: Conn, fingerprint: str) -> None:
         """Reinstall the triggers, reload the catalog, forget learnt shapes, drop cached reads."""
-        async with connection.transaction():
-            await catalogs.install_triggers(
-                connection,
-                self.config.schema,
-                self._tracking.max_keys_per_write,
-                self._tracking.enabled,
-            )
-        self.catalog = await catalogs.load(connection, self.config.schema)
-        tables = sorted(t for t in self.catalog.names if self._allowed(t))
-        await ensure_reader_role(connection, self.config, tables)
+        self.catalog = await set_up(connection, self.config, self._tracking)
         self._version[0] += 1
         self._memo.clear()
         self._write_memo.clear()

@@ -34,9 +34,12 @@ _SCANS = {
 }
 _UNCACHEABLE_NODES = {"Sample Scan", "Foreign Scan", "Custom Scan"}
 _CONDITION_KEYS = ("Index Cond", "Recheck Cond", "Filter")
-_STRING_LITERAL = re.compile(r"'(?:[^']|'')*'")
-_QUOTED_NAME = re.compile(r'"(?:[^"]|"")*"')
+# Read left to right, so a quote inside a quoted name never opens a string, nor the
+# reverse: E'' strings are taken as plain ones (a backslash-quote inside one ends it
+# early here, which can only show more calls, never fewer).
+_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
 _CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_$]*)\s*\(")
+_MOMENT = re.compile(r"^'\s*(?:now|today|tomorrow|yesterday)\s*'$", re.IGNORECASE)
 # The SQL-standard functions PostgreSQL prints as keywords: each depends on the moment
 # or the session, never on the data.
 _KEYWORD_FUNCTIONS = re.compile(
@@ -97,7 +100,9 @@ class PlanFacts:
     """What a statement's plan says it reads and calls."""
 
     scans: list[Scan] = field(default_factory=list)
-    calls: set[str] = field(default_factory=set)  # function names, lower-cased
+    calls: set[str] = field(default_factory=set)  # function names as PostgreSQL stores them
+    moments: bool = False  # a 'now' (or 'today', ...) literal: the moment it was read
+    written: set[str] = field(default_factory=set)  # tables a write statement changes
     keyword_functions: bool = False
     uncacheable_nodes: bool = False
     top_node: str = ""
@@ -127,6 +132,7 @@ def analyse(explained: Any) -> PlanFacts:
         if kind == "ModifyTable" and "Relation Name" in node:
             # A table written (also inside a WITH): its triggers report the rows.
             facts.scans.append(Scan(str(node.get("Schema", "")), str(node["Relation Name"]), {}))
+            facts.written.add(str(node["Relation Name"]))
         if kind in _SCANS and "Relation Name" in node:
             facts.scans.append(_scan(node, subplans))
         for key, value in node.items():
@@ -134,16 +140,51 @@ def analyse(explained: Any) -> PlanFacts:
                 continue
             texts.extend(_strings(value))
     # Each expression on its own: joined, an output column would run into the next one.
-    cleaned = [_QUOTED_NAME.sub(" ", _STRING_LITERAL.sub("''", text)) for text in texts]
-    facts.text = "\n".join(cleaned)
-    facts.calls = {
-        name.lower()
-        for text in cleaned
-        for name in _CALL.findall(text)
-        if name not in _NOT_FUNCTIONS
-    }
-    facts.keyword_functions = any(_KEYWORD_FUNCTIONS.search(text) for text in cleaned)
+    scanned = [scan_expression(text) for text in texts]
+    facts.text = "\n".join(found.cleaned for found in scanned)
+    facts.calls = set().union(*(found.calls for found in scanned))
+    facts.moments = any(found.moments for found in scanned)
+    facts.keyword_functions = any(_KEYWORD_FUNCTIONS.search(f.cleaned) for f in scanned)
     return facts
+
+
+@dataclass(frozen=True)
+class Expression:
+    """One expression's text with its literals and quoted names blanked out, the functions
+    it calls (unquoted names lower-cased, quoted ones as written), and whether a literal
+    names a moment."""
+
+    cleaned: str
+    calls: frozenset[str]
+    moments: bool
+
+
+def scan_expression(text: str) -> Expression:
+    """Read ``text`` (an expression from a plan, or a statement) left to right."""
+    calls: set[str] = set()
+    moments = False
+    parts: list[str] = []
+    position = 0
+    for match in _QUOTED.finditer(text):
+        parts.append(text[position : match.start()])
+        token = match.group(0)
+        if token.startswith("'"):
+            moments = moments or bool(_MOMENT.match(token))
+            parts.append("''")
+        elif text[match.end() :].lstrip().startswith("("):
+            calls.add(token[1:-1].replace('""', '"'))  # a quoted function name
+            parts.append(" _quoted_ ")
+        else:
+            parts.append(" _quoted_ ")
+        position = match.end()
+    parts.append(text[position:])
+    cleaned = "".join(parts)
+    calls.update(
+        name.lower()
+        for name in _CALL.findall(cleaned)
+        if name not in _NOT_FUNCTIONS and name != "_quoted_"
+    )
+    return Expression(cleaned, frozenset(calls), moments)
 
 
 def _nodes(node: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:

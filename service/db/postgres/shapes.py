@@ -15,9 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from service import errors
+from service.config import PostgresDatabaseConfig
 from service.db.door import KeyLookup
 from service.db.postgres.catalog import INTERNAL_PREFIX, KEY_TYPES, Catalog
-from service.db.postgres.plans import PlanFacts, analyse
+from service.db.postgres.plans import PlanFacts, analyse, scan_expression
 from service.db.postgres.session import Conn
 from service.values import Params, SqlValue
 
@@ -94,6 +95,8 @@ SELECT proname, bool_or(provolatile <> 'i') AS varies, bool_or(oid >= $2) AS use
 FROM pg_proc WHERE proname = ANY($1::text[]) GROUP BY proname
 """
 _SHAPE_STATEMENT = "_dataaccess_shape"
+# Read each time a shape is learnt: an operator made since start counts too.
+_USER_OPERATORS = "SELECT DISTINCT oprname FROM pg_operator WHERE oid >= $1"
 
 
 # Date and time input that PostgreSQL turns into the moment it reads it: fixed when the
@@ -144,6 +147,9 @@ class PgShape:
     keyed_scans: Mapping[str, KeyedScan]
     version: int
     catalog_version: list[int]  # shared cell: the catalog's version now
+    # It calls a user-defined function: planned afresh each time, since one declared
+    # IMMUTABLE is evaluated into the plan, and a cached plan would keep its old answer.
+    replan: bool = False
 
     def cacheable(self, params: Params) -> bool:
         """Whether the result stays the same until a write (no volatile or hidden reads,
@@ -241,18 +247,22 @@ async def explain(connection: Conn, sql: str, param_count: int) -> PlanFacts:
     return analyse(json.loads(plan) if isinstance(plan, str) else plan)
 
 
-async def check_calls(
-    connection: Conn, facts: PlanFacts, user_operators: frozenset[str]
-) -> tuple[bool, bool]:
+async def check_calls(connection: Conn, facts: PlanFacts, sql: str) -> tuple[bool, bool]:
     """Refuse calls a statement may not make; (any result-varying call, any user-defined
-    function or operator hiding what it reads)."""
+    function or operator hiding what it reads).
+
+    The plan's calls are checked; so are the names called in the SQL itself, for a
+    user-defined function the planner folded into a constant (an IMMUTABLE one).
+    """
     for name in sorted(facts.calls):
         if refused(name):
             raise errors.PermissionDenied(f"function {name}() may not be called here")
-    rows = await connection.fetch(_FUNCTIONS, sorted(facts.calls), _FIRST_USER_OID)
-    varies = facts.keyword_functions or any(row["varies"] for row in rows)
+    named = scan_expression(sql).calls
+    rows = await connection.fetch(_FUNCTIONS, sorted(facts.calls | named), _FIRST_USER_OID)
+    varies = facts.keyword_functions or facts.moments or any(row["varies"] for row in rows)
     hidden = any(row["user_defined"] for row in rows)
-    hidden = hidden or any(op in facts.text for op in user_operators)
+    operators = [row[0] for row in await connection.fetch(_USER_OPERATORS, _FIRST_USER_OID)]
+    hidden = hidden or any(op in facts.text for op in operators)
     return varies, hidden
 
 
@@ -297,3 +307,41 @@ def _common_key(
     """The longest key every scan restricts to equal values."""
     covering = [key for key in keys if all(set(key) <= set(equal) for equal in scans)]
     return max(covering, key=len) if covering else None
+
+
+async def check_write(
+    connection: Conn, sql: str, catalog: Catalog, config: PostgresDatabaseConfig
+) -> frozenset[str]:
+    """Refuse a BatchUpdate statement that is not DML on allowed tables, or calls what no
+    statement may; the tables it writes."""
+    parameters = (await connection.prepare(sql)).get_parameters()
+    facts = await explain(connection, sql, len(parameters))
+    if facts.top_node != "ModifyTable":
+        raise errors.InvalidArgument(
+            "BatchUpdate takes INSERT, UPDATE, DELETE or upsert statements only", field="sql"
+        )
+    check_relations(facts, catalog, config.allowed_tables, config.name)
+    await check_calls(connection, facts, "")
+    return frozenset(facts.written)
+
+
+async def learn(
+    connection: Conn, sql: str, catalog: Catalog, config: PostgresDatabaseConfig, keys: bool
+) -> PgShape:
+    """The shape of read ``sql`` (in the caller's READ ONLY transaction), refused when it
+    is no read, reads a table it may not, or calls what no read may."""
+    # Parsed alone first: one statement, never several (PREPARE in explain is plain SQL).
+    prepared = await connection.prepare(sql)
+    if not prepared.get_attributes():
+        raise errors.InvalidArgument("Query takes a statement that returns rows", field="sql")
+    facts = await explain(connection, sql, len(prepared.get_parameters()))
+    if facts.operation or facts.top_node == "ModifyTable":
+        raise errors.PermissionDenied(f"{config.name}: a read may not write")
+    reads = check_relations(facts, catalog, config.allowed_tables, config.name)
+    varies, hidden = await check_calls(connection, facts, sql)
+    untracked = bool(reads - catalog.tracked)
+    may_cache = not (
+        varies or hidden or untracked or facts.uncacheable_nodes or names_a_moment(sql)
+    )
+    keyed = keyed_scans(facts, catalog) if keys else {}
+    return PgShape(reads, may_cache, keyed, 0, [0], replan=hidden)

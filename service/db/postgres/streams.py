@@ -22,13 +22,16 @@ from service.values import SqlRow, SqlValue
 _CHUNK = 1000  # rows per round trip at most: a Query's answer up to it takes one
 
 
-async def prepared(connection: Conn, sql: str) -> Any:
+async def prepared(connection: Conn, sql: str, replan: bool = False) -> Any:
     """``sql`` prepared on ``connection``, from the connection's statement cache.
 
     ``Connection.prepare`` bypasses that cache (a Parse round trip per read, and one more
     to close the statement later); ``_prepare(use_cache=True)`` is what asyncpg's own
-    ``fetch`` uses, and it drops a statement the schema made stale.
+    ``fetch`` uses, and it drops a statement the schema made stale. ``replan``: a new
+    statement, planned now.
     """
+    if replan:
+        return await connection.prepare(sql)
     cached_prepare = getattr(connection, "_prepare")  # noqa: B009 - not in the stubs
     return await cached_prepare(sql, use_cache=True)
 
@@ -60,11 +63,13 @@ async def fetch_rows(
     max_rows: int,
     max_bytes: int,
     deadline: float,
+    replan: bool = False,
 ) -> tuple[list[Column], list[SqlRow], bool]:
     """Up to ``max_rows`` rows within ``max_bytes``, and whether more follow."""
+    fetching = (connection, database, sql, params, max_rows, max_bytes, deadline, replan)
     for attempt in (1, 2):
         try:
-            return await _fetch(connection, database, sql, params, max_rows, max_bytes, deadline)
+            return await _fetch(*fetching)
         except asyncpg.InvalidCachedStatementError as exc:
             # The schema changed under a cached statement (asyncpg has dropped it now):
             # inside a transaction asyncpg cannot prepare it again by itself.
@@ -84,10 +89,11 @@ async def _fetch(
     max_rows: int,
     max_bytes: int,
     deadline: float,
+    replan: bool,
 ) -> tuple[list[Column], list[SqlRow], bool]:
     await _begin(connection, database, deadline)
     try:
-        statement = await prepared(connection, sql)
+        statement = await prepared(connection, sql, replan)
         columns = _columns(statement)
         rows: list[SqlRow] = []
         size = 0
@@ -131,11 +137,11 @@ class PgRowStream:
         self._cursor: Any = None
         self.sent = 0
 
-    async def open(self, sql: str, params: tuple[SqlValue, ...]) -> None:
+    async def open(self, sql: str, params: tuple[SqlValue, ...], replan: bool = False) -> None:
         """Begin the transaction and open the cursor."""
         try:
             await _begin(self._connection, self._database, self._deadline)
-            statement = await prepared(self._connection, sql)
+            statement = await prepared(self._connection, sql, replan)
             self.columns = _columns(statement)
             self._cursor = await statement.cursor(*params)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ValueError) as exc:

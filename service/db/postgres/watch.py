@@ -41,7 +41,8 @@ class Watch:
         schema: str,
         pool: asyncpg.Pool,
         after_commit: AfterCommit | None,
-        own_backend: Callable[[int], bool],
+        origin: str,
+        family: Callable[[str], frozenset[str]],
         schema_changed: Callable[[Conn, str], Awaitable[None]],
         every: float,
     ) -> None:
@@ -50,7 +51,8 @@ class Watch:
         self._schema = schema
         self._pool = pool
         self._after_commit = after_commit
-        self._own_backend = own_backend
+        self._origin = origin  # this process's writes carry it: their tags were bumped here
+        self._family = family  # a table and the tables that inherit from it
         self._schema_changed = schema_changed
         self._every = every
         self.fingerprint = ""
@@ -69,17 +71,24 @@ class Watch:
         await listener.add_listener(CHANNEL, self._on_notification)
         self._listener = listener
 
-    def _on_notification(self, _connection: Conn, pid: int, _channel: str, payload: object) -> None:
-        if self._after_commit is None or self._own_backend(pid):
+    def _on_notification(
+        self, _connection: Conn, _pid: int, _channel: str, payload: object
+    ) -> None:
+        if self._after_commit is None:
             return
         try:
             news = json.loads(str(payload))
             if "tags" in news:
+                if news.get("origin") == self._origin:
+                    return
                 tags = [str(tag) for tag in news["tags"]]
             else:
-                table = str(news["t"])
                 # Named as service.tags names them; the writer's keys are not known.
-                tags = [f"table:{self._database}.{table}", f"keys:{self._database}.{table}"]
+                tags = [
+                    f"{kind}:{self._database}.{table}"
+                    for table in sorted(self._family(str(news["t"])))
+                    for kind in ("table", "keys")
+                ]
         except (ValueError, KeyError, TypeError):
             return
         self._deliver(tags)

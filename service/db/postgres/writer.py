@@ -67,6 +67,7 @@ class PgWriter:
         tracking: KeyTracking,
         catalog: Callable[[], Catalog],
         check_write: CheckWrite,
+        origin: str,
     ) -> None:
         self.database = database
         self._schema = schema
@@ -79,13 +80,9 @@ class PgWriter:
         self._catalog = catalog
         self._check_write = check_write
         self.counters = _Counters()
-        self._pids: set[int] = set()
+        self._origin = origin
         self._delivered: list[int] = []
         self._tasks: set[asyncio.Future[Any]] = set()
-
-    def owns(self, pid: int) -> bool:
-        """Whether backend ``pid`` is one of this writer's connections."""
-        return pid in self._pids
 
     def keep(self, task: asyncio.Future[Any]) -> None:
         """Hold a background task until it is done."""
@@ -103,7 +100,7 @@ class PgWriter:
 
         async def run(connection: Conn) -> WriteOutcome:
             count = await writes.run_insert(connection, self._schema, plan)
-            return WriteOutcome((count,), 0, frozenset({plan.table}))
+            return WriteOutcome((count,), 0, frozenset({plan.table} if count else ()))
 
         return await self._transaction(run, plan, write, deadline, tags_of)
 
@@ -113,18 +110,20 @@ class PgWriter:
         """Run a BatchUpdate's statements in one transaction."""
 
         async def run(connection: Conn) -> WriteOutcome:
-            tables: set[str] = set()
+            written: list[frozenset[str]] = []
             for index, (sql, _sets) in enumerate(statements):
                 field = f"statements[{index}].sql"
                 try:
-                    tables |= await self._check_write(connection, sql)
+                    written.append(await self._check_write(connection, sql))
                 except errors.DataAccessError as exc:
                     exc.field = field
                     raise
                 except asyncpg.PostgresError as exc:
                     raise translate(exc, database=self.database, field=field) from exc
             counts = await writes.run_statements(connection, statements)
-            return WriteOutcome(counts, 0, frozenset(tables))
+            # The tables statements that changed rows wrote, as their plans name them.
+            changed = [t for t, n in zip(written, counts, strict=True) if n]
+            return WriteOutcome(counts, 0, frozenset().union(*changed))
 
         request = [(sql, [tuple(p) for p in sets]) for sql, sets in statements]
         return await self._transaction(run, request, write, deadline, tags_of)
@@ -177,7 +176,6 @@ class PgWriter:
         except (OSError, asyncpg.PostgresError) as exc:
             raise translate(exc, database=self.database) from exc
         try:
-            self._pids.add(connection.get_server_pid())
             return await self._in_transaction(connection, run, request, write, deadline, tags_of)
         except asyncpg.PostgresError as exc:
             raise translate(exc, database=self.database) from exc
@@ -209,16 +207,19 @@ class PgWriter:
                 )
                 if found is not None:
                     await connection.execute("ROLLBACK")
-                    return found, [], 0
-            outcome = self._with_changes(
-                await run(connection),
-                await connection.fetchval(f"SELECT current_setting('{CHANGED_SETTING}', true)"),
+                    return found[0], found[1], 0
+            ran = await run(connection)
+            # Deferred constraint triggers would write at COMMIT, after the changes are read.
+            await connection.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            changes = await connection.fetchval(
+                f"SELECT current_setting('{CHANGED_SETTING}', true)"
             )
+            outcome = self._with_changes(ran, changes)
             tags = list(tags_of(outcome))
             outbox_id = await self._record(connection, tags)
             if write.idempotency_key:
                 await writes.remember(
-                    connection, self._schema, write.idempotency_key, print_, outcome
+                    connection, self._schema, write.idempotency_key, print_, outcome, tags
                 )
             await connection.execute("COMMIT")
             return outcome, tags, outbox_id
@@ -230,12 +231,21 @@ class PgWriter:
     def _with_changes(self, outcome: WriteOutcome, text: str | None) -> WriteOutcome:
         """``outcome`` with the tables and keys the triggers reported."""
         changed = parse_changed(text)
-        tables = outcome.tables | changed.tables
         catalog = self._catalog()
+        reported = outcome.tables | changed.tables
+        # A write through a parent changes its children's rows; only the parent reports.
+        tables = catalog.with_descendants(reported)
         if not self._tracking.enabled:
             return replace(outcome, tables=tables, key_generations=tables)
-        # A table with no capture triggers cannot say its keys: every keyed read goes.
-        whole = changed.untracked_keys | (tables - catalog.tracked)
+        # Every keyed read goes where the keys are not known: a table with no (enabled)
+        # capture triggers, one whose rows changed but whose triggers said nothing,
+        # children written through their parent, too many keys.
+        whole = (
+            changed.untracked_keys
+            | (tables - catalog.tracked)
+            | (outcome.tables - changed.tables)
+            | (tables - reported)
+        )
         keys = frozenset(
             (table, spec, digest(values))
             for table, spec, values in changed.keys
@@ -248,9 +258,10 @@ class PgWriter:
         if not tags:
             return 0
         if not self._use_outbox:
-            payload = json.dumps({"tags": tags})
+            payload = json.dumps({"tags": tags, "origin": self._origin})
             if len(payload) > _NOTIFY_LIMIT:
-                payload = json.dumps({"tags": [f"database:{self.database}"]})
+                everything = [f"database:{self.database}"]
+                payload = json.dumps({"tags": everything, "origin": self._origin})
             await connection.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
             return 0
         table = f"{quote(self._schema)}.{writes.OUTBOX_TABLE}"

@@ -200,8 +200,9 @@ def fingerprint(request: object) -> str:
 
 async def replayed(
     connection: Conn, schema: str, key: str, print_: str, window: float
-) -> WriteOutcome | None:
-    """The stored outcome of ``key``, after waiting out a write holding the same key."""
+) -> tuple[WriteOutcome, list[str]] | None:
+    """The stored outcome of ``key`` and the tags its write bumped, after waiting out a
+    write holding the same key."""
     table = f"{quote(schema)}.{IDEMPOTENCY_TABLE}"
     # Two retries at once: the second waits for the first's COMMIT and replays it.
     await connection.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", key)
@@ -223,23 +224,32 @@ async def replayed(
             "idempotency_key was used before for a different request", field="idempotency_key"
         )
     stored = json.loads(found["outcome"])
-    return WriteOutcome(
+    outcome = WriteOutcome(
         tuple(stored["rows_affected"]),
         stored["last_insert_rowid"],
         frozenset(stored["tables"]),
         replayed=True,
     )
+    return outcome, [str(tag) for tag in stored.get("tags", [])]
 
 
 async def remember(
-    connection: Conn, schema: str, key: str, print_: str, outcome: WriteOutcome
+    connection: Conn,
+    schema: str,
+    key: str,
+    print_: str,
+    outcome: WriteOutcome,
+    tags: list[str],
 ) -> None:
-    """Store ``outcome`` under ``key`` in the open transaction."""
+    """Store ``outcome`` and the tags it bumps under ``key`` in the open transaction: a
+    retry answered from the record bumps them again (the first replica may have died
+    between its COMMIT and its bump)."""
     stored = json.dumps(
         {
             "rows_affected": list(outcome.rows_affected),
             "last_insert_rowid": outcome.last_insert_rowid,
             "tables": sorted(outcome.tables),
+            "tags": tags,
         }
     )
     await connection.execute(
