@@ -19,7 +19,7 @@ from service.db.postgres.session import Conn
 from service.db.postgres.values import plain_row
 from service.values import SqlRow, SqlValue
 
-_CHUNK = 1000  # rows per round trip at most: a Query's answer up to it takes one
+_CHUNK = 256  # rows per round trip: few enough that wide rows meet the byte cap early
 
 
 async def prepared(connection: Conn, sql: str, replan: bool = False) -> Any:
