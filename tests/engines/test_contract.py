@@ -393,3 +393,84 @@ async def test_a_cancelled_call_stops_its_query_and_frees_its_reader(
     assert await readers_in_use() == 0
     if engine.postgres:  # the backend's query was cancelled, not left running
         assert await running_on_postgresql() == 0
+
+
+async def test_invalidate_drops_what_it_names_on_either_engine(
+    served: Running, engine: Engine
+) -> None:
+    stub = served.stub
+    await stub.BatchInsert(
+        pb.BatchInsertRequest(
+            database="kitchen", table="items", columns=["id", "t"], rows=[row(1, "a"), row(2, "b")]
+        )
+    )
+    keyed = pb.QueryRequest(
+        database="kitchen", sql=f"SELECT t FROM items WHERE id = {engine.p(1)}", params=[value(1)]
+    )
+    mine = pb.QueryRequest(
+        database="kitchen", sql="SELECT count(*) FROM parents", cache=pb.CacheOptions(tags=["mine"])
+    )
+    for request in (keyed, mine):
+        await stub.Query(request)
+        assert (await stub.Query(request)).cache_status == pb.CACHE_STATUS_HIT_LOCAL
+    # A table's tag takes its keyed entries with it.
+    await stub.Invalidate(pb.InvalidateRequest(tags=["table:kitchen.items"]))
+    assert (await stub.Query(keyed)).cache_status == pb.CACHE_STATUS_MISS
+    assert (await stub.Query(mine)).cache_status == pb.CACHE_STATUS_HIT_LOCAL
+    await stub.Invalidate(pb.InvalidateRequest(tags=["mine"]))
+    assert (await stub.Query(mine)).cache_status == pb.CACHE_STATUS_MISS
+    await stub.Invalidate(pb.InvalidateRequest(databases=["kitchen"]))
+    assert (await stub.Query(keyed)).cache_status == pb.CACHE_STATUS_MISS
+
+
+async def test_results_over_the_limits_are_cut_or_refused(tmp_path: Path, engine: Engine) -> None:
+    document = engine.document()
+    document["limits"] |= {"max_rows": 50, "max_result_bytes": 20_000}
+    async with started(tmp_path, document) as server:
+        stub = server.stub
+        await stub.BatchInsert(
+            pb.BatchInsertRequest(
+                database="kitchen",
+                table="items",
+                columns=["id", "t"],
+                rows=[row(n, "x" * 100) for n in range(1, 201)],
+            )
+        )
+        cut = await stub.Query(
+            pb.QueryRequest(database="kitchen", sql="SELECT id FROM items ORDER BY id", max_rows=10)
+        )
+        assert [r[0] for r in plain_rows(cut)] == list(range(1, 11)) and cut.truncated
+        too_many = await failure_of(
+            stub.Query(pb.QueryRequest(database="kitchen", sql="SELECT id FROM items"))
+        )
+        assert too_many.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        too_big = await failure_of(
+            stub.Query(
+                pb.QueryRequest(
+                    database="kitchen",
+                    sql="SELECT t, t AS u, t AS v, t AS w FROM items",
+                    max_rows=50,
+                )
+            )
+        )
+        assert too_big.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        streamed = 0
+        async for chunk in stub.QueryStream(
+            pb.QueryRequest(database="kitchen", sql="SELECT id FROM items", max_rows=120)
+        ):
+            streamed += len(chunk.rows)
+        assert streamed == 120
+
+
+async def test_a_bad_value_names_the_parameter_field(served: Running, engine: Engine) -> None:
+    wrong_type = await failure_of(
+        served.stub.Query(
+            pb.QueryRequest(
+                database="kitchen",
+                sql=f"SELECT name FROM parents WHERE id = {engine.p(1)}",
+                params=[pb.Value()],  # no kind set
+            )
+        )
+    )
+    assert wrong_type.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert wrong_type.fields and wrong_type.fields[0].startswith("params")
