@@ -28,7 +28,8 @@ from service.db.postgres.writes import OUTBOX_TABLE
 
 log = logging.getLogger(__name__)
 OUTBOX_GRACE_SECONDS = 5.0
-_SWEEP_EVERY = 4  # schema checks per outbox sweep
+_SWEEP_EVERY = 4  # schema checks per outbox sweep (and check of the listening connection)
+_PING_SECONDS = 2.0
 
 
 class Watch:
@@ -113,6 +114,12 @@ class Watch:
                 log.warning("watching %s failed: %s", self._database, exc)
 
     async def _round(self, *, sweep: bool) -> None:
+        if sweep and self._listener is not None and not self._listener.is_closed():
+            # A server that vanished without closing the socket is noticed only by asking.
+            try:
+                await self._listener.fetchval("SELECT 1", timeout=_PING_SECONDS)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                self._listener.terminate()
         if self._listener is None or self._listener.is_closed():
             await self._listen()
             log.warning("listening to %s again: its cached reads are dropped", self._database)
