@@ -16,11 +16,18 @@ from dataclasses import dataclass, replace
 
 from opentelemetry import trace
 
-from service import errors
+from service import consistency, errors
 from service.cache.keys import cache_key
 from service.cache.tagged import CacheUnavailable, EntryPolicy, TagCache
 from service.config import Limits
-from service.db.door import Database, ReadShape, Rows, Statements, WriteOutcome
+from service.consistency import freshness_of
+from service.db.door import (
+    Database,
+    ReadShape,
+    Rows,
+    Statements,
+    WriteOutcome,
+)
 from service.domain import (
     CacheMode,
     CacheStatus,
@@ -113,7 +120,7 @@ class DataAccess:
                 return await self._through_cache(members, request, deadline, identity, tagged)
             except _Rekeyed:
                 continue  # another process changed the schema: learn the lookups again
-        result = await self._read(members, request, deadline)
+        result = await self._read(members, request, deadline, replica=True)
         return EncodedRead(self._encode(result), CacheStatus.BYPASS)
 
     async def _through_cache(
@@ -181,9 +188,14 @@ class DataAccess:
         return tagged
 
     async def _read(
-        self, members: Sequence[Database], request: ReadRequest, deadline: float
+        self,
+        members: Sequence[Database],
+        request: ReadRequest,
+        deadline: float,
+        replica: bool = False,
     ) -> ReadResult:
-        """Run a read on its databases, within the row and byte limits."""
+        """Run a read on its databases, within the row and byte limits; on read replicas
+        that caught up with the caller's token when ``replica`` (never for the cache)."""
         limit = self._limits.max_rows
         cap = min(request.max_rows or limit, limit)
         max_bytes = self._limits.max_result_bytes
@@ -191,7 +203,10 @@ class DataAccess:
         def record(database: Database, rows: Rows) -> None:
             self._record(database, request, rows)
 
-        parts = await fetch_all(members, request, cap, max_bytes, deadline, self._tracer, record)
+        freshness = freshness_of(request, replica)
+        parts = await fetch_all(
+            members, request, cap, max_bytes, deadline, self._tracer, record, freshness
+        )
         combined = combine(members, parts, request, cap)
         if combined.truncated and not 0 < request.max_rows <= limit:
             raise errors.ResourceExhausted(
@@ -228,7 +243,10 @@ class DataAccess:
         caller.require("read", database.name)
         self._check_sql(request.sql)
         chunk_rows, chunk_bytes = self._limits.stream_chunk_rows, self._limits.stream_chunk_bytes
-        async with database.stream(request.sql, request.params, chunk_bytes, deadline) as stream:
+        fresh = freshness_of(request, replica=True)(database)
+        async with database.stream(
+            request.sql, request.params, chunk_bytes, deadline, fresh
+        ) as stream:
             tags = table_tags(database.name, stream.reads) + list(request.cache_tags)
             head = ReadResult(stream.columns, [], [database.name], tags)
             sent, cap = 0, request.max_rows
@@ -390,4 +408,7 @@ def _written(
     """The answer to a committed write; its tags were invalidated at the commit."""
     tags = [tag for db, outcome in outcomes for tag in write_tags(db.name, outcome)]
     first = outcomes[0][1]
-    return WriteResult(first.rows_affected, first.last_insert_rowid, tags + list(extra_tags))
+    written = consistency.token((db.name, outcome.position) for db, outcome in outcomes)
+    return WriteResult(
+        first.rows_affected, first.last_insert_rowid, tags + list(extra_tags), written
+    )

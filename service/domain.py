@@ -69,6 +69,7 @@ class ReadRequest:
     merge: MergeSpec = field(default_factory=MergeSpec)
     stale_while_revalidate: float = 0.0
     peer: str = ""  # who asked (the gRPC peer address), for N+1 advisories
+    consistency_token: str = ""  # the newest write the caller saw (service.consistency)
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class WriteResult:
     rows_affected: Sequence[int]
     last_insert_rowid: int
     invalidated_tags: Sequence[str]
+    consistency_token: str = ""  # where it committed (service.consistency)
 
 
 @dataclass(frozen=True)

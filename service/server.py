@@ -174,7 +174,21 @@ class DataAccessServer:
 
     def _options(self) -> list[tuple[str, int]]:
         size = self.config.limits.max_message_bytes
-        return [
+        age = self.config.max_connection_age_seconds
+        # Clients connect again after this (calls in flight get the grace to finish), so a
+        # long-lived client spreads over replicas started since it connected.
+        aged = (
+            []
+            if age is None
+            else [
+                ("grpc.max_connection_age_ms", int(age * 1000)),
+                (
+                    "grpc.max_connection_age_grace_ms",
+                    int(self.config.shutdown_grace_seconds * 1000),
+                ),
+            ]
+        )
+        return aged + [
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
             # grpc turns SO_REUSEPORT on by default: a second server (or a stale

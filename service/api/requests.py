@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from google.protobuf.message import DecodeError
 
 from dataaccess.v1 import data_access_pb2 as pb
-from service import errors
+from service import consistency, errors
 from service.api.codec import from_proto, params_from_proto, row_from_proto
 from service.config import Limits
 from service.domain import CacheMode, InsertRequest, MergeSpec, ReadRequest, WriteOptions
@@ -63,7 +63,14 @@ def read_request(request: pb.QueryRequest, peer: str, limits: Limits) -> ReadReq
         stale_while_revalidate=_seconds(cache, "stale_while_revalidate"),
         merge=_merge_spec(request.merge) if request.HasField("merge") else MergeSpec(),
         peer=peer,
+        consistency_token=_token(request.consistency_token),
     )
+
+
+def _token(text: str) -> str:
+    """The caller's consistency token, once it reads as one (INVALID_ARGUMENT if not)."""
+    consistency.positions(text)
+    return text
 
 
 def _seconds(cache: pb.CacheOptions, name: str) -> float:

@@ -121,6 +121,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
             rows_affected=sum(result.rows_affected),
             last_insert_rowid=result.last_insert_rowid,
             invalidated_tags=result.invalidated_tags,
+            consistency_token=result.consistency_token,
         )
 
     @answers_errors
@@ -130,7 +131,9 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
         update = self._access.batch_update
         result = await self._write(request, context, caller, requests.update_statements, update)
         return pb.BatchUpdateResponse(
-            rows_affected=result.rows_affected, invalidated_tags=result.invalidated_tags
+            rows_affected=result.rows_affected,
+            invalidated_tags=result.invalidated_tags,
+            consistency_token=result.consistency_token,
         )
 
     async def _write(

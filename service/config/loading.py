@@ -55,6 +55,7 @@ TOP_KEYS = {
     "shutdown_grace_seconds",
     "health_interval_seconds",
     "health_deep_interval_seconds",
+    "max_connection_age_seconds",
     "databases",
     "groups",
     "sqlite",
@@ -74,6 +75,8 @@ POSTGRES_KEYS = {
     "schema",
     "reader_role",
     "pool_size",
+    "replicas",
+    "replica_wait_seconds",
 }
 GROUP_KEYS = {"name", "members", "route"}
 ROUTE_KEYS = {"kind", "column", "bounds"}
@@ -116,6 +119,7 @@ def _build(document: dict[str, Any] | None, environ: Mapping[str, str], config_d
         health_deep_interval_seconds=float(
             doc.get("health_deep_interval_seconds", Config.health_deep_interval_seconds)
         ),
+        max_connection_age_seconds=_optional_seconds(doc.get("max_connection_age_seconds")),
         databases=databases,
         groups=tuple(_group(i, raw) for i, raw in enumerate(doc.get("groups") or [])),
         sqlite=_sqlite(doc.get("sqlite"), environ, data_dir),
@@ -250,7 +254,15 @@ def _postgres_database(
         schema=str(raw.get("schema", "public")),
         reader_role=str(raw.get("reader_role", "")),
         pool_size=_integer(f"{where}.pool_size", raw.get("pool_size", 8)),
+        replicas=_urls(f"{where}.replicas", raw.get("replicas", [])),
+        replica_wait_seconds=float(raw.get("replica_wait_seconds", 0.5)),
     )
+
+
+def _urls(key: str, raw: Any) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(url, str) for url in raw):
+        raise ConfigError(f"{key}: expected a list of postgresql:// URLs")
+    return tuple(raw)
 
 
 def _allowed_tables(where: str, raw: dict[str, Any]) -> frozenset[str] | None:
@@ -368,3 +380,11 @@ def _flag(key: str, raw: Any) -> bool:
     if not isinstance(raw, bool):
         raise ConfigError(f"{key}: expected true or false")
     return raw
+
+
+def _optional_seconds(raw: Any) -> float | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw <= 0:
+        raise ConfigError("max_connection_age_seconds: expected a number of seconds above 0")
+    return float(raw)

@@ -239,6 +239,11 @@ class PostgresDatabaseConfig:
     schema: str = "public"
     reader_role: str = ""  # empty: dataaccess_reader_<name>
     pool_size: int = 8  # writer connections; readers take limits.readers_per_database
+    # Streaming standbys (or the operator's -ro Service) that uncached reads may use.
+    replicas: tuple[str, ...] = ()
+    # How long a read carrying a consistency token waits for a replica to replay past
+    # it before it reads the primary instead.
+    replica_wait_seconds: float = 0.5
 
     def __post_init__(self) -> None:
         where = f"databases.{self.name}"
@@ -249,6 +254,10 @@ class PostgresDatabaseConfig:
             if value and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
                 raise ConfigError(f"{where}.{key}: expected a lower-case SQL identifier")
         _require_positive(f"{where}.pool_size", self.pool_size)
+        _require_non_negative(f"{where}.replica_wait_seconds", self.replica_wait_seconds)
+        for index, replica in enumerate(self.replicas):
+            if not replica.startswith(("postgresql://", "postgres://")):
+                raise ConfigError(f"{where}.replicas[{index}]: expected postgresql://...")
 
     @property
     def reader(self) -> str:
@@ -303,6 +312,9 @@ class Config:
     shutdown_grace_seconds: float = 20.0
     health_interval_seconds: float = 2.0  # how often the standard health status is refreshed
     health_deep_interval_seconds: float = 10.0  # a deep Health report is reused this long
+    # Close client connections after this long (gracefully), so clients connect again
+    # and spread over replicas that came up since; None: never.
+    max_connection_age_seconds: float | None = None
     databases: tuple[AnyDatabaseConfig, ...] = ()
     groups: tuple[GroupConfig, ...] = ()
     sqlite: SqliteSettings = field(default_factory=SqliteSettings)

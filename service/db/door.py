@@ -42,6 +42,19 @@ class KeyLookup:
     digests: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Freshness:
+    """Where a read may run: on a read replica that has replayed at least ``after`` (the
+    caller's newest write there), or only on the primary. Results that fill the cache are
+    read on the primary, so a lagging replica can never put an old answer there."""
+
+    replica: bool = False
+    after: int = 0
+
+
+PRIMARY = Freshness()
+
+
 class ReadShape(Protocol):
     """What a read statement reads (declared table names), and whether it is cacheable."""
 
@@ -107,6 +120,7 @@ class WriteOutcome:
     # Tables whose every keyed read must go: rows changed that the keys do not name
     # (REPLACE's conflict deletes, more keys than KeyTracking allows, no tracking)
     key_generations: frozenset[str] = frozenset()
+    position: int = 0  # the commit's position on its database (service.consistency)
 
     @property
     def rows_written(self) -> int:
@@ -132,6 +146,8 @@ class PoolSnapshot:
     acquire_p99_ms: float
     timeouts: int
     recycled: int
+    replica_reads: int = 0  # reads a read replica answered
+    primary_reads: int = 0  # reads the primary answered
 
 
 @dataclass(frozen=True)
@@ -198,13 +214,24 @@ class Database(Protocol):
         ...
 
     async def read(
-        self, sql: str, params: Params, max_rows: int, max_bytes: int, deadline: float
+        self,
+        sql: str,
+        params: Params,
+        max_rows: int,
+        max_bytes: int,
+        deadline: float,
+        freshness: Freshness = PRIMARY,
     ) -> Rows:
         """Run a read and fetch up to ``max_rows`` rows within ``max_bytes``."""
         ...
 
     def stream(
-        self, sql: str, params: Params, chunk_bytes: int, deadline: float
+        self,
+        sql: str,
+        params: Params,
+        chunk_bytes: int,
+        deadline: float,
+        freshness: Freshness = PRIMARY,
     ) -> AbstractAsyncContextManager[RowStream]:
         """Run a read whose rows are fetched chunk by chunk while the context is open."""
         ...

@@ -15,7 +15,7 @@ from typing import TypeVar
 from opentelemetry import trace
 
 from service import errors
-from service.db.door import Column, Database, Rows
+from service.db.door import PRIMARY, Column, Database, Freshness, Rows
 from service.domain import ReadRequest
 from service.routing.merge import merge_rows
 from service.values import SqlRow
@@ -40,12 +40,15 @@ async def fetch_all(
     deadline: float,
     tracer: trace.Tracer,
     on_read: Callable[[Database, Rows], None],
+    freshness: Callable[[Database], Freshness] = lambda _database: PRIMARY,
 ) -> list[Rows]:
     """Run ``request`` on every member in parallel, each fetching up to ``cap`` rows;
     ``on_read`` hears of each member's rows as they come (also when another fails)."""
 
     async def read(database: Database) -> Rows:
-        rows = await database.read(request.sql, request.params, cap, max_bytes, deadline)
+        rows = await database.read(
+            request.sql, request.params, cap, max_bytes, deadline, freshness(database)
+        )
         on_read(database, rows)
         return rows
 

@@ -484,6 +484,7 @@ class QueryRequest(_message.Message):
     MAX_ROWS_FIELD_NUMBER: _builtins.int
     ROUTE_KEY_FIELD_NUMBER: _builtins.int
     MERGE_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
     database: _builtins.str
     """database is a database or a group name from the server's config."""
     sql: _builtins.str
@@ -491,6 +492,12 @@ class QueryRequest(_message.Message):
     max_rows: _builtins.int
     """max_rows cuts the result, setting truncated; 0 means the server's limit,
     past which Query fails with RESOURCE_EXHAUSTED (use QueryStream).
+    """
+    consistency_token: _builtins.str
+    """consistency_token is the newest token the caller has seen in a write's
+    answer (the client package sends it by itself): a read replica serves the
+    read only once it has replayed past it; else the primary does. Empty: any
+    replica may answer.
     """
     @_builtins.property
     def params(self) -> _containers.RepeatedCompositeFieldContainer[Global___Value]:
@@ -525,10 +532,11 @@ class QueryRequest(_message.Message):
         max_rows: _builtins.int = ...,
         route_key: Global___Value | None = ...,
         merge: Global___Merge | None = ...,
+        consistency_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "merge", b"merge", "route_key", b"route_key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "database", b"database", "max_rows", b"max_rows", "merge", b"merge", "named_params", b"named_params", "params", b"params", "route_key", b"route_key", "sql", b"sql"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "consistency_token", b"consistency_token", "database", b"database", "max_rows", b"max_rows", "merge", b"merge", "named_params", b"named_params", "params", b"params", "route_key", b"route_key", "sql", b"sql"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -659,10 +667,16 @@ class BatchInsertResponse(_message.Message):
     ROWS_AFFECTED_FIELD_NUMBER: _builtins.int
     LAST_INSERT_ROWID_FIELD_NUMBER: _builtins.int
     INVALIDATED_TAGS_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
     rows_affected: _builtins.int
     """rows_affected is the number of rows inserted or updated."""
     last_insert_rowid: _builtins.int
     """last_insert_rowid is the rowid of the last row inserted."""
+    consistency_token: _builtins.str
+    """consistency_token names the write's commit position on each database it
+    changed ("database@position"; PostgreSQL: the commit LSN; SQLite: the
+    database's commit counter), for read-your-writes through read replicas.
+    """
     @_builtins.property
     def invalidated_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """invalidated_tags are the tags bumped by the write."""
@@ -673,10 +687,11 @@ class BatchInsertResponse(_message.Message):
         rows_affected: _builtins.int = ...,
         last_insert_rowid: _builtins.int = ...,
         invalidated_tags: _abc.Iterable[_builtins.str] | None = ...,
+        consistency_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["invalidated_tags", b"invalidated_tags", "last_insert_rowid", b"last_insert_rowid", "rows_affected", b"rows_affected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "invalidated_tags", b"invalidated_tags", "last_insert_rowid", b"last_insert_rowid", "rows_affected", b"rows_affected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -728,6 +743,9 @@ class BatchUpdateResponse(_message.Message):
 
     ROWS_AFFECTED_FIELD_NUMBER: _builtins.int
     INVALIDATED_TAGS_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    consistency_token: _builtins.str
+    """consistency_token is as in BatchInsertResponse."""
     @_builtins.property
     def rows_affected(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """rows_affected has one count per statement, over all its param sets."""
@@ -741,10 +759,11 @@ class BatchUpdateResponse(_message.Message):
         *,
         rows_affected: _abc.Iterable[_builtins.int] | None = ...,
         invalidated_tags: _abc.Iterable[_builtins.str] | None = ...,
+        consistency_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["invalidated_tags", b"invalidated_tags", "rows_affected", b"rows_affected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "invalidated_tags", b"invalidated_tags", "rows_affected", b"rows_affected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1009,6 +1028,8 @@ class PoolStats(_message.Message):
     ACQUIRE_P99_MS_FIELD_NUMBER: _builtins.int
     TIMEOUTS_FIELD_NUMBER: _builtins.int
     RECYCLED_FIELD_NUMBER: _builtins.int
+    REPLICA_READS_FIELD_NUMBER: _builtins.int
+    PRIMARY_READS_FIELD_NUMBER: _builtins.int
     database: _builtins.str
     """database is the database's name."""
     size: _builtins.int
@@ -1025,6 +1046,12 @@ class PoolStats(_message.Message):
     """timeouts is the number of acquires that timed out."""
     recycled: _builtins.int
     """recycled is the number of connections replaced."""
+    replica_reads: _builtins.int
+    """replica_reads is the number of reads a read replica answered."""
+    primary_reads: _builtins.int
+    """primary_reads is the number of reads the primary answered (all of them
+    without replicas, and those whose token a replica had not reached).
+    """
     def __init__(
         self,
         *,
@@ -1036,10 +1063,12 @@ class PoolStats(_message.Message):
         acquire_p99_ms: _builtins.float = ...,
         timeouts: _builtins.int = ...,
         recycled: _builtins.int = ...,
+        replica_reads: _builtins.int = ...,
+        primary_reads: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acquire_p50_ms", b"acquire_p50_ms", "acquire_p99_ms", b"acquire_p99_ms", "database", b"database", "in_use", b"in_use", "recycled", b"recycled", "size", b"size", "timeouts", b"timeouts", "waiters", b"waiters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acquire_p50_ms", b"acquire_p50_ms", "acquire_p99_ms", b"acquire_p99_ms", "database", b"database", "in_use", b"in_use", "primary_reads", b"primary_reads", "recycled", b"recycled", "replica_reads", b"replica_reads", "size", b"size", "timeouts", b"timeouts", "waiters", b"waiters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -37,9 +37,10 @@ async def _rollback_if_open(connection: Conn) -> None:
 
 
 async def create_pool(
-    config: PostgresDatabaseConfig, size: int, role: str | None = None
+    config: PostgresDatabaseConfig, size: int, role: str | None = None, url: str | None = None
 ) -> asyncpg.Pool:
-    """A pool of ``size`` connections with the service's codecs (and ``role``, if given)."""
+    """A pool of ``size`` connections to ``url`` (default: the database's) with the
+    service's codecs (and ``role``, if given)."""
 
     async def init(connection: Conn) -> None:
         await set_codecs(connection)
@@ -48,7 +49,7 @@ async def create_pool(
 
     try:
         pool = await asyncpg.create_pool(
-            config.url,
+            url or config.url,
             min_size=1,
             max_size=size,
             init=init,

@@ -24,9 +24,11 @@ from opentelemetry import trace
 from service import errors
 from service.config import Limits, PostgresDatabaseConfig
 from service.db.door import (
+    PRIMARY,
     AfterCommit,
     DatabaseFigures,
     Finding,
+    Freshness,
     KeyTracking,
     QueryPlan,
     Rows,
@@ -38,6 +40,7 @@ from service.db.postgres import health
 from service.db.postgres.catalog import Catalog
 from service.db.postgres.connections import ReaderPool, create_pool, timeout_ms
 from service.db.postgres.error_map import translate
+from service.db.postgres.replicas import ReadRouting
 from service.db.postgres.session import Conn
 from service.db.postgres.setup import set_up
 from service.db.postgres.shapes import PgShape, ShapeMemo, check_write, explain, learn
@@ -82,6 +85,7 @@ class PostgresDatabase:
         self._failure: errors.DataAccessError | None = None
         self._writers: asyncpg.Pool | None = None
         self._readers: ReaderPool | None = None
+        self._routing: ReadRouting | None = None
         self._writer: PgWriter | None = None
         self._watch: Watch | None = None
         self._reopening: asyncio.Future[None] | None = None
@@ -112,6 +116,12 @@ class PostgresDatabase:
         """The reader pool."""
         assert self._readers is not None, "open() first"
         return self._readers
+
+    @property
+    def routing(self) -> ReadRouting:
+        """Which server answers a read."""
+        assert self._routing is not None, "open() first"
+        return self._routing
 
     @property
     def writer(self) -> PgWriter:
@@ -146,7 +156,13 @@ class PostgresDatabase:
         return shape
 
     async def read(
-        self, sql: str, params: Params, max_rows: int, max_bytes: int, deadline: float
+        self,
+        sql: str,
+        params: Params,
+        max_rows: int,
+        max_bytes: int,
+        deadline: float,
+        freshness: Freshness = PRIMARY,
     ) -> Rows:
         """Run a read in a READ ONLY transaction and fetch up to ``max_rows`` rows."""
         shape = await self.read_shape(sql, params, deadline)
@@ -155,7 +171,7 @@ class PostgresDatabase:
             "db.query", kind=trace.SpanKind.CLIENT, attributes=self._query_attributes(sql)
         ) as span:
             started = time.monotonic()
-            async with self.readers.reader(deadline) as connection:
+            async with self.routing.reader(freshness, deadline) as connection:
                 columns, rows, more = await fetch_rows(
                     connection, self.name, sql, params, max_rows, max_bytes, deadline, shape.replan
                 )
@@ -165,7 +181,12 @@ class PostgresDatabase:
 
     @asynccontextmanager
     async def stream(
-        self, sql: str, params: Params, chunk_bytes: int, deadline: float
+        self,
+        sql: str,
+        params: Params,
+        chunk_bytes: int,
+        deadline: float,
+        freshness: Freshness = PRIMARY,
     ) -> AsyncIterator[PgRowStream]:
         """Run a read through a server-side cursor, fetched chunk by chunk."""
         shape = await self.read_shape(sql, params, deadline)
@@ -175,7 +196,7 @@ class PostgresDatabase:
         )
         rows: PgRowStream | None = None
         try:
-            async with self.readers.reader(deadline) as connection:
+            async with self.routing.reader(freshness, deadline) as connection:
                 rows = PgRowStream(connection, self.name, shape.reads, chunk_bytes, deadline)
                 try:
                     await rows.open(sql, params, shape.replan)
@@ -238,12 +259,19 @@ class PostgresDatabase:
         return await health.probe(self.readers, self._writers, self.name, deep)
 
     def figures(self) -> DatabaseFigures:
-        """The reader pool's and the writer's counters."""
-        return DatabaseFigures(self.readers.snapshot(), self.writer.snapshot(), 0)
+        """The reader pool's and the writer's counters, and who answered the reads."""
+        routing = self.routing
+        pool = replace(
+            self.readers.snapshot(),
+            replica_reads=routing.replica_reads,
+            primary_reads=routing.primary_reads,
+        )
+        return DatabaseFigures(pool, self.writer.snapshot(), 0)
 
     def reset_figures(self) -> None:
         """Start the counters again."""
         self.readers.reset_stats()
+        self.routing.reset()
         self.writer.reset_counters()
 
     def undelivered(self) -> tuple[list[str], Callable[[], None]]:
@@ -301,13 +329,14 @@ class PostgresDatabase:
                 await self._prepare_schema(connection)
             except asyncpg.PostgresError as exc:
                 raise translate(exc, database=self.name) from exc
-        readers = await create_pool(config, self._limits.readers_per_database, config.reader)
-        self._readers = ReaderPool(
-            self.name,
-            readers,
-            self._limits.readers_per_database,
-            self._limits.acquire_timeout_seconds,
-        )
+        size, wait = self._limits.readers_per_database, self._limits.acquire_timeout_seconds
+        readers = await create_pool(config, size, config.reader)
+        self._readers = ReaderPool(self.name, readers, size, wait)
+        replicas = [
+            ReaderPool(self.name, await create_pool(config, size, config.reader, url), size, wait)
+            for url in config.replicas
+        ]
+        self._routing = ReadRouting(self._readers, replicas, config.replica_wait_seconds)
         self._writer = PgWriter(
             self.name,
             config.schema,
@@ -379,6 +408,9 @@ class PostgresDatabase:
         if self._writer is not None:
             await self._writer.close()
             self._writer = None
+        if self._routing is not None:
+            await self._routing.close()
+            self._routing = None
         if self._readers is not None:
             await self._readers.pool.close()
             self._readers = None

@@ -222,7 +222,9 @@ class PgWriter:
                     connection, self._schema, write.idempotency_key, print_, outcome, tags
                 )
             await connection.execute("COMMIT")
-            return outcome, tags, outbox_id
+            # At or past the commit record: a replica that replayed this far has the write.
+            position = int(await connection.fetchval("SELECT pg_current_wal_lsn()"))
+            return replace(outcome, position=position), tags, outbox_id
         except BaseException:
             if not connection.is_closed() and connection.is_in_transaction():
                 await asyncio.shield(connection.execute("ROLLBACK"))

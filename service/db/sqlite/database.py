@@ -21,10 +21,12 @@ from opentelemetry import trace
 from service import errors
 from service.config import DatabaseConfig, Limits, ReplicationConfig, SqliteSettings
 from service.db.door import (
+    PRIMARY,
     AfterCommit,
     Column,
     DatabaseFigures,
     Finding,
+    Freshness,
     KeyTracking,
     QueryPlan,
     Rows,
@@ -93,6 +95,7 @@ class SqliteDatabase:
         self._failure: errors.DataAccessError | None = None
         self.file_identity: tuple[int, int] | None = None
         self._outside_writes: asyncio.Future[None] | None = None
+        self._position = 0  # consistency tokens' commit counter
         policy = PoolPolicy(
             size=limits.readers_per_database,
             acquire_timeout=limits.acquire_timeout_seconds,
@@ -136,9 +139,16 @@ class SqliteDatabase:
         return await self._shapes.read_shape(sql, params, deadline)
 
     async def read(
-        self, sql: str, params: Params, max_rows: int, max_bytes: int, deadline: float
+        self,
+        sql: str,
+        params: Params,
+        max_rows: int,
+        max_bytes: int,
+        deadline: float,
+        freshness: Freshness = PRIMARY,
     ) -> Rows:
-        """Run a read on a reader and fetch up to ``max_rows`` rows within ``max_bytes``."""
+        """Run a read on a reader and fetch up to ``max_rows`` rows within ``max_bytes``
+        (the file is the only copy: every freshness is met)."""
         async with self.pool.reader(deadline) as conn:
             attributes = self._query_attributes(sql)
             with self._tracer.start_as_current_span(
@@ -158,7 +168,12 @@ class SqliteDatabase:
 
     @asynccontextmanager
     async def stream(
-        self, sql: str, params: Params, chunk_bytes: int, deadline: float
+        self,
+        sql: str,
+        params: Params,
+        chunk_bytes: int,
+        deadline: float,
+        freshness: Freshness = PRIMARY,
     ) -> AsyncIterator[SqliteRowStream]:
         """Run a read whose rows are fetched chunk by chunk while the context is open."""
         # Not the current span: a context entered here would be left across yields.
@@ -246,7 +261,11 @@ class SqliteDatabase:
             return tags_of(self._cascaded(outcome))
 
         # The writer hands the tags to the cache after the COMMIT, before answering.
-        return self._cascaded(await self.writer.submit(plan, deadline, with_cascades))
+        outcome = self._cascaded(await self.writer.submit(plan, deadline, with_cascades))
+        # Writes acknowledged so far, this one included: the file is the only copy, so
+        # the position only has to grow (a read asking for it is always met).
+        self._position += 1
+        return replace(outcome, position=self._position)
 
     def _cascaded(self, outcome: WriteOutcome) -> WriteOutcome:
         """``outcome`` naming also the tables its foreign-key actions changed."""
