@@ -161,6 +161,7 @@ def insert_result(response: pb.BatchInsertResponse) -> InsertResult:
         rows_affected=response.rows_affected,
         last_insert_rowid=response.last_insert_rowid,
         invalidated_tags=list(response.invalidated_tags),
+        consistency_token=response.consistency_token,
     )
 
 
@@ -169,6 +170,7 @@ def update_result(response: pb.BatchUpdateResponse) -> UpdateResult:
     return UpdateResult(
         rows_affected=list(response.rows_affected),
         invalidated_tags=list(response.invalidated_tags),
+        consistency_token=response.consistency_token,
     )
 
 

@@ -42,6 +42,7 @@ class InsertResult:
     rows_affected: int
     last_insert_rowid: int
     invalidated_tags: list[str]
+    consistency_token: str = ""  # where it committed; the client sends it with its reads
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class UpdateResult:
 
     rows_affected: list[int]
     invalidated_tags: list[str]
+    consistency_token: str = ""  # where it committed; the client sends it with its reads
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,13 @@ _MAX_PAUSE = 5.0
 
 ChannelOptions = Sequence[tuple[str, str | int]]
 
-# gRPC's 4 MiB default is smaller than a Query result the server may send.
-_DEFAULT_OPTIONS: ChannelOptions = (("grpc.max_receive_message_length", 64 * 1024 * 1024),)
+# gRPC's 4 MiB default is smaller than a Query result the server may send. round_robin:
+# over a dns:/// name with several addresses (a headless Service), each call goes to the
+# next replica; gRPC's default (pick_first) would send every call to one.
+_DEFAULT_OPTIONS: ChannelOptions = (
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.lb_policy_name", "round_robin"),
+)
 
 
 def channel_options(extra: ChannelOptions | None) -> list[tuple[str, str | int]]:

@@ -105,11 +105,19 @@ def _query_request(
     ttl: float | None = None,
     tags: Sequence[str] = (),
     route_key: SqlInput | None = None,
+    consistency_token: str = "",
     timeout: float | None = None,
 ) -> Call:
-    """The QueryRequest of one read-only statement, for Query and QueryStream alike."""
+    """The QueryRequest of one read-only statement, for Query and QueryStream alike;
+    ``consistency_token`` overrides the client's own (the newest write it saw)."""
     cache = _convert.cache_options(cache_mode, ttl, tags)
-    request = pb.QueryRequest(database=database, sql=sql, max_rows=max_rows, cache=cache)
+    request = pb.QueryRequest(
+        database=database,
+        sql=sql,
+        max_rows=max_rows,
+        cache=cache,
+        consistency_token=consistency_token,
+    )
     _convert.set_params(request, params)
     if route_key is not None:
         request.route_key.CopyFrom(_convert.to_value(route_key))

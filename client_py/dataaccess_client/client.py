@@ -26,6 +26,7 @@ from grpc import aio
 
 from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
 from dataaccess_client import _policy, _rpcs, _tracing
+from dataaccess_client._bookmarks import Bookmarks
 from dataaccess_client._policy import CallPolicy, ChannelOptions, TlsFiles
 from dataaccess_client.errors import from_rpc_error
 
@@ -44,6 +45,7 @@ SyncMethod = Callable[Concatenate["Client", P], Out]
 def _start_stream(client: AsyncClient | Client, rpc: _rpcs.Rpc[P], call: _rpcs.Call) -> Any:
     """Start a streaming call, with one deadline for the whole stream; never retried."""
     budget = client._policy.budget(call.timeout)
+    client._bookmarks.stamp(call.request)
     start = getattr(client._stub, rpc.stub)
     return start(call.request, timeout=budget, metadata=client._policy.metadata)
 
@@ -111,11 +113,23 @@ class _ClientBase:
         channel_options: ChannelOptions | None = None,
         token: str | None = None,
         tls: TlsFiles | None = None,
+        consistency: bool = True,
     ) -> None:
         self._policy = CallPolicy.build(
             timeout=timeout, retries=retries, backoff=backoff, token=token
         )
+        self._bookmarks = Bookmarks(consistency)
         self._stub = self._connect(target, _policy.channel_options(channel_options), tls)
+
+    @property
+    def consistency_token(self) -> str:
+        """The newest write position per database this client has seen: hand it to another
+        process's client (``remember``) so its reads see these writes too."""
+        return self._bookmarks.token
+
+    def remember(self, consistency_token: str) -> None:
+        """Make this client's reads wait for the writes ``consistency_token`` names."""
+        self._bookmarks.remember(consistency_token)
 
     def _connect(
         self, target: str, options: list[tuple[str, Any]], tls: TlsFiles | None
@@ -164,14 +178,18 @@ class AsyncClient(_ClientBase):
         retry: bool,
     ) -> Resp:
         attempts = self._policy.attempts(timeout, retry=retry)
+        self._bookmarks.stamp(request)
         while True:
             try:
-                return await method(
+                response = await method(
                     request, timeout=attempts.remaining(), metadata=self._policy.metadata
                 )
             except grpc.RpcError as exc:
                 pause = attempts.pause_or_raise(exc)
-            await asyncio.sleep(pause)
+                await asyncio.sleep(pause)
+                continue
+            self._bookmarks.note(response)
+            return response
 
     # The RPCs, each made from its row of the table in _rpcs.
     query = _async_unary(_rpcs.query)
@@ -220,12 +238,17 @@ class Client(_ClientBase):
         retry: bool,
     ) -> Resp:
         attempts = self._policy.attempts(timeout, retry=retry)
+        self._bookmarks.stamp(request)
         while True:
             try:
-                return method(request, timeout=attempts.remaining(), metadata=self._policy.metadata)
+                response = method(
+                    request, timeout=attempts.remaining(), metadata=self._policy.metadata
+                )
             except grpc.RpcError as exc:
-                pause = attempts.pause_or_raise(exc)
-            time.sleep(pause)
+                time.sleep(attempts.pause_or_raise(exc))
+                continue
+            self._bookmarks.note(response)
+            return response
 
     # The RPCs, each made from its row of the table in _rpcs.
     query = _sync_unary(_rpcs.query)
