@@ -44,11 +44,15 @@ _BY_CLASS: dict[str, type[errors.DataAccessError]] = {
 
 
 def translate(
-    exc: BaseException, *, database: str, field: str | None = None
+    exc: BaseException, *, database: str, field: str | None = None, writer: bool = False
 ) -> errors.DataAccessError:
-    """The DataAccessError that reports ``exc`` to the caller."""
+    """The DataAccessError that reports ``exc`` to the caller. On a writer, a read-only
+    transaction means the server it reached is a standby now (a failover): a retry
+    reaches the new primary."""
     if isinstance(exc, errors.DataAccessError):
         return exc
+    if writer and getattr(exc, "sqlstate", "") in ("25006", "57P01", "57P02", "57P03"):
+        return errors.Unavailable(f"{database}: the primary is not reachable as one now: {exc}")
     if isinstance(exc, asyncpg.PostgresError):
         return _from_server(exc, database, field)
     if isinstance(exc, asyncpg.DataError | ValueError | TypeError | OverflowError):

@@ -119,7 +119,7 @@ class PgWriter:
                     exc.field = field
                     raise
                 except asyncpg.PostgresError as exc:
-                    raise translate(exc, database=self.database, field=field) from exc
+                    raise translate(exc, database=self.database, field=field, writer=True) from exc
             counts = await writes.run_statements(connection, statements)
             # The tables statements that changed rows wrote, as their plans name them.
             changed = [t for t, n in zip(written, counts, strict=True) if n]
@@ -174,11 +174,11 @@ class PgWriter:
         except TimeoutError as exc:
             raise errors.ResourceExhausted(f"{self.database}: no writer free in time") from exc
         except (OSError, asyncpg.PostgresError) as exc:
-            raise translate(exc, database=self.database) from exc
+            raise translate(exc, database=self.database, writer=True) from exc
         try:
             return await self._in_transaction(connection, run, request, write, deadline, tags_of)
         except asyncpg.PostgresError as exc:
-            raise translate(exc, database=self.database) from exc
+            raise translate(exc, database=self.database, writer=True) from exc
         except (OSError, asyncpg.InterfaceError) as exc:
             raise errors.Unavailable(
                 f"{self.database}: the write's connection failed: {exc}"
