@@ -8,6 +8,7 @@ paths are resolved here; the values themselves are checked by ``model``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -93,7 +94,8 @@ def _build(document: dict[str, Any] | None, environ: Mapping[str, str], config_d
         databases = _embedded_databases(data_dir, environ)
     else:
         databases = tuple(
-            _database(i, raw, data_dir, config_dir) for i, raw in enumerate(doc["databases"] or [])
+            _database(i, raw, data_dir, config_dir, environ)
+            for i, raw in enumerate(doc["databases"] or [])
         )
     return Config(
         listen=environ.get("DATAACCESS_LISTEN") or str(doc.get("listen", Config.listen)),
@@ -222,12 +224,14 @@ def _embedded_databases(data_dir: Path, environ: Mapping[str, str]) -> tuple[Dat
     )
 
 
-def _database(index: int, raw: Any, data_dir: Path, config_dir: Path) -> AnyDatabaseConfig:
+def _database(
+    index: int, raw: Any, data_dir: Path, config_dir: Path, environ: Mapping[str, str]
+) -> AnyDatabaseConfig:
     where = f"databases[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping")
     if "url" in raw:
-        return _postgres_database(where, raw, data_dir, config_dir)
+        return _postgres_database(where, raw, data_dir, config_dir, environ)
     _reject_unknown(where, raw, DATABASE_KEYS)
     name = _name(where, raw)
     if "path" not in raw:
@@ -241,20 +245,23 @@ def _database(index: int, raw: Any, data_dir: Path, config_dir: Path) -> AnyData
 
 
 def _postgres_database(
-    where: str, raw: dict[str, Any], data_dir: Path, config_dir: Path
+    where: str, raw: dict[str, Any], data_dir: Path, config_dir: Path, environ: Mapping[str, str]
 ) -> PostgresDatabaseConfig:
     if "path" in raw:
         raise ConfigError(f"{where}: path and url both given; a database is one or the other")
     _reject_unknown(where, raw, POSTGRES_KEYS)
     return PostgresDatabaseConfig(
         name=_name(where, raw),
-        url=str(raw["url"]),
+        url=_expand(f"{where}.url", str(raw["url"]), environ),
         migrations=_migrations_dir(raw.get("migrations"), data_dir, config_dir),
         allowed_tables=_allowed_tables(where, raw),
         schema=str(raw.get("schema", "public")),
         reader_role=str(raw.get("reader_role", "")),
         pool_size=_integer(f"{where}.pool_size", raw.get("pool_size", 8)),
-        replicas=_urls(f"{where}.replicas", raw.get("replicas", [])),
+        replicas=tuple(
+            _expand(f"{where}.replicas", url, environ)
+            for url in _urls(f"{where}.replicas", raw.get("replicas", []))
+        ),
         replica_wait_seconds=float(raw.get("replica_wait_seconds", 0.5)),
     )
 
@@ -388,3 +395,19 @@ def _optional_seconds(raw: Any) -> float | None:
     if isinstance(raw, bool) or not isinstance(raw, int | float) or raw <= 0:
         raise ConfigError("max_connection_age_seconds: expected a number of seconds above 0")
     return float(raw)
+
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand(key: str, text: str, environ: Mapping[str, str]) -> str:
+    """``text`` with each ``${NAME}`` replaced by the environment's NAME (a password from a
+    Secret, say, so it never sits in the config file); a missing one stops the start."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in environ:
+            raise ConfigError(f"{key}: the environment has no {name} for ${{{name}}}")
+        return environ[name]
+
+    return _VARIABLE.sub(value, text)

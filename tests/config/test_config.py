@@ -199,3 +199,21 @@ def test_a_bad_postgresql_entry_names_the_key(
     document["databases"].append({"name": "orders", **entry})
     with pytest.raises(ConfigError, match=message):
         build_config(tmp_path, document)
+
+
+def test_a_postgresql_url_takes_its_secrets_from_the_environment(tmp_path: Path) -> None:
+    document = _doc(tmp_path)
+    document["databases"].append(
+        {
+            "name": "orders",
+            "url": "postgresql://app:${ORDERS_PASSWORD}@db-rw:5432/orders",
+            "replicas": ["postgresql://app:${ORDERS_PASSWORD}@db-ro:5432/orders"],
+        }
+    )
+    config = build_config(tmp_path, document, {"ORDERS_PASSWORD": "s3cret"})
+    orders = config.database("orders")
+    assert isinstance(orders, PostgresDatabaseConfig)
+    assert orders.url == "postgresql://app:s3cret@db-rw:5432/orders"
+    assert orders.replicas == ("postgresql://app:s3cret@db-ro:5432/orders",)
+    with pytest.raises(ConfigError, match="no ORDERS_PASSWORD"):
+        build_config(tmp_path, document)
