@@ -159,6 +159,9 @@ class ReaderPool:
         self._in_use += 1
         try:
             yield connection
+        except (errors.Unavailable, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError):
+            discard(connection)
+            raise
         finally:
             self._in_use -= 1
             await self._give_back(connection)
@@ -167,7 +170,7 @@ class ReaderPool:
         try:
             await asyncio.shield(self.pool.release(connection, timeout=5))
         except Exception:  # a broken connection: the pool replaces it
-            connection.terminate()
+            discard(connection)
 
     def snapshot(self) -> PoolSnapshot:
         """The pool's counters now."""
@@ -187,6 +190,15 @@ class ReaderPool:
         """Clear the counters."""
         self._waits_ms.clear()
         self._timeouts = 0
+
+
+def discard(connection: PoolConnectionProxy[Any]) -> None:
+    """Make sure ``connection`` is never lent again: the pool opens a new one in its place.
+    (asyncpg may have taken a connection it saw break back already.)"""
+    try:
+        connection.terminate()
+    except asyncpg.InterfaceError:
+        pass
 
 
 def _percentile(sorted_values: list[float], fraction: float) -> float:

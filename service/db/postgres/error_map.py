@@ -60,10 +60,10 @@ def translate(
         return errors.InvalidArgument(f"{database}: {exc}", field=field or "params")
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return errors.DeadlineExceeded(f"{database}: the statement was cancelled at its deadline")
-    if isinstance(exc, asyncpg.InterfaceError) and "closed" not in str(exc):
+    if isinstance(exc, asyncpg.InterfaceError) and "argument" in str(exc):
         # Misuse asyncpg refuses before sending: a wrong number of parameters, mostly.
         return errors.InvalidArgument(f"{database}: {exc}", field=field or "params")
-    if isinstance(exc, OSError | asyncpg.InterfaceError):
+    if isinstance(exc, OSError | asyncpg.InterfaceError | asyncpg.InternalClientError):
         return errors.Unavailable(f"{database}: PostgreSQL is unreachable: {exc}")
     return errors.Internal(f"{database}: {type(exc).__name__}: {exc}")
 

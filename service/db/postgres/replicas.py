@@ -14,9 +14,10 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from service import errors
@@ -42,22 +43,35 @@ class ReadRouting:
     async def reader(
         self, freshness: Freshness, deadline: float
     ) -> AsyncIterator[PoolConnectionProxy[Any]]:
-        """A connection to a replica that has caught up, or to the primary."""
-        if freshness.replica and self._turn is not None:
-            pool = self.replicas[next(self._turn)]
-            try:
-                async with pool.reader(deadline) as connection:
-                    if await self._caught_up(connection, freshness.after, deadline):
-                        self.replica_reads += 1
-                        yield connection
-                        return
-            except errors.Unavailable as exc:
-                log.warning(
-                    "replica of %s unreachable, reading the primary: %s", pool.database, exc.message
-                )
-        self.primary_reads += 1
-        async with self.primary.reader(deadline) as connection:
+        """A connection to a replica that has caught up, or to the primary. Only choosing
+        falls back to the primary: a read failing on the replica fails as it is."""
+        async with AsyncExitStack() as held:
+            connection = None
+            if freshness.replica and self._turn is not None:
+                pool = self.replicas[next(self._turn)]
+                connection = await self._replica(pool, freshness.after, deadline, held)
+            if connection is None:
+                self.primary_reads += 1
+                connection = await held.enter_async_context(self.primary.reader(deadline))
+            else:
+                self.replica_reads += 1
             yield connection
+
+    async def _replica(
+        self, pool: ReaderPool, after: int, deadline: float, held: AsyncExitStack
+    ) -> PoolConnectionProxy[Any] | None:
+        """A connection to ``pool``'s replica once it replays ``after`` (then ``held`` gives
+        it back), or None when it lags past the bound or cannot be reached."""
+        trying = AsyncExitStack()
+        try:
+            connection = await trying.enter_async_context(pool.reader(deadline))
+            if await self._caught_up(connection, after, deadline):
+                held.push_async_exit(trying)
+                return connection
+        except (errors.Unavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("replica of %s unreachable, reading the primary: %s", pool.database, exc)
+        await trying.aclose()
+        return None
 
     async def _caught_up(
         self, connection: PoolConnectionProxy[Any], after: int, deadline: float

@@ -51,8 +51,11 @@ async def _begin(connection: Conn, database: str, deadline: float) -> None:
 
 
 async def _end(connection: Conn) -> None:
-    if not connection.is_closed() and connection.is_in_transaction():
-        await asyncio.shield(connection.execute("ROLLBACK"))
+    try:
+        if not connection.is_closed() and connection.is_in_transaction():
+            await asyncio.shield(connection.execute("ROLLBACK"))
+    except asyncpg.InterfaceError:
+        pass  # the connection broke and went back to its pool: no transaction is left
 
 
 async def fetch_rows(
@@ -75,7 +78,13 @@ async def fetch_rows(
             # inside a transaction asyncpg cannot prepare it again by itself.
             if attempt == 2:
                 raise translate(exc, database=database) from exc
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ValueError) as exc:
+        except (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            OSError,
+            ValueError,
+        ) as exc:
             field = "params" if _is_value(exc) else None
             raise translate(exc, database=database, field=field) from exc
     raise AssertionError("unreachable")
@@ -144,7 +153,13 @@ class PgRowStream:
             statement = await prepared(self._connection, sql, replan)
             self.columns = _columns(statement)
             self._cursor = await statement.cursor(*params)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, ValueError) as exc:
+        except (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            OSError,
+            ValueError,
+        ) as exc:
             raise translate(exc, database=self._database) from exc
 
     async def next_chunk(self, max_rows: int) -> tuple[list[SqlRow], bool]:
@@ -165,7 +180,12 @@ class PgRowStream:
                 if len(records) < want:
                     self.sent += len(rows)
                     return rows, True
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            OSError,
+        ) as exc:
             raise translate(exc, database=self._database) from exc
         except TimeoutError as exc:
             raise errors.DeadlineExceeded(

@@ -32,7 +32,7 @@ from service.db.postgres.catalog import (
     parse_changed,
     quote,
 )
-from service.db.postgres.connections import timeout_ms
+from service.db.postgres.connections import discard, timeout_ms
 from service.db.postgres.error_map import translate
 from service.db.postgres.session import Conn
 from service.db.postgres.shapes import digest
@@ -175,16 +175,29 @@ class PgWriter:
             raise errors.ResourceExhausted(f"{self.database}: no writer free in time") from exc
         except (OSError, asyncpg.PostgresError) as exc:
             raise translate(exc, database=self.database, writer=True) from exc
+        broken = True  # unless the transaction ends as PostgreSQL answered it
         try:
-            return await self._in_transaction(connection, run, request, write, deadline, tags_of)
+            found = await self._in_transaction(connection, run, request, write, deadline, tags_of)
+            broken = False
+            return found
+        except errors.DataAccessError as exc:
+            broken = isinstance(exc, errors.Unavailable)
+            raise
         except asyncpg.PostgresError as exc:
-            raise translate(exc, database=self.database, writer=True) from exc
-        except (OSError, asyncpg.InterfaceError) as exc:
+            failure = translate(exc, database=self.database, writer=True)
+            broken = isinstance(failure, errors.Unavailable)
+            raise failure from exc
+        except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
             raise errors.Unavailable(
                 f"{self.database}: the write's connection failed: {exc}"
             ) from exc
         finally:
-            await self._pool.release(connection)
+            if broken:
+                discard(connection)
+            try:
+                await self._pool.release(connection)
+            except asyncpg.InterfaceError:
+                pass  # asyncpg took it back when it broke
 
     async def _in_transaction(
         self,
