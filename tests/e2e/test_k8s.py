@@ -623,7 +623,7 @@ def test_the_config_points_at_the_operators_services_with_its_credentials(
             name = env["name"]
             assert name in read_by_server or name in named or name.startswith("OTEL_"), name
 
-    (tmp_path / "config.yaml").write_text(config_map_text(objects))
+    (tmp_path / "config.yaml").write_text(_local_migrations(config_map_text(objects)))
     built = Config.from_env(
         {"DATAACCESS_CONFIG": str(tmp_path / "config.yaml")}
         | {name: f"{name.lower()}0" for name in secrets}
@@ -636,6 +636,14 @@ def test_the_config_points_at_the_operators_services_with_its_credentials(
 
 def config_map_text(objects: list[dict[str, Any]]) -> str:
     return str(_one(objects, "ConfigMap", "dataaccess-config")["data"]["config.yaml"])
+
+
+def _local_migrations(text: str) -> str:
+    """A config naming the image's migrations (/app/migrations), pointed at this checkout's."""
+    return text.replace("/app/migrations/", f"{MIGRATIONS_DIR}/")
+
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
 def test_a_broken_custom_resource_fails_validation(tmp_path: Path) -> None:
@@ -747,7 +755,12 @@ def _local_scale_config(
         return urlunsplit((parts.scheme, f"{userinfo}@127.0.0.1:{pg_port}", parts.path, "", ""))
 
     databases = [
-        {**db, "url": local(db["url"]), "replicas": [local(r) for r in db["replicas"]]}
+        {
+            **db,
+            "url": local(db["url"]),
+            "replicas": [local(r) for r in db["replicas"]],
+            "migrations": _local_migrations(db["migrations"]),
+        }
         for db in config["databases"]
     ]
     return {
