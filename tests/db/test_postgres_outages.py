@@ -17,6 +17,7 @@ from tests.conftest import (
     MIGRATIONS,
     PostgresProcess,
     failure_of,
+    free_port,
     plain_rows,
     row,
     started,
@@ -129,3 +130,21 @@ async def test_a_restart_of_postgresql_loses_no_write_and_leaves_nothing_stale(
             assert ids == [(1,), (3,)]  # the refused write did not land; the others did
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def test_a_replica_down_at_start_stops_nothing_and_the_primary_answers(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    document = _document(tmp_path, postgres_url)
+    nobody = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"  # nothing listens
+    document["databases"][0]["replicas"] = [nobody]
+    async with started(tmp_path, document) as running:
+        request = pb.QueryRequest(
+            database="kitchen",
+            sql="SELECT count(*) FROM parents",
+            cache=pb.CacheOptions(mode=pb.CACHE_MODE_BYPASS),
+        )
+        assert plain_rows(await running.stub.Query(request)) == [(2,)]
+        stats = await running.stub.Stats(pb.StatsRequest())
+        kitchen = next(p for p in stats.pools if p.database == "kitchen")
+        assert (kitchen.replica_reads, kitchen.primary_reads) == (0, 1)

@@ -37,10 +37,15 @@ async def _rollback_if_open(connection: Conn) -> None:
 
 
 async def create_pool(
-    config: PostgresDatabaseConfig, size: int, role: str | None = None, url: str | None = None
+    config: PostgresDatabaseConfig,
+    size: int,
+    role: str | None = None,
+    url: str | None = None,
+    eager: bool = True,
 ) -> asyncpg.Pool:
     """A pool of ``size`` connections to ``url`` (default: the database's) with the
-    service's codecs (and ``role``, if given)."""
+    service's codecs (and ``role``, if given). Not ``eager``: it connects at the first
+    use, so a server down (or a standby not yet holding the role) cannot stop a start."""
 
     async def init(connection: Conn) -> None:
         await set_codecs(connection)
@@ -50,7 +55,7 @@ async def create_pool(
     try:
         pool = await asyncpg.create_pool(
             url or config.url,
-            min_size=1,
+            min_size=1 if eager else 0,
             max_size=size,
             init=init,
             reset=_rollback_if_open,

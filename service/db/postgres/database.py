@@ -333,7 +333,12 @@ class PostgresDatabase:
         readers = await create_pool(config, size, config.reader)
         self._readers = ReaderPool(self.name, readers, size, wait)
         replicas = [
-            ReaderPool(self.name, await create_pool(config, size, config.reader, url), size, wait)
+            ReaderPool(
+                self.name,
+                await create_pool(config, size, config.reader, url, eager=False),
+                size,
+                wait,
+            )
             for url in config.replicas
         ]
         self._routing = ReadRouting(self._readers, replicas, config.replica_wait_seconds)

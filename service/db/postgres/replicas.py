@@ -68,8 +68,14 @@ class ReadRouting:
             if await self._caught_up(connection, after, deadline):
                 held.push_async_exit(trying)
                 return connection
-        except (errors.Unavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("replica of %s unreachable, reading the primary: %s", pool.database, exc)
+        except (
+            errors.DataAccessError,  # unreachable, busy, or not yet holding the reader role
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+        ) as exc:
+            log.warning("replica of %s not usable, reading the primary: %s", pool.database, exc)
         await trying.aclose()
         return None
 
