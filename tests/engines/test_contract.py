@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from dataaccess.v1 import data_access_pb2 as pb
+from service.consistency import positions
 from tests.conftest import KITCHEN_MIGRATIONS, Running, failure_of, plain_rows, row, started, value
 from tests.engines.conftest import Engine
 
@@ -252,6 +253,14 @@ async def test_an_idempotent_retry_writes_once(served: Running, engine: Engine) 
     )
     assert first.rows_affected == second.rows_affected == 2
     assert await engine.direct("SELECT count(*) FROM items") == [(2,)]
+    # The replayed answer's token is at or past the write's own commit, so a read carrying
+    # it is never answered by a replica that lacks the write.
+    replay = await served.stub.BatchInsert(request)
+    newest = max(
+        positions(first.consistency_token)["kitchen"],
+        positions(second.consistency_token)["kitchen"],
+    )
+    assert positions(replay.consistency_token)["kitchen"] >= newest > 0
     other = pb.BatchInsertRequest(
         database="kitchen", table="items", columns=["id"], rows=[row(9)], idempotency_key="retry-1"
     )

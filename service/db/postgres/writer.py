@@ -41,6 +41,10 @@ from service.domain import WriteOptions, WriteSnapshot
 log = logging.getLogger(__name__)
 CheckWrite = Callable[[Conn, str], Awaitable[frozenset[str]]]
 _NOTIFY_LIMIT = 7000  # bytes; PostgreSQL's payload limit is 8000
+# At or past the last commit record: a replica that replayed this far has the write.
+_POSITION = "SELECT pg_current_wal_lsn()"
+# No replica reaches it: a read carrying it is answered by the primary.
+UNKNOWN_POSITION = 2**62
 
 
 @dataclass
@@ -220,7 +224,9 @@ class PgWriter:
                 )
                 if found is not None:
                     await connection.execute("ROLLBACK")
-                    return found[0], found[1], 0
+                    # The first attempt committed before its record was found: now is past it.
+                    position = await self._position(connection)
+                    return replace(found[0], position=position), found[1], 0
             ran = await run(connection)
             # Deferred constraint triggers would write at COMMIT, after the changes are read.
             await connection.execute("SET CONSTRAINTS ALL IMMEDIATE")
@@ -235,13 +241,33 @@ class PgWriter:
                     connection, self._schema, write.idempotency_key, print_, outcome, tags
                 )
             await connection.execute("COMMIT")
-            # At or past the commit record: a replica that replayed this far has the write.
-            position = int(await connection.fetchval("SELECT pg_current_wal_lsn()"))
-            return replace(outcome, position=position), tags, outbox_id
+            # Committed: from here on nothing may fail the call, or its tags would not
+            # be bumped for a write that is there.
+            return replace(outcome, position=await self._position(connection)), tags, outbox_id
         except BaseException:
             if not connection.is_closed() and connection.is_in_transaction():
                 await asyncio.shield(connection.execute("ROLLBACK"))
             raise
+
+    async def _position(self, connection: Conn) -> int:
+        """Where the primary's WAL is now, at or past this connection's last commit: asked
+        on the connection, else on another one (same primary, or the one promoted with the
+        commit), else a position no replica reaches."""
+        for asking in (connection, None):
+            try:
+                if asking is not None:
+                    return int(await asking.fetchval(_POSITION))
+                async with self._pool.acquire(timeout=1.0) as other:
+                    return int(await other.fetchval(_POSITION))
+            except (
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+                OSError,
+                TimeoutError,
+            ):
+                continue
+        return UNKNOWN_POSITION
 
     def _with_changes(self, outcome: WriteOutcome, text: str | None) -> WriteOutcome:
         """``outcome`` with the tables and keys the triggers reported."""
