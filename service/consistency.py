@@ -9,11 +9,14 @@ its reads, and a read replica serves the read only once it has replayed that far
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 
 from service import errors
 from service.db.door import PRIMARY, Database, Freshness
 from service.domain import ReadRequest
+
+_POSITION = re.compile(r"[0-9]{1,40}")
 
 
 def token(positions: Iterable[tuple[str, int]]) -> str:
@@ -29,9 +32,10 @@ def positions(text: str) -> dict[str, int]:
     found: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         database, at, position = part.rpartition("@")
-        if not at or not database or not position.isdigit():
+        # ASCII digits only ("²".isdigit()), and short enough to read and to echo.
+        if not at or not database or not _POSITION.fullmatch(position):
             raise errors.InvalidArgument(
-                f"consistency_token: {part!r} is not database@position",
+                f"consistency_token: {part[:60]!r} is not database@position",
                 field="consistency_token",
             )
         found[database] = max(int(position), found.get(database, 0))

@@ -19,7 +19,7 @@ def positions(token: str) -> dict[str, int]:
     found: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in token.split(","))):
         database, at, position = part.rpartition("@")
-        if at and database and position.isdigit():
+        if at and database and position.isascii() and position.isdigit() and len(position) <= 40:
             found[database] = max(int(position), found.get(database, 0))
     return found
 
@@ -48,9 +48,18 @@ class Bookmarks:
                     self._newest[database] = position
 
     def stamp(self, request: object) -> None:
-        """Put the newest token on a read that does not carry one of its own."""
-        if self.enabled and isinstance(request, pb.QueryRequest) and not request.consistency_token:
-            request.consistency_token = self.token
+        """Put the newest token on a read, merged with one the caller gave (the newest
+        position of each database wins), so a given token never hides this client's
+        own writes."""
+        if not (self.enabled and isinstance(request, pb.QueryRequest)):
+            return
+        merged = dict(positions(request.consistency_token))
+        with self._lock:
+            for database, position in self._newest.items():
+                merged[database] = max(position, merged.get(database, 0))
+        request.consistency_token = ",".join(
+            f"{database}@{position}" for database, position in sorted(merged.items())
+        )
 
     def note(self, response: object) -> None:
         """Remember the token of a write's answer."""

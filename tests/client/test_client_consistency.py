@@ -24,7 +24,8 @@ def test_positions_keep_the_newest_per_database_and_skip_what_is_no_token() -> N
     assert request.consistency_token == "live@1,orders@20"
     own = pb.QueryRequest(database="orders", sql="SELECT 1", consistency_token="orders@99")
     bookmarks.stamp(own)
-    assert own.consistency_token == "orders@99"  # a token given by the caller wins
+    # A token given by the caller is merged with the client's own: neither hides the other.
+    assert own.consistency_token == "live@1,orders@99"
     off = Bookmarks(enabled=False)
     off.note(pb.BatchInsertResponse(consistency_token="orders@5"))
     quiet = pb.QueryRequest(database="orders", sql="SELECT 1")

@@ -41,8 +41,9 @@ from service.domain import WriteOptions, WriteSnapshot
 log = logging.getLogger(__name__)
 CheckWrite = Callable[[Conn, str], Awaitable[frozenset[str]]]
 _NOTIFY_LIMIT = 7000  # bytes; PostgreSQL's payload limit is 8000
-# At or past the last commit record: a replica that replayed this far has the write.
-_POSITION = "SELECT pg_current_wal_lsn()"
+# Past every record this session inserted, its commit's too (pg_current_wal_lsn() is only
+# how far WAL was written: with synchronous_commit off, it may end before the commit).
+_POSITION = "SELECT pg_current_wal_insert_lsn()"
 # No replica reaches it: a read carrying it is answered by the primary.
 UNKNOWN_POSITION = 2**62
 
