@@ -17,7 +17,7 @@ from service.db.postgres.connections import timeout_ms
 from service.db.postgres.error_map import translate
 from service.db.postgres.session import Conn
 from service.db.postgres.values import plain_row
-from service.values import SqlRow, SqlValue
+from service.values import SqlRow, SqlValue, row_bytes
 
 _CHUNK = 256  # rows per round trip: few enough that wide rows meet the byte cap early
 
@@ -34,11 +34,6 @@ async def prepared(connection: Conn, sql: str, replan: bool = False) -> Any:
         return await connection.prepare(sql)
     cached_prepare = getattr(connection, "_prepare")  # noqa: B009 - not in the stubs
     return await cached_prepare(sql, use_cache=True)
-
-
-def row_bytes(row: SqlRow) -> int:
-    """About how many bytes a row takes on the wire."""
-    return sum(len(v) if isinstance(v, str | bytes) else 8 for v in row)
 
 
 def _columns(statement: Any) -> list[Column]:

@@ -12,7 +12,7 @@ from service import errors
 from service.db.door import Column
 from service.db.sqlite.connection import SqliteConnection
 from service.db.sqlite.guard import Guard, StatementShape
-from service.values import Params, SqlRow
+from service.values import Params, SqlRow, row_bytes
 
 
 @dataclass(frozen=True)
@@ -99,11 +99,6 @@ def _fetch_within(cursor: sqlite3.Cursor, limit: int, max_bytes: int) -> list[Sq
         if len(rows) >= limit:
             break
     return rows
-
-
-def row_bytes(row: SqlRow) -> int:
-    """About how many bytes a row takes on the wire."""
-    return sum(len(v) if isinstance(v, str | bytes) else 9 for v in row) + 2
 
 
 class SqliteRowStream:
