@@ -159,27 +159,37 @@ def _invalid(mine: Results, concurrency: int, scenario: Scenario) -> str | None:
 
 
 TRACED = Scenario("Cached Query (L1 hit), tracing on", "HIT_LOCAL", 0.8, redis=False)
+# (row title, OTEL_TRACES_SAMPLER, its argument, goal at 32 concurrent calls)
+SAMPLINGS = (
+    ("always-on", "always_on", "", 0.8),
+    ("parent-based 5%", "parentbased_traceidratio", "0.05", 0.95),
+)
 
 
 def bench_tracing(workdir: Path, plan: Plan) -> list[Row]:
-    """Cached Query with always-on tracing exported to a loopback OTLP receiver, vs off."""
+    """Cached Query with tracing exported to a loopback OTLP receiver, always sampled and at 5%,
+    each against the same server with tracing off."""
     with ExitStack() as stack:
         sink = free_port()
         stack.enter_context(
             running([sys.executable, "-m", "bench.otlp_sink", str(sink)], sink, "the OTLP sink")
         )
-        otel = {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink}",
-            "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            "OTEL_TRACES_SAMPLER": "always_on",
-        }
         extra: dict[str, Any] = {"cache_ttl_seconds": 3600}
-        traced = stack.enter_context(serving(workdir, {}, {}, extra, otel))
         plain = stack.enter_context(serving(workdir, {}, {}, extra))
-        for port in (traced, plain):
-            query_load("capture", port, str(workdir / f"warm-{port}.bin"))
-        mine, theirs = measure_rounds(traced, plain, TRACED.expect, plan)
-    figures = _figures(mine, 32, "per_second"), _figures(theirs, 32, "per_second")
-    invalid = _invalid(mine, 32, TRACED)
-    name = f"{TRACED.title} (always-on, OTLP to loopback), 32 concurrent calls"
-    return [Row(name, *figures, "req/s", "tracing off", TRACED.goal_at_32, invalid=invalid)]
+        query_load("capture", plain, str(workdir / f"warm-{plain}.bin"))
+        out = []
+        for title, sampler, argument, goal in SAMPLINGS:
+            otel = {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink}",
+                "OTEL_EXPORTER_OTLP_INSECURE": "true",
+                "OTEL_TRACES_SAMPLER": sampler,
+                "OTEL_TRACES_SAMPLER_ARG": argument,
+            }
+            with serving(workdir, {}, {}, extra, otel) as traced:
+                query_load("capture", traced, str(workdir / f"warm-{traced}.bin"))
+                mine, theirs = measure_rounds(traced, plain, TRACED.expect, plan)
+            figures = _figures(mine, 32, "per_second"), _figures(theirs, 32, "per_second")
+            invalid = _invalid(mine, 32, TRACED)
+            name = f"{TRACED.title} ({title}, OTLP to loopback), 32 concurrent calls"
+            out.append(Row(name, *figures, "req/s", "tracing off", goal, invalid=invalid))
+    return out

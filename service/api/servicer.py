@@ -25,6 +25,7 @@ from service.api import requests, responses
 from service.api.admission import CallerSlots
 from service.api.auth import Authenticator
 from service.api.status import Context, abort, answers_errors
+from service.api.tracing import note_on_span
 from service.config import Limits
 from service.domain import WriteOptions, WriteResult
 from service.observe.health import HealthChecker
@@ -78,6 +79,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
             deadline = self._deadline(context)
             read = requests.read_request(parsed, context.peer(), self._limits)
             answer = await self._access.query(read, deadline, request, caller)
+        note_on_span("dataaccess.cache.status", answer.cache_status.name)
         # Fields of concatenated messages merge: the cached bytes plus the status.
         return answer.payload + responses.STATUS_SUFFIX[answer.cache_status]
 

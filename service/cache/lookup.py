@@ -5,7 +5,8 @@ tag's token. An L1 entry whose tokens were replaced here is dropped; one
 older than the validation window is confirmed with Redis (one MGET) first.
 A Redis entry is copied into L1 only when this process's tokens agree.
 Past its ttl an answer is STALE within stale_while_revalidate, and gone after.
-Each lookup counts its hits and is one span (``cache.l1``, ``cache.l2``).
+Each lookup counts its hits and is one span (``cache.l1``, ``cache.l2``), except an L1
+hit served from memory alone (the call's ``dataaccess.cache.status`` says it).
 """
 
 from __future__ import annotations
@@ -52,9 +53,14 @@ class TierLookup:
         return None
 
     async def l1(self, key: str, policy: EntryPolicy, redis: RedisTier | None) -> Answer | None:
-        """L1's answer (confirmed with Redis past the validation window), in a span."""
+        """L1's answer (confirmed with Redis past the validation window), in a span unless it
+        was served from memory alone: that hit shows as the server span's cache status, and a
+        span of its own cost more than the hit (its export most of all)."""
         if not self._tracing:
             return await self._l1_answer(key, policy, redis)
+        served = self._from_local(key, policy, redis)
+        if served is not None:
+            return served
         with self._tracer.start_as_current_span("cache.l1") as span:
             served = await self._l1_answer(key, policy, redis)
             span.set_attribute("cache.result", _result(served).value)

@@ -17,7 +17,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -61,7 +63,9 @@ class Telemetry:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.instrumentation.redis import RedisInstrumentor
 
-        resource = Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME", "dataaccess")})
+        resource = _HashedResource(
+            Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME", "dataaccess")})
+        )
         # Flushed by shutdown() within its bound, not by the SDK's unbounded atexit hook.
         provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         exporter = OTLPSpanExporter()
@@ -70,7 +74,7 @@ class Telemetry:
         excluded = environ.get("OTEL_PYTHON_GRPC_EXCLUDED_SERVICES")
         services = tuple(s.strip() for s in excluded.split(",") if s.strip()) if excluded else ()
         log.info("exporting traces", extra={"endpoint": endpoint})
-        tracer = provider.get_tracer("dataaccess")
+        tracer = TierTracer(provider.get_tracer("dataaccess"))
         return cls(tracer, provider, DEFAULT_EXCLUDED + services, exporter)
 
     def flush_seconds(self, grace: float) -> float:
@@ -93,3 +97,52 @@ class Telemetry:
             # Ends the export's retry wait and its call in flight; the rest are refused.
             self.exporter.shutdown()
             flush.join(1.0)
+
+
+class TierTracer(trace.Tracer):
+    """The tiers' tracer: inside a call whose server span was not sampled it makes no span.
+
+    The SDK would ask the sampler again for each tier's span and hand back a
+    non-recording one; with 5% sampling that was most of tracing's cost on a
+    cached read. Outside any call (no current span) the sampler decides, as usual.
+    """
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self._tracer = tracer
+
+    def start_span(self, name: str, context: Any = None, *args: Any, **kwargs: Any) -> trace.Span:
+        current = _unsampled_call() if context is None else None
+        if current is not None:
+            return current
+        return self._tracer.start_span(name, context, *args, **kwargs)
+
+    def start_as_current_span(  # type: ignore[override]
+        self, name: str, context: Any = None, *args: Any, **kwargs: Any
+    ) -> AbstractContextManager[trace.Span]:
+        current = _unsampled_call() if context is None else None
+        if current is not None:
+            return nullcontext(current)
+        return self._tracer.start_as_current_span(name, context, *args, **kwargs)
+
+
+def _unsampled_call() -> trace.Span | None:
+    """The current span when it belongs to a trace that is not being recorded."""
+    span = trace.get_current_span()
+    if span.is_recording() or not span.get_span_context().is_valid:
+        return None
+    return span
+
+
+class _HashedResource(Resource):
+    """A Resource that hashes once: the OTLP encoder groups spans by resource, and the SDK's
+    hash is a JSON dump of every attribute, taken for each span exported."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return other is self or super().__eq__(other)
