@@ -25,6 +25,7 @@ from bench.durability import bench_durability
 from bench.harness import ROOT, Row, serving
 from bench.idempotent import bench_idempotent
 from bench.keys import bench_keys
+from bench.misses import bench_misses
 from bench.postgres import bench_postgres
 from bench.sqlite_scenarios import bench_group, bench_points, bench_scaling
 
@@ -145,6 +146,7 @@ STEPS: dict[str, Callable[[Path, bool], list[Row]]] = {
     "cached_l1": lambda workdir, quick: bench_cached(workdir, L1_HIT, Plan.for_run(quick)),
     "cached_redis": lambda workdir, quick: bench_cached(workdir, REDIS_HIT, Plan.for_run(quick)),
     "tracing": lambda workdir, quick: bench_tracing(workdir, Plan.for_run(quick)),
+    "misses": bench_misses,
     "keys": bench_keys,
     "points": bench_points,
     "group": bench_group,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from google.protobuf import timestamp_pb2
 
 from dataaccess.v1 import data_access_pb2 as pb
-from service.api.codec import rows_to_proto
+from service.api.codec import add_rows
 from service.domain import CacheStatus, ReadResult
 from service.observe.health import HealthReport
 from service.observe.statements import SlowStatement
@@ -44,9 +44,8 @@ def encode_read(result: ReadResult) -> bytes:
 
 
 def query_response(result: ReadResult, with_status: bool = True) -> pb.QueryResponse:
-    return pb.QueryResponse(
+    response = pb.QueryResponse(
         columns=[pb.Column(name=name, decl_type=decl) for name, decl in result.columns],
-        rows=rows_to_proto(result.rows),
         cache_status=(
             _CACHE_STATUS[result.cache_status] if with_status else pb.CACHE_STATUS_UNSPECIFIED
         ),
@@ -54,6 +53,8 @@ def query_response(result: ReadResult, with_status: bool = True) -> pb.QueryResp
         tags=result.tags,
         truncated=result.truncated,
     )
+    add_rows(response.rows, result.rows)
+    return response
 
 
 def health_response(report: HealthReport) -> pb.HealthResponse:

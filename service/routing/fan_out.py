@@ -70,6 +70,8 @@ def combine(
 
 async def _first_error_cancels_all(work: Sequence[Awaitable[T]]) -> list[T]:
     """Await ``work`` in parallel; the first failure cancels the rest and is raised."""
+    if len(work) == 1:  # one database: no task to run it in
+        return [await work[0]]
     tasks = [asyncio.ensure_future(item) for item in work]
     try:
         return list(await asyncio.gather(*tasks))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import time
 from collections.abc import Callable
@@ -50,10 +51,9 @@ class SqliteConnection:
         self, work: Work[T], deadline: float | None = None, field: str | None = None
     ) -> T:
         """Run ``work(raw)`` on the connection's thread, interrupted at ``deadline`` (monotonic)."""
-        # aiosqlite's public calls are one statement each; _execute is its one-hop primitive.
-        hop: asyncio.Future[T] = asyncio.ensure_future(
-            self._conn._execute(work, self.raw)  # type: ignore[no-untyped-call]
-        )
+        if deadline is not None and deadline <= time.monotonic():
+            raise errors.DeadlineExceeded(f"{self.database}: deadline passed before the statement")
+        hop = self._queue(functools.partial(work, self.raw))
         try:
             return await self._await_hop(hop, deadline)
         except (sqlite3.Error, ValueError, OverflowError, MemoryError) as exc:
@@ -71,39 +71,52 @@ class SqliteConnection:
 
         return await self.run(trusted, deadline)
 
-    async def _await_hop(self, hop: asyncio.Future[T], deadline: float | None) -> T:
-        timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-        if timeout == 0.0 and not hop.done():
-            # Interrupting before the thread starts the statement is a no-op in SQLite.
-            await self._interrupt(hop)
-            raise errors.DeadlineExceeded(f"{self.database}: deadline passed before the statement")
-        try:
-            done, _ = await asyncio.wait({hop}, timeout=timeout)
-        except asyncio.CancelledError:
-            await self._interrupt(hop)
-            raise
-        if not done:
-            await self._interrupt(hop)
-            raise errors.DeadlineExceeded(
-                f"{self.database}: deadline passed, statement interrupted"
-            )
-        return hop.result()
+    def _queue(self, call: Callable[[], T]) -> asyncio.Future[T]:
+        """Hand ``call`` to the connection's thread; the future it settles.
 
-    async def _interrupt(self, hop: asyncio.Future[T]) -> None:
-        """Stop the running statement and wait for the thread to let go of it."""
-        # An interrupt that lands before the thread started the statement is lost,
-        # so it is repeated until the hop ends. A further cancel (gRPC may cancel a
-        # handler twice at its deadline) must not end this wait: the statement would run on
-        # in a reader back in the pool, and its error would be logged as never retrieved.
+        aiosqlite's one-hop primitive (``_execute``) is a coroutine: run as a
+        task, awaited with a timeout, it cost a task, two more futures and a
+        loop turn per statement. Its queue is taken directly instead.
+        """
+        if not self._conn._running:
+            raise ValueError("Connection closed")
+        hop: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._conn._tx.put_nowait((hop, call))
+        return hop
+
+    async def _await_hop(self, hop: asyncio.Future[T], deadline: float | None) -> T:
+        expiry = None if deadline is None else _Expiry(self.raw, hop, deadline)
+        try:
+            return await hop
+        except asyncio.CancelledError:
+            # The statement may still be running on the thread: stop it and wait.
+            await self._let_go()
+            raise
+        except sqlite3.OperationalError:
+            if expiry is not None and expiry.fired:
+                raise errors.DeadlineExceeded(
+                    f"{self.database}: deadline passed, statement interrupted"
+                ) from None
+            raise
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+
+    async def _let_go(self) -> None:
+        """Interrupt whatever runs on the thread until it has let go of the connection."""
+        # The thread takes its queue in order: once a no-op queued now has run, so
+        # has everything before it. An interrupt that lands before the thread started
+        # the statement is lost, so it is repeated until then. A further cancel (gRPC
+        # may cancel a handler twice at its deadline) must not end this wait: the
+        # statement would run on in a reader back in the pool.
+        barrier = self._queue(_nothing)
         cancelled = False
-        while not hop.done():
+        while not barrier.done():
             self.raw.interrupt()
             try:
-                await asyncio.wait({hop}, timeout=0.01)
+                await asyncio.wait({barrier}, timeout=0.01)
             except asyncio.CancelledError:
                 cancelled = True
-        if not hop.cancelled():
-            hop.exception()  # the interrupted statement's error is expected and dropped
         self.guard.trusted = False
         if cancelled:
             raise asyncio.CancelledError
@@ -224,3 +237,29 @@ def _prepare(
     raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limits.max_result_bytes)
     guard.learn(read_catalog(raw), allowed)  # declared names, default tables, shadow tables
     raw.set_authorizer(guard)
+
+
+def _nothing() -> None:
+    return None
+
+
+class _Expiry:
+    """A statement's deadline: from then on its connection is interrupted every 10 ms
+    (an interrupt landing before the statement starts is lost) until the hop ends."""
+
+    def __init__(self, raw: sqlite3.Connection, hop: asyncio.Future[T], deadline: float) -> None:
+        self._raw = raw
+        self._hop = hop
+        self.fired = False
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(max(deadline - time.monotonic(), 0.0), self._fire)
+
+    def _fire(self) -> None:
+        if self._hop.done():
+            return
+        self.fired = True
+        self._raw.interrupt()
+        self._timer = asyncio.get_running_loop().call_later(0.01, self._fire)
+
+    def cancel(self) -> None:
+        self._timer.cancel()

@@ -96,7 +96,10 @@ class ReaderPool:
             timeout = min(timeout, max(deadline - started, 0.0))
         self._waiters += 1
         try:
-            conn = await asyncio.wait_for(self._idle.get(), timeout)
+            if self._waiters == 1 and not self._idle.empty():  # nobody queued: no timer, no task
+                conn = self._idle.get_nowait()
+            else:
+                conn = await asyncio.wait_for(self._idle.get(), timeout)
         except TimeoutError:
             self._timeouts += 1
             if deadline_first:
