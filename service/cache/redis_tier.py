@@ -86,6 +86,7 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return #KEYS
 """
 
+LOOKUP_ROUND_TRIPS = 2  # MGET round trips out at once (each a pipeline of every hit waiting)
 ORIGIN_TAG = ""  # the tag under which a bump's message names the process that sent it
 
 # Who holds the load lease on a key and tokens (as _SNAPSHOT answers).
@@ -119,11 +120,15 @@ class MgetBatcher:
 
     Under concurrent reads many hits look up at once: one write and one
     read for all of them costs far less than one each. Each MGET stays
-    atomic on its own; a failure fails every caller of the batch.
+    atomic on its own; a failure fails every caller of the batch. At most
+    ``max_in_flight`` round trips are out at once (the client's pool has as
+    many connections, so it never has to wait for one); MGETs issued while
+    they are all out go together in the next.
     """
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, max_in_flight: int) -> None:
         self._client = client
+        self._max_in_flight = max_in_flight
         self._queue: list[tuple[list[str], asyncio.Future[list[Any]]]] = []
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -137,10 +142,16 @@ class MgetBatcher:
         return await future
 
     def _flush(self) -> None:
+        if not self._queue or len(self._sending) >= self._max_in_flight:
+            return  # the round trip out now flushes these when it is back
         batch, self._queue = self._queue, []
         task = asyncio.ensure_future(self._send(batch))
         self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        self._flush()
 
     async def _send(self, batch: list[tuple[list[str], asyncio.Future[list[Any]]]]) -> None:
         try:
@@ -217,18 +228,27 @@ class RedisTier:
         self._on_epoch_change = on_epoch_change
         # A blocking pool: past max_connections a command waits (at most the
         # socket timeout) for a connection instead of failing at once.
+        connection: dict[str, Any] = {
+            "socket_timeout": settings.socket_timeout,
+            "socket_connect_timeout": settings.connect_timeout,
+            "health_check_interval": int(settings.health_check_interval),
+            "retry": Retry(NoBackoff(), 0),
+            "redis_connect_func": self._check_epoch,
+        }
         pool = aioredis.BlockingConnectionPool.from_url(
             settings.url,
             max_connections=settings.max_connections,
             timeout=settings.socket_timeout,
-            socket_timeout=settings.socket_timeout,
-            socket_connect_timeout=settings.connect_timeout,
-            health_check_interval=int(settings.health_check_interval),
-            retry=Retry(NoBackoff(), 0),
-            redis_connect_func=self._check_epoch,
+            **connection,
         )
         self.client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
-        self._mget = MgetBatcher(self.client)
+        # The hits' MGETs have connections of their own, never waited for: the blocking
+        # pool's wait (a condition and a timeout per command) cost a third of a Redis hit.
+        lookups = aioredis.ConnectionPool.from_url(
+            settings.url, max_connections=LOOKUP_ROUND_TRIPS, **connection
+        )
+        self._lookups = aioredis.Redis.from_pool(lookups)
+        self._mget = MgetBatcher(self._lookups, LOOKUP_ROUND_TRIPS)
         self._snapshot = self.client.register_script(_SNAPSHOT)
         self._store = self.client.register_script(_STORE)
         self._bump = self.client.register_script(_BUMP)
@@ -318,14 +338,16 @@ class RedisTier:
         command that takes it: the probe that should find Redis back, then
         the first reads after it. Closed, each connects afresh when next used.
         """
-        try:
-            await self.client.connection_pool.disconnect(inuse_connections=False)
-        except (RedisError, OSError) as exc:  # closing a dead socket may complain: it is closed
-            log.debug("closing idle Redis connections: %s", exc)
+        for client in (self.client, self._lookups):
+            try:
+                await client.connection_pool.disconnect(inuse_connections=False)
+            except (RedisError, OSError) as exc:  # closing a dead socket may complain: closed
+                log.debug("closing idle Redis connections: %s", exc)
 
     async def close(self) -> None:
         """Close every connection."""
         await self.client.aclose()
+        await self._lookups.aclose()
 
     async def _call(self, built_for: str | None, work: Any) -> Any:
         """Await ``work``, built with the keys of epoch ``built_for`` (None: no keys).

@@ -76,6 +76,7 @@ async def test_a_restarted_redis_moves_to_a_fresh_prefix(redis_server: RedisProc
     tier = _tier(redis_server, changed)
     try:
         await tier.ping()
+        await tier.tokens(["a"])  # lookups have connections of their own: one is pooled now
         before = tier.prefix
         redis_server.kill()
         redis_server.start()
