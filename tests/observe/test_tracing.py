@@ -263,3 +263,79 @@ async def test_the_client_package_carries_the_callers_trace_into_the_service(
     spans = await _spans_until(found, wanted, _has_server_span)
     [rpc] = [s for s in spans if s.kind == trace_pb2.Span.SPAN_KIND_SERVER]
     assert rpc.parent_span_id == span_id.to_bytes(8, "big")
+
+
+async def test_the_server_span_follows_the_rpc_conventions_and_a_memory_hit_is_its_attribute(
+    tmp_path: Path, document: dict[str, Any], receiver: tuple[Receiver, int], service_process: Any
+) -> None:
+    found, port = receiver
+    server = await _traced_service(service_process, document, port)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.DataAccessStub(channel)
+        query = pb.QueryRequest(database="kitchen", sql="SELECT count(*) FROM items")
+        await stub.Query(query)
+        header, trace_id, _ = _traceparent()
+        answer = await stub.Query(query, metadata=[("traceparent", header)])
+        assert answer.cache_status == pb.CACHE_STATUS_HIT_LOCAL
+        [rpc] = await _spans_until(found, trace_id, _has_server_span)
+    attributes = _attributes(rpc)
+    assert attributes["rpc.system"] == "grpc"
+    assert attributes["rpc.service"] == "dataaccess.v1.DataAccess"
+    assert attributes["rpc.method"] == "Query"
+    assert attributes["rpc.grpc.status_code"] == grpc.StatusCode.OK.value[0]
+    assert attributes["network.peer.address"] == "127.0.0.1"
+    assert isinstance(attributes["network.peer.port"], int)
+    # An answer from memory has no span of its own: it is the server span's cache status.
+    assert attributes["dataaccess.cache.status"] == "HIT_LOCAL"
+    assert rpc.status.code != trace_pb2.Status.STATUS_CODE_ERROR
+
+
+async def test_a_call_whose_caller_did_not_sample_it_exports_nothing_from_any_tier(
+    tmp_path: Path, document: dict[str, Any], receiver: tuple[Receiver, int], service_process: Any
+) -> None:
+    found, port = receiver
+    server = await _traced_service(service_process, document, port)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.DataAccessStub(channel)
+        trace_id, span_id = secrets.token_bytes(16), secrets.token_bytes(8)
+        unsampled = f"00-{trace_id.hex()}-{span_id.hex()}-00"
+        await stub.Query(  # a miss: every tier would have a span
+            pb.QueryRequest(database="kitchen", sql="SELECT count(*) FROM items WHERE qty > 1"),
+            metadata=[("traceparent", unsampled)],
+        )
+        header, sampled, _ = _traceparent()
+        await stub.Query(
+            pb.QueryRequest(database="kitchen", sql="SELECT count(*) FROM items WHERE qty > 2"),
+            metadata=[("traceparent", header)],
+        )
+        # The sampled call came second: once its spans are in, the first's would be too.
+        await _spans_until(found, sampled, lambda s: "db.query" in _names(s))
+    assert found.of_trace(trace_id) == []
+
+
+async def test_with_ratio_sampling_calls_without_a_caller_are_dropped_and_sampled_callers_kept(
+    tmp_path: Path, document: dict[str, Any], receiver: tuple[Receiver, int], service_process: Any
+) -> None:
+    found, port = receiver
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0",
+    }
+    server = await asyncio.to_thread(service_process, document, env)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.DataAccessStub(channel)
+        for n in range(20):
+            await stub.Query(pb.QueryRequest(database="kitchen", sql=f"SELECT {n}"))
+        header, trace_id, caller = _traceparent()
+        await stub.Query(
+            pb.QueryRequest(database="kitchen", sql="SELECT 99"), metadata=[("traceparent", header)]
+        )
+        spans = await _spans_until(
+            found, trace_id, lambda s: _has_server_span(s) and "db.query" in _names(s)
+        )
+    [rpc] = [s for s in spans if s.kind == trace_pb2.Span.SPAN_KIND_SERVER]
+    assert rpc.parent_span_id == caller
+    assert {s.trace_id for s in found.spans} == {trace_id}
