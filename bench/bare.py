@@ -1,7 +1,8 @@
 """The baseline a cached Query is held to: ``python -m bench.bare PORT RESPONSE_FILE``.
 
 A bare grpc.aio server serving ``dataaccess.v1.DataAccess`` whose Query does
-no work: it parses the request as any servicer must, and answers the bytes of
+no work (BatchInsert and Stats neither: they answer fixed bytes, for the
+write load): it parses the request as any servicer must, and answers the bytes of
 a QueryResponse captured from the real server, through a response serializer
 that passes them as they are, so not even protobuf encoding is paid.
 """
@@ -44,20 +45,36 @@ def _as_is(response: bytes) -> bytes:
     return response
 
 
-def handlers(servicer: BareDataAccess) -> dict[str, grpc.RpcMethodHandler[pb.QueryRequest, bytes]]:
-    """Query's handler: the generated request parser, bytes passed through on the way out."""
-    query = grpc.unary_unary_rpc_method_handler(
-        servicer.Query,
-        request_deserializer=pb.QueryRequest.FromString,
-        response_serializer=_as_is,
-    )
-    return {"Query": query}
+# BatchInsert's and Stats' answers: what the service answers a one-row insert, and no figures.
+INSERTED = pb.BatchInsertResponse(rows_affected=1, consistency_token="events@1").SerializeToString()
+
+
+def handlers(servicer: BareDataAccess) -> dict[str, grpc.RpcMethodHandler[Any, bytes]]:
+    """Query's handler (the generated request parser, bytes passed through on the way out),
+    and BatchInsert and Stats answering fixed bytes the same way, for the write load."""
+
+    def fixed(answer: bytes) -> Any:
+        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            return answer
+
+        return handle
+
+    def unary(behavior: Any, request: Any) -> grpc.RpcMethodHandler[Any, bytes]:
+        return grpc.unary_unary_rpc_method_handler(
+            behavior, request_deserializer=request.FromString, response_serializer=_as_is
+        )
+
+    return {
+        "Query": unary(servicer.Query, pb.QueryRequest),
+        "BatchInsert": unary(fixed(INSERTED), pb.BatchInsertRequest),
+        "Stats": unary(fixed(b""), pb.StatsRequest),
+    }
 
 
 async def serve(port: int, response: bytes) -> None:
     """Serve on ``port`` until SIGTERM or SIGINT."""
     server = grpc.aio.server(options=OPTIONS)
-    # Only Query is registered: the stubs' abstract RPCs are never served, so never written.
+    # Only these are registered: the stubs' abstract RPCs are never served, so never written.
     methods = handlers(BareDataAccess(response))  # type: ignore[abstract]
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, methods),))
     # As the generated add_DataAccessServicer_to_server does, for the registered-method path.
