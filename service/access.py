@@ -50,6 +50,7 @@ from service.tags import ALL_TAG, database_tag, invalidated, read_tags, table_ta
 from service.values import SqlRow
 
 _ATTEMPTS = 3  # reads keyed anew after a schema change, before one goes uncached
+MIN_HOT_READS = 10_000
 
 
 class _Rekeyed(Exception):
@@ -88,7 +89,9 @@ class DataAccess:
         self._on_query = on_query  # (database, seconds) of every read a database ran
         self.statements = StatementTimings()
         self.keys = KeyFigures()
-        self._hot = HotReads(cache.local.max_entries)
+        # As many as L1 holds, and no fewer than MIN_HOT_READS: with L1 off, Redis hits too
+        # are answered from the request bytes without decoding and keying them again.
+        self._hot = HotReads(max(cache.local.max_entries, MIN_HOT_READS))
 
     # Reads
 
