@@ -28,9 +28,8 @@ PROCESSES_PACKAGE = "service.processes"
 
 
 def _is_api(module: str) -> bool:
-    return (
-        module in API_PROCESS
-        or any(module == p or module.startswith(p + ".") for p in (API_PACKAGE, PROCESSES_PACKAGE))
+    return module in API_PROCESS or any(
+        module == p or module.startswith(p + ".") for p in (API_PACKAGE, PROCESSES_PACKAGE)
     )
 
 
