@@ -13,7 +13,6 @@ buffered spans get a bounded share of the grace); a second one exits at once.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import sys
@@ -50,7 +49,6 @@ COMMANDS = {
     "restore": (0,),
     "copy": (2,),
 }
-log = logging.getLogger("service")
 
 
 def main(argv: list[str]) -> int:
