@@ -13,7 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,12 +120,15 @@ def serving(
     extra: dict[str, Any] | None = None,
     env_extra: dict[str, str] | None = None,
     prepare: Callable[[Path], None] | None = None,
+    args: Sequence[str] = (),
 ) -> Iterator[int]:
     """``python -m service`` on a fresh events database; yields its port.
 
     ``extra`` adds top-level config keys (``redis_url``, ``l1_max_entries``, ...);
     ``env_extra`` adds environment variables (``OTEL_*``); ``prepare`` is given
-    the data directory before the server starts (to seed events.db).
+    the data directory before the server starts (to seed events.db); ``args``
+    follow ``python -m service`` (``--workers 2``). It serves from one process
+    unless ``args`` or ``env_extra`` ask for workers.
     """
     data = workdir / f"data-{time.monotonic_ns()}"
     data.mkdir()
@@ -150,7 +153,8 @@ def serving(
         "DATAACCESS_CONFIG": str(path),
         "DATAACCESS_LISTEN": f"127.0.0.1:{port}",
         "DATAACCESS_LOG_LEVEL": "WARNING",
+        "DATAACCESS_WORKERS": "1",  # the default with Redis would be one per CPU
         **(env_extra or {}),
     }
-    with running([sys.executable, "-m", "service"], port, "the server", env):
+    with running([sys.executable, "-m", "service", *args], port, "the server", env):
         yield port

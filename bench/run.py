@@ -28,6 +28,7 @@ from bench.keys import bench_keys
 from bench.misses import bench_misses
 from bench.postgres import bench_postgres
 from bench.sqlite_scenarios import bench_group, bench_points, bench_scaling
+from bench.workers import bench_workers
 
 RESULTS = ROOT / "results"
 
@@ -155,6 +156,7 @@ STEPS: dict[str, Callable[[Path, bool], list[Row]]] = {
     "scaling": bench_scaling,
     "durability": bench_durability,
     "postgres": bench_postgres,
+    "workers": bench_workers,
 }
 
 

@@ -1,17 +1,18 @@
-"""``python -m service [serve|migrate|litestream-config|restore|copy]``: build the Config,
-then serve until SIGTERM or SIGINT (or apply the migrations, print the Litestream config that
-replicates every configured database, restore the missing ones from their replicas, or copy
-one SQLite database into a PostgreSQL one and print both sides' row counts).
+"""``python -m service [serve [--workers N]|migrate|litestream-config|restore|copy]``: build
+the Config, then serve until SIGTERM or SIGINT (or apply the migrations, print the Litestream
+config that replicates every configured database, restore the missing ones from their
+replicas, or copy one SQLite database into a PostgreSQL one and print both sides' row counts).
 
-The first signal stops gracefully within ``shutdown_grace_seconds`` (calls in
-flight finish, queued writes commit, buffered spans get a bounded share of
-the grace); a second one exits at once.
+``serve`` runs one server process, or several sharing the port (``--workers``,
+``DATAACCESS_WORKERS``, ``workers:``; by default one per CPU when Redis is
+configured: ``service.processes``). The first signal stops gracefully within
+``shutdown_grace_seconds`` (calls in flight finish, queued writes commit,
+buffered spans get a bounded share of the grace); a second one exits at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import sys
@@ -31,10 +32,14 @@ from service.db import (
 )
 from service.observe.logs import setup_logging
 from service.observe.telemetry import Telemetry
-from service.server import StartError, serve
+from service.processes.count import WorkerCountError, worker_count
+from service.processes.stopping import request_stop, serve_until
+from service.processes.supervisor import serve_workers
+from service.server import StartError
 
 USAGE = (
-    "usage: python -m service [serve|migrate|litestream-config [FILE]|restore|copy SOURCE TARGET]"
+    "usage: python -m service [serve [--workers N]|migrate|litestream-config [FILE]|restore"
+    "|copy SOURCE TARGET]"
 )
 # Each command and how many arguments it takes.
 COMMANDS = {
@@ -44,18 +49,20 @@ COMMANDS = {
     "restore": (0,),
     "copy": (2,),
 }
-log = logging.getLogger("service")
 
 
 def main(argv: list[str]) -> int:
     """Run the command in ``argv``; the process exit code."""
+    argv, workers = _take_workers(argv)
     command, args = (argv[0], argv[1:]) if argv else ("serve", [])
-    if len(args) not in COMMANDS.get(command, ()):
+    if len(args) not in COMMANDS.get(command, ()) or (workers and command != "serve"):
         print(USAGE, file=sys.stderr)
         return 2
     target = args[0] if args else None
+    # The flag is the environment's variable given on the command line: it comes first.
+    environ = {**os.environ, **({"DATAACCESS_WORKERS": workers} if workers else {})}
     try:
-        config = Config.from_env(os.environ)
+        config = Config.from_env(environ)
         setup_logging(config.log_level)
         if command == "migrate":
             migrate(config)
@@ -70,32 +77,51 @@ def main(argv: list[str]) -> int:
             print(counts_table(counts), end="")
             check_counts(counts)
         else:
-            asyncio.run(_serve_until_signalled(config, Telemetry.from_env(os.environ)))
-    except (ConfigError, CopyError, MigrationError, RestoreError, StartError) as exc:
+            return _serve(config)
+    except (
+        ConfigError,
+        CopyError,
+        MigrationError,
+        RestoreError,
+        StartError,
+        WorkerCountError,
+    ) as exc:
         print(f"dataaccess: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _take_workers(argv: list[str]) -> tuple[list[str], str | None]:
+    """``argv`` without ``--workers N`` (or ``--workers=N``), and N; "" when malformed."""
+    rest: list[str] = []
+    workers = None
+    words = iter(argv)
+    for word in words:
+        if word == "--workers":
+            workers = next(words, "")
+        elif word.startswith("--workers="):
+            workers = word.removeprefix("--workers=")
+        else:
+            rest.append(word)
+    if workers is not None and not workers.isdigit():
+        return ["--workers"], ""  # no command takes that: the usage line
+    return rest, workers
+
+
+def _serve(config: Config) -> int:
+    """Serve in this process, or from several forked workers; the exit code."""
+    count = worker_count(config)
+    if count > 1:
+        return serve_workers(config, count)
+    asyncio.run(_serve_until_signalled(config, Telemetry.from_env(os.environ)))
     return 0
 
 
 async def _serve_until_signalled(config: Config, telemetry: Telemetry) -> None:
     stop: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, _on_signal, signum, stop)
-    try:
-        await serve(config, stop, telemetry)
-    finally:
-        # Still inside the loop, so a second signal during the flush exits at once too.
-        flush = telemetry.flush_seconds(config.shutdown_grace_seconds)
-        await asyncio.to_thread(telemetry.shutdown, flush)
-
-
-def _on_signal(signum: int, stop: asyncio.Future[str]) -> None:
-    name = signal.Signals(signum).name
-    if not stop.done():
-        stop.set_result(name)
-        return
-    log.warning("second %s: exiting now, without waiting for calls in flight", name)
-    os._exit(128 + signum)
+        asyncio.get_running_loop().add_signal_handler(signum, request_stop, signum, stop)
+    await serve_until(config, stop, telemetry)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The gRPC server's lifecycle: migrations, databases, services, graceful stop.
 
-``DataAccessServer.start`` applies migrations, opens every database and
+``DataAccessServer.start`` applies migrations (unless it is one worker of
+several, whose supervisor applied them), opens every database and
 serves DataAccess, the standard ``grpc.health.v1`` service and reflection;
 ``stop`` marks every service NOT_SERVING at once, lets in-flight calls
 finish within the grace period, then commits queued writes and closes and
@@ -13,6 +14,7 @@ import asyncio
 import errno
 import gc
 import logging
+import os
 import socket
 from urllib.parse import urlsplit
 
@@ -36,6 +38,7 @@ from service.db import build_databases, migrate
 from service.observe.health import HealthChecker
 from service.observe.metrics import Metrics
 from service.observe.telemetry import Telemetry
+from service.processes.seat import WorkerSeat
 from service.routing.router import Router
 from service.tasks import stop_task
 
@@ -50,13 +53,16 @@ class StartError(Exception):
 class DataAccessServer:
     """One running dataaccess server."""
 
-    def __init__(self, config: Config, telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self, config: Config, telemetry: Telemetry | None = None, seat: WorkerSeat | None = None
+    ) -> None:
         self.config = config
         self.telemetry = telemetry or Telemetry.off()
+        self.seat = seat  # set: one worker of several (service.processes)
         self.metrics = Metrics() if config.metrics_listen else None
         self.metrics_port = 0
         tracer = self.telemetry.tracer
-        self.cache = TagCache(cache_settings(config), tracer)
+        self.cache = TagCache(cache_settings(config), tracer, seat.marks if seat else None)
         databases = build_databases(
             config,
             self.cache.invalidate_committed,
@@ -72,7 +78,8 @@ class DataAccessServer:
 
     async def start(self) -> int:
         """Migrate, open the databases and start serving; the port bound."""
-        await asyncio.to_thread(migrate, self.config)
+        if self.seat is None:  # a worker's supervisor migrated once, before forking
+            await asyncio.to_thread(migrate, self.config)
         await self.router.open()
         self._hold_undelivered()
         await self.cache.start()
@@ -91,13 +98,22 @@ class DataAccessServer:
         self._server = server
         if self.metrics is not None and config.metrics_listen:
             self.metrics.watch(self.router, self.cache)
-            self.metrics_port = self.metrics.serve(config.metrics_listen)
+            self.metrics_port = self._serve_metrics(self.metrics, config.metrics_listen)
         await self._set_serving(True)
         self._watcher = asyncio.ensure_future(
             checker.watch(self._set_serving, config.health_interval_seconds)
         )
         log.info("serving", extra=self._serving_fields())
         return self.port
+
+    def _serve_metrics(self, metrics: Metrics, listen: str) -> int:
+        """Serve ``/metrics``; the port, or 0 when ``listen`` is busy: the metrics are lost,
+        never the server."""
+        try:
+            return metrics.serve(listen)
+        except OSError as exc:
+            log.warning("metrics: cannot bind %s (%s): serving without them", listen, exc)
+            return 0
 
     def _grpc_server(self, checker: HealthChecker) -> grpc.aio.Server:
         """The gRPC server with DataAccess, the standard health service and reflection."""
@@ -134,11 +150,14 @@ class DataAccessServer:
         """What the "serving" line says: where, what, and which cache tiers are on."""
         config = self.config
         metrics = None
-        if config.metrics_listen:
+        if config.metrics_listen and self.metrics_port:
             metrics = f"{config.metrics_listen.rpartition(':')[0]}:{self.metrics_port}"
+        seat = {} if self.seat is None else {"worker": self.seat.index, "workers": self.seat.count}
         return {
             "listen": config.listen,
             "port": self.port,
+            "pid": os.getpid(),
+            **seat,
             "tls": config.tls is not None,
             "databases": [db.name for db in config.databases],
             "groups": {group.name: list(group.members) for group in config.groups},
@@ -302,13 +321,16 @@ def cache_settings(config: Config) -> CacheSettings:
 
 
 async def serve(
-    config: Config, stop: asyncio.Future[str], telemetry: Telemetry | None = None
+    config: Config,
+    stop: asyncio.Future[str],
+    telemetry: Telemetry | None = None,
+    seat: WorkerSeat | None = None,
 ) -> None:
     """Serve until ``stop`` resolves (to why, e.g. "SIGTERM"), then stop gracefully.
 
     The grace left for calls in flight is what the span flush does not take.
     """
-    server = DataAccessServer(config, telemetry)
+    server = DataAccessServer(config, telemetry, seat)
     await server.start()
     # Everything built so far lives as long as the process: keep it out of the
     # collector's way, so a full collection walks only what requests made

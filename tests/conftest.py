@@ -205,6 +205,16 @@ class Subprocess:
     log: Path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_process_unless_asked() -> Iterator[None]:
+    """``python -m service`` started by a test serves from one process unless the test asks
+    for workers (``DATAACCESS_WORKERS`` or ``--workers``): with Redis the default would be
+    one per CPU, and the other tests measure one process."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DATAACCESS_WORKERS", "1")
+        yield
+
+
 @pytest.fixture
 def service_process(tmp_path: Path) -> Iterator[Any]:
     """Start ``python -m service`` processes on free loopback ports; kill leftovers."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NoReturn, TypeVar
@@ -32,6 +33,8 @@ from service.observe.health import HealthChecker
 from service.scopes import Principal
 
 log = logging.getLogger(__name__)
+# Stats are one process's figures: its answer names the process (one worker of several).
+PID_METADATA = "dataaccess-pid"
 WriteReq = TypeVar("WriteReq", pb.BatchInsertRequest, pb.BatchUpdateRequest)
 Work = TypeVar("Work")
 
@@ -180,6 +183,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
     ) -> pb.StatsResponse:
         caller.require_admin("read stats")
         report = await self._access.stats(reset=request.reset)
+        context.set_trailing_metadata(((PID_METADATA, str(os.getpid())),))
         return responses.stats_response(report)
 
 

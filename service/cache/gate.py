@@ -34,12 +34,14 @@ class RedisGate:
         reset_seconds: float,
         on_tokens: Callable[[dict[str, str]], object],
         on_distrust: Callable[[], None],
+        on_holding: Callable[[bool], None] | None = None,
     ) -> None:
         self.breaker = breaker
         self._redis = redis
         self._reset_seconds = reset_seconds
         self._on_tokens = on_tokens  # new tokens that reached Redis
         self._on_distrust = on_distrust  # what this process holds can no longer be trusted
+        self._on_holding = on_holding  # told when it starts and stops holding invalidations
         self._held_tags: dict[str, int] = {}  # tag -> the hold it was last held by
         self._held_receipts: list[Receipt] = []
         self._holds = 0
@@ -77,6 +79,8 @@ class RedisGate:
         """Keep tags whose invalidation is not delivered, and the receipt to call once it is."""
         self._holds += 1
         self._held_tags.update(dict.fromkeys(tags, self._holds))
+        if self._on_holding is not None and self._held_tags:
+            self._on_holding(True)
         if receipt is not None:
             self._held_receipts.append(receipt)
         self._ensure_recovery()
@@ -147,6 +151,8 @@ class RedisGate:
         for tag in delivered:
             del self._held_tags[tag]
         self._on_tokens({tag: tokens[tag] for tag in delivered})
+        if self._on_holding is not None and not self._held_tags:
+            self._on_holding(False)
         del self._held_receipts[: len(receipts)]
         for receipt in receipts:
             receipt()

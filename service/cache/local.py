@@ -15,7 +15,8 @@ class Entry:
 
     ``fresh_until`` ends its ttl; past it, up to ``expires_at``, it may only
     be served as STALE while a refresh runs. ``checked_at`` is when its
-    tokens were last confirmed against Redis.
+    tokens were last confirmed against Redis; ``mark``, the sibling workers'
+    marks of its tags read before that (``siblings``; None: not read yet).
     """
 
     value: bytes
@@ -23,6 +24,7 @@ class Entry:
     fresh_until: float
     expires_at: float
     checked_at: float
+    mark: int | None = None
 
     @property
     def size(self) -> int:

@@ -2,7 +2,8 @@
 
 An entry is served only while every token it was stored under is still the
 tag's token. An L1 entry whose tokens were replaced here is dropped; one
-older than the validation window is confirmed with Redis (one MGET) first.
+older than the validation window, or whose tags a sibling worker changed
+since (``siblings``), is confirmed with Redis (one MGET) first.
 A Redis entry is copied into L1 only when this process's tokens agree.
 Past its ttl an answer is STALE within stale_while_revalidate, and gone after.
 Each lookup counts its hits and is one span (``cache.l1``, ``cache.l2``), except an L1
@@ -110,6 +111,9 @@ class TierLookup:
             return None
         if redis is not None and time.monotonic() - entry.checked_at >= self._window:
             return None
+        siblings = self._tiers.siblings
+        if siblings is not None and siblings.read(entry.snapshot) != entry.mark:
+            return None  # a sibling worker changed one of its tags since: confirm first
         return self._serve(entry.value, entry.fresh_until, policy, CacheStatus.HIT_LOCAL)
 
     async def _revalidate(
@@ -118,9 +122,13 @@ class TierLookup:
         """Confirm an L1 entry's tokens with one MGET; the answer if they still hold."""
         if not self._tiers.tokens.is_current(entry.snapshot):
             return None
+        siblings = self._tiers.siblings
+        # Read before Redis: a sibling's write counted after this read moves the sum later.
+        mark = siblings.read(entry.snapshot) if siblings is not None else None
         if await redis.tokens(list(entry.snapshot)) != entry.snapshot:
             return None
         entry.checked_at = time.monotonic()
+        entry.mark = mark
         return self._serve(entry.value, entry.fresh_until, policy, CacheStatus.HIT_LOCAL)
 
     def _serve(

@@ -30,6 +30,7 @@ from service.cache.loading import Loader, SingleFlightLoader
 from service.cache.lookup import Answer, TierLookup
 from service.cache.redis_tier import RedisTier, RedisUnavailable
 from service.cache.settings import CacheSettings, EntryPolicy
+from service.cache.siblings import WorkerMarks
 from service.cache.tiers import CacheTiers
 from service.domain import CacheResult, CacheStatus
 from service.tasks import stop_task
@@ -56,10 +57,15 @@ class CacheUnavailable(Exception):
 class TagCache:
     """Tag-invalidated answers in L1 and, when configured, Redis."""
 
-    def __init__(self, settings: CacheSettings, tracer: trace.Tracer | None = None) -> None:
+    def __init__(
+        self,
+        settings: CacheSettings,
+        tracer: trace.Tracer | None = None,
+        siblings: WorkerMarks | None = None,
+    ) -> None:
         self.settings = settings
         self._tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
-        self._tiers = CacheTiers(settings)
+        self._tiers = CacheTiers(settings, siblings)
         # The parts, fixed for the cache's life, for those who look at them.
         self.tokens, self.local = self._tiers.tokens, self._tiers.local
         self.redis, self.gate = self._tiers.redis, self._tiers.gate

@@ -23,6 +23,7 @@ from service.cache.gate import Receipt, RedisGate
 from service.cache.local import LocalCache, TierCounters
 from service.cache.redis_tier import RedisTier, RedisUnavailable
 from service.cache.settings import CacheSettings
+from service.cache.siblings import WorkerMarks
 from service.cache.subscription import InvalidationListener
 from service.cache.tokens import TagTokens
 from service.tasks import stop_task
@@ -34,8 +35,9 @@ _SETTLE_SECONDS = 1.0
 class CacheTiers:
     """Tag tokens, L1 and (configured) Redis with its channel and gate, wired together."""
 
-    def __init__(self, settings: CacheSettings) -> None:
+    def __init__(self, settings: CacheSettings, siblings: WorkerMarks | None = None) -> None:
         self.tokens = TagTokens(settings.max_tags, settings.max_tag_bytes)
+        self.siblings = siblings  # set in a worker of several: their shared write marks
         self.local = LocalCache(settings.l1_max_entries, settings.l1_max_bytes)
         self.l2_counters = TierCounters()
         self.redis: RedisTier | None = None
@@ -46,7 +48,12 @@ class CacheTiers:
             self.listener = InvalidationListener(self.redis, self.tokens.replace, self.forget_local)
             breaker = CircuitBreaker(settings.breaker_failures)
             self.gate = RedisGate(
-                self.redis, breaker, settings.breaker_reset, self.tokens.replace, self.forget_local
+                self.redis,
+                breaker,
+                settings.breaker_reset,
+                self._delivered,
+                self.forget_local,
+                siblings.hold if siblings is not None else None,
             )
         self._listening: asyncio.Task[None] | None = None
 
@@ -82,8 +89,10 @@ class CacheTiers:
 
     @property
     def redis_usable(self) -> bool:
-        """Whether Redis may be used now."""
-        return self.gate is not None and self.gate.usable
+        """Whether Redis may be used now (and no sibling worker holds invalidations)."""
+        if self.gate is None or not self.gate.usable:
+            return False
+        return self.siblings is None or not self.siblings.siblings_holding()
 
     async def deliver(self, tags: Sequence[str], receipt: Receipt | None) -> bool:
         """Invalidate ``tags`` here and in Redis, or hold them; whether Redis was told."""
@@ -99,6 +108,12 @@ class CacheTiers:
         """Keep tags whose invalidation is not delivered yet: the cache is bypassed until it is."""
         if self.gate is not None:
             self.gate.hold(tags, receipt)
+
+    def _delivered(self, tokens: dict[str, str]) -> None:
+        """New tokens of this process's invalidation are in Redis: take them, tell siblings."""
+        self.tokens.replace(tokens)
+        if self.siblings is not None:
+            self.siblings.touch(tokens)
 
     def forget_local(self) -> None:
         """L1 and the tokens here can no longer be trusted: start empty."""

@@ -46,6 +46,7 @@ def load(environ: Mapping[str, str]) -> Config:
 TOP_KEYS = {
     "listen",
     "listen_reuse_port",
+    "workers",
     "metrics_listen",
     "data_dir",
     "redis_url",
@@ -100,6 +101,7 @@ def _build(document: dict[str, Any] | None, environ: Mapping[str, str], config_d
     return Config(
         listen=environ.get("DATAACCESS_LISTEN") or str(doc.get("listen", Config.listen)),
         listen_reuse_port=_flag("listen_reuse_port", doc.get("listen_reuse_port", False)),
+        workers=_workers(environ.get("DATAACCESS_WORKERS"), doc.get("workers")),
         data_dir=data_dir,
         metrics_listen=environ.get("DATAACCESS_METRICS_LISTEN")
         or doc.get("metrics_listen")
@@ -381,6 +383,19 @@ def _int(key: str, raw: Any) -> int:
         return int(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{key}: expected an integer, got {raw!r}") from exc
+
+
+def _workers(variable: str | None, raw: Any) -> int | None:
+    """``DATAACCESS_WORKERS`` (or ``--workers``), else the file's ``workers``; None: not set."""
+    if variable:
+        if not variable.strip().isdigit():
+            raise ConfigError(f"DATAACCESS_WORKERS: expected a whole number, got {variable!r}")
+        return int(variable)
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise ConfigError("workers: expected a whole number of processes, 1 or more")
+    return raw
 
 
 def _flag(key: str, raw: Any) -> bool:

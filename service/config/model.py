@@ -302,6 +302,9 @@ class Config:
     # True only when several server processes are meant to share ``listen``
     # (SO_REUSEPORT); off, a second server on a busy address fails to start.
     listen_reuse_port: bool = False
+    # Server processes sharing ``listen`` (one per core); None: the CPUs the cgroup
+    # allows when Redis is configured, else one (service.processes.count).
+    workers: int | None = None
     metrics_listen: str | None = None  # host:port of the Prometheus endpoint; None: off
     data_dir: Path = Path("data")
     redis_url: str | None = None
@@ -327,6 +330,7 @@ class Config:
     def __post_init__(self) -> None:
         _require_non_negative("l1_max_entries", self.l1_max_entries)
         _require_positive("health_interval_seconds", self.health_interval_seconds)
+        _check_workers(self.workers, self.redis_url)
         _require_non_negative("health_deep_interval_seconds", self.health_deep_interval_seconds)
         if self.redis_url is not None and not self.redis_url.startswith(
             ("redis://", "rediss://", "unix://")
@@ -379,6 +383,19 @@ def _check_names(databases: tuple[AnyDatabaseConfig, ...], groups: tuple[GroupCo
         for member in members:
             if member not in database_names:
                 raise ConfigError(f"groups.{group.name}: unknown member {member!r}")
+
+
+def _check_workers(workers: int | None, redis_url: str | None) -> None:
+    if workers is None:
+        return
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError("workers: expected a whole number of processes, 1 or more")
+    if workers > 1 and redis_url is None:
+        # L1 is per process: a write through one worker would leave the others' L1 stale.
+        raise ConfigError(
+            f"workers: {workers} processes need redis_url (each one's L1 would go on serving "
+            "what another's write changed); set DATAACCESS_REDIS_URL or run 1 worker"
+        )
 
 
 def _require_positive(key: str, value: float) -> None:

@@ -20,13 +20,17 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 # The api side, the only modules allowed to import the wire format: the service.api
-# package, and the process around it (server.py wires the gRPC server, __main__ runs it).
+# package, and the process around it (server.py wires the gRPC server, __main__ runs it,
+# service.processes runs it in several worker processes).
 API_PACKAGE = "service.api"
 API_PROCESS = {"service.__main__", "service.server"}
+PROCESSES_PACKAGE = "service.processes"
 
 
 def _is_api(module: str) -> bool:
-    return module in API_PROCESS or module == API_PACKAGE or module.startswith(API_PACKAGE + ".")
+    return module in API_PROCESS or any(
+        module == p or module.startswith(p + ".") for p in (API_PACKAGE, PROCESSES_PACKAGE)
+    )
 
 
 # Everything below the api tier: values and errors, the db tier, the cache, the router, merge,

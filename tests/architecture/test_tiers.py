@@ -17,7 +17,7 @@ SERVICE = Path(__file__).resolve().parents[2] / "service"
 
 # What each tier may not import (prefixes of module names).
 _ACCESS = ("service.access", "service.scopes", "service.tags", "service.hot_reads")
-_WIRING = ("service.server", "service.__main__")
+_WIRING = ("service.server", "service.__main__", "service.processes")
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "service.db": (
         "service.api",

@@ -17,6 +17,7 @@ import pytest
 from service import errors
 from service.config import Limits, SqliteSettings
 from service.db.door import KeyTracking, WriteOutcome
+from service.db.sqlite import commit_counter
 from service.db.sqlite.connection import SqliteConnection, open_connection
 from service.db.sqlite.group_commit import WriteBatcher
 from service.db.sqlite.guard import ShapeMemo
@@ -140,7 +141,8 @@ async def writer(
     catalogs: list[KeyCatalog] = []
     capture = KeyCapture(tracking, on_catalog=catalogs.append)
     try:
-        await conn.run_trusted(create_idempotency)
+        await conn.run_trusted(create_idempotency)  # as SqliteDatabase.open does
+        await conn.run_trusted(commit_counter.create)
         catalog = await conn.run_trusted(lambda raw: capture.install(raw, conn.guard))
         batcher = WriteBatcher(conn, capture=capture)
         await batcher.start()

@@ -73,3 +73,31 @@ def test_the_migrate_command_applies_the_embedded_default(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     with sqlite3.connect(tmp_path / "data" / "live.db") as conn:
         assert conn.execute("SELECT count(*) FROM products").fetchone() == (4,)
+
+
+def test_two_processes_migrating_one_file_at_once_apply_each_migration_once(
+    tmp_path: Path,
+) -> None:
+    folder, path = _folder(tmp_path), tmp_path / "db.sqlite"
+    script = (
+        "import sys\nfrom pathlib import Path\n"
+        "from service.db.sqlite.migrate import apply_migrations\n"
+        "print(','.join(apply_migrations('db', Path(sys.argv[1]), Path(sys.argv[2]))))\n"
+    )
+    for _ in range(5):
+        path.unlink(missing_ok=True)
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-c", script, str(path), str(folder)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(3)
+        ]
+        outputs = [run.communicate(timeout=60) for run in runs]
+        assert [run.returncode for run in runs] == [0, 0, 0], outputs
+        applied = [name for out, _ in outputs for name in out.strip().split(",") if name]
+        assert sorted(applied) == ["0001_first", "0002_second"]
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT y FROM b").fetchall() == [("fired",)]

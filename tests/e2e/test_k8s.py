@@ -8,6 +8,7 @@ loopback, with the sidecar's Redis command line.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -225,7 +226,25 @@ def _loopback_redis(args: list[str], port: int) -> list[str]:
 
 
 def _env(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container["env"]}
+    """The container's environment as Kubernetes sets it: values, and resource fields
+    (Secrets are left to the test)."""
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    for entry in container["env"]:
+        field = entry.get("valueFrom", {}).get("resourceFieldRef")
+        if field is not None:
+            env[entry["name"]] = str(_resource_field(container, field))
+    return env
+
+
+def _resource_field(container: dict[str, Any], field: dict[str, str]) -> int:
+    """A resourceFieldRef's value: the resource over the divisor, rounded up (CPUs here)."""
+    kind, _, resource = field["resource"].partition(".")
+    assert resource == "cpu" and field.get("divisor", "1") == "1", field
+    return math.ceil(_cpus(container["resources"][kind][resource]))
+
+
+def _cpus(quantity: str) -> float:
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
 
 
 def _python(command: list[str]) -> list[str]:
@@ -301,6 +320,34 @@ def _bytes(quantity: str) -> int:
         if quantity.endswith(suffix):
             return int(quantity[: -len(suffix)]) * factor
     return int(quantity)
+
+
+@pytest.mark.parametrize("overlay", (*OVERLAYS, SCALE))
+def test_one_worker_per_cpu_of_the_limit_each_with_its_metrics_port(overlay: str) -> None:
+    objects = _render(overlay)
+    pod = _scale_pod(objects) if overlay == SCALE else _pod(objects)
+    main = _container(pod, "dataaccess")
+    [entry] = [e for e in main["env"] if e["name"] == "DATAACCESS_WORKERS"]
+    assert entry["valueFrom"]["resourceFieldRef"] == {"resource": "limits.cpu", "divisor": "1"}
+    workers = int(_env(main)["DATAACCESS_WORKERS"])
+    assert workers == math.ceil(_cpus(main["resources"]["limits"]["cpu"]))
+    config = _config(objects)
+    assert config["redis_url"]  # several workers need Redis: the config refuses them without
+    # Worker i serves its metrics on the configured port + i: each is declared and open.
+    first = int(config["metrics_listen"].rsplit(":", 1)[1])
+    wanted = set(range(first, first + workers))
+    declared = {p["containerPort"]: p["name"] for p in main["ports"]}
+    assert wanted <= set(declared)
+    service = _one(objects, "Service", "dataaccess-metrics")
+    assert {declared[port] for port in wanted} <= {
+        p["targetPort"] for p in service["spec"]["ports"]
+    }
+    [scrapers] = [
+        rule
+        for rule in _one(objects, "NetworkPolicy", "dataaccess")["spec"]["ingress"]
+        if {"protocol": "TCP", "port": first} in rule["ports"]
+    ]
+    assert {p["port"] for p in scrapers["ports"]} >= wanted
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -488,9 +535,11 @@ def test_the_autoscaler_keeps_more_replicas_than_the_disruption_budget() -> None
     # PostgreSQL is sized for the most replicas the HPA makes (and one surging).
     cluster = _one(objects, "Cluster", CLUSTER)
     max_connections = int(cluster["spec"]["postgresql"]["parameters"]["max_connections"])
-    per_replica = sum(
-        db["pool_size"] + Limits.readers_per_database + 1 for db in _config(objects)["databases"]
-    )
+    config = _config(objects)
+    readers = config.get("limits", {}).get("readers_per_database", Limits.readers_per_database)
+    # Each worker process (one per CPU of the container's limit) opens its own pools.
+    workers = int(_env(_container(_scale_pod(objects), "dataaccess"))["DATAACCESS_WORKERS"])
+    per_replica = workers * sum(db["pool_size"] + readers + 1 for db in config["databases"])
     assert (maximum + 1) * per_replica < max_connections
 
 
@@ -707,6 +756,7 @@ def test_a_scale_pod_serves_postgres_set_up_as_the_cluster_bootstraps_it(tmp_pat
         secrets = {name: "unused-with-trust" for name in _secret_env(main)}
         secrets["DATAACCESS_PG_USER"] = owner
         env = {
+            "DATAACCESS_WORKERS": _env(main)["DATAACCESS_WORKERS"],  # as the CPU limit says
             "DATAACCESS_CONFIG": str(config_path),
             "PATH": os.environ["PATH"],
             "OTEL_TRACES_EXPORTER": "none",

@@ -35,7 +35,7 @@ from service.db.door import (
     TagsOfWrite,
     WriteOutcome,
 )
-from service.db.sqlite import idempotency, outbox, probe
+from service.db.sqlite import commit_counter, idempotency, outbox, probe
 from service.db.sqlite.connection import SqliteConnection, open_connection
 from service.db.sqlite.group_commit import WriteBatcher
 from service.db.sqlite.guard import ShapeMemo
@@ -95,7 +95,6 @@ class SqliteDatabase:
         self._failure: errors.DataAccessError | None = None
         self.file_identity: tuple[int, int] | None = None
         self._outside_writes: asyncio.Future[None] | None = None
-        self._position = 0  # consistency tokens' commit counter
         policy = PoolPolicy(
             size=limits.readers_per_database,
             acquire_timeout=limits.acquire_timeout_seconds,
@@ -260,12 +259,10 @@ class SqliteDatabase:
         def with_cascades(outcome: WriteOutcome) -> Sequence[str]:
             return tags_of(self._cascaded(outcome))
 
-        # The writer hands the tags to the cache after the COMMIT, before answering.
-        outcome = self._cascaded(await self.writer.submit(plan, deadline, with_cascades))
-        # Writes acknowledged so far, this one included: the file is the only copy, so
-        # the position only has to grow (a read asking for it is always met).
-        self._position += 1
-        return replace(outcome, position=self._position)
+        # The writer hands the tags to the cache after the COMMIT, before answering. The
+        # outcome's position is its transaction's count in the file (commit_counter): the
+        # file is the only copy, so it only has to grow (a read asking for it is always met).
+        return self._cascaded(await self.writer.submit(plan, deadline, with_cascades))
 
     def _cascaded(self, outcome: WriteOutcome) -> WriteOutcome:
         """``outcome`` naming also the tables its foreign-key actions changed."""
@@ -333,6 +330,7 @@ class SqliteDatabase:
         self.file_identity = (stat.st_dev, stat.st_ino)
         try:
             await conn.run_trusted(idempotency.create)
+            await conn.run_trusted(commit_counter.create)
             if self._use_outbox:
                 await conn.run_trusted(lambda raw: raw.execute(outbox.CREATE_TABLE))
                 self._undelivered = await conn.run_trusted(outbox.undelivered)

@@ -4,8 +4,9 @@ The jobs share one transaction, each in its own SAVEPOINT (one alone in its
 transaction needs none). A job whose failure ended the transaction is left
 out and the others run again; a deferred constraint that fails at COMMIT is
 found by committing the jobs one by one. Before COMMIT the jobs' cache tags
-are recorded in the outbox; with a ``KeyCapture`` each job's outcome names
-the keys it changed. ``group_commit`` queues the jobs and answers them.
+are recorded in the outbox and the commit is counted (``commit_counter``: each
+outcome's position); with a ``KeyCapture`` each job's outcome names the keys
+it changed. ``group_commit`` queues the jobs and answers them.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from opentelemetry import trace
 
 from service import errors
 from service.db.door import TagsOfWrite, WriteOutcome
-from service.db.sqlite import outbox
+from service.db.sqlite import commit_counter, outbox
 from service.db.sqlite.connection import SqliteConnection
 from service.db.sqlite.error_map import translate
 from service.db.sqlite.key_capture import KeyCapture
@@ -119,7 +120,9 @@ class GroupTransactions:
                 if not self._run_job(raw, group, index, alone=len(pending) == 1):
                     return index
             tags, row_id, deleted = self._record_tags(raw, group, pending)
+            position = self._trusted(lambda: commit_counter.advance(raw))
             self._control(raw, "COMMIT")
+            self._place(group, pending, position)
             if self._capture is not None:
                 self._capture.committed()
             group.tags.update(tags)
@@ -132,6 +135,13 @@ class GroupTransactions:
             raise
         finally:
             group.current = None
+
+    def _place(self, group: Group, pending: list[int], position: int) -> None:
+        """Give each committed job's outcome its transaction's position."""
+        for index in pending:
+            result = group.results[index]
+            if isinstance(result, WriteOutcome):
+                group.results[index] = replace(result, position=position)
 
     def _check_schema(self, raw: sqlite3.Connection) -> None:
         """Key capture made again if the schema changed, in a transaction of its own: a

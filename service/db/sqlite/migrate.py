@@ -2,7 +2,10 @@
 
 Each migration runs in its own transaction together with its row in
 ``schema_migrations``; an applied migration whose file changed stops the
-start, because the database no longer matches what the files say.
+start, because the database no longer matches what the files say. Another
+process may be migrating the same file (``migrate`` beside a starting
+service): each migration is looked up again under the write lock, so it is
+applied once.
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ def apply_migrations(database: str, path: Path, folder: Path) -> list[str]:
             if migration.version in applied:
                 _check_unchanged(database, migration, applied[migration.version])
                 continue
-            _apply(conn, database, migration)
-            done.append(f"{migration.version:04d}_{migration.name}")
+            if _apply(conn, database, migration):
+                done.append(f"{migration.version:04d}_{migration.name}")
         return done
     except sqlite3.DatabaseError as exc:
         if getattr(exc, "sqlite_errorname", "") in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
@@ -58,10 +61,18 @@ def _check_unchanged(database: str, migration: Migration, checksum: str) -> None
         )
 
 
-def _apply(conn: sqlite3.Connection, database: str, migration: Migration) -> None:
-    log.info("applying migration %s %04d_%s", database, migration.version, migration.name)
+def _apply(conn: sqlite3.Connection, database: str, migration: Migration) -> bool:
+    """Apply ``migration`` in its transaction; False when another process just had."""
     try:
         conn.execute("BEGIN IMMEDIATE")
+        found = conn.execute(
+            "SELECT checksum FROM schema_migrations WHERE version = ?", (migration.version,)
+        ).fetchone()
+        if found is not None:
+            conn.execute("ROLLBACK")
+            _check_unchanged(database, migration, found[0])
+            return False
+        log.info("applying migration %s %04d_%s", database, migration.version, migration.name)
         for statement in _statements(migration.sql):
             conn.execute(statement)
         conn.execute(
@@ -73,6 +84,7 @@ def _apply(conn: sqlite3.Connection, database: str, migration: Migration) -> Non
         conn.execute(outbox.CREATE_TABLE)
         outbox.record(conn, [f"database:{database}"])
         conn.execute("COMMIT")
+        return True
     except sqlite3.Error as exc:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
