@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 
 from dataaccess.v1 import data_access_pb2 as pb
 from service import consistency, errors
-from service.api.codec import from_proto, params_from_proto, row_from_proto
+from service.api.codec import from_proto, params_from_proto, rows_from_proto
 from service.config import Limits
 from service.domain import CacheMode, InsertRequest, MergeSpec, ReadRequest, WriteOptions
 from service.values import SqlRow
@@ -124,7 +124,7 @@ def insert_request(request: pb.BatchInsertRequest) -> InsertRequest:
     return InsertRequest(
         table=request.table,
         columns=list(request.columns),
-        rows=[row_from_proto(row, f"rows[{i}]") for i, row in enumerate(request.rows)],
+        rows=rows_from_proto(request.rows, "rows"),
         on_conflict=_ON_CONFLICT.get(request.on_conflict, "abort"),
         conflict_columns=list(request.conflict_columns),
         update_columns=list(request.update_columns),
@@ -134,12 +134,6 @@ def insert_request(request: pb.BatchInsertRequest) -> InsertRequest:
 def update_statements(request: pb.BatchUpdateRequest) -> list[tuple[str, list[SqlRow]]]:
     """A BatchUpdate's statements with their parameter sets."""
     return [
-        (
-            statement.sql,
-            [
-                row_from_proto(row, f"statements[{i}].param_sets[{j}]")
-                for j, row in enumerate(statement.param_sets)
-            ],
-        )
+        (statement.sql, rows_from_proto(statement.param_sets, f"statements[{i}].param_sets"))
         for i, statement in enumerate(request.statements)
     ]
