@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError
 from dataaccess.v1 import data_access_pb2 as pb
 from service import consistency, errors
 from service.api.codec import from_proto, params_from_proto, rows_from_proto
+from service.api.columns import rows_from_columns
 from service.config import Limits
 from service.domain import CacheMode, InsertRequest, MergeSpec, ReadRequest, WriteOptions
 from service.values import SqlRow
@@ -120,15 +121,25 @@ def checked_tags(tags: Sequence[str], field: str, limits: Limits) -> list[str]:
 
 
 def insert_request(request: pb.BatchInsertRequest) -> InsertRequest:
-    """A BatchInsert as the domain sees it."""
+    """A BatchInsert as the domain sees it, its rows sent as rows or as column_data."""
     return InsertRequest(
         table=request.table,
         columns=list(request.columns),
-        rows=rows_from_proto(request.rows, "rows"),
+        rows=_insert_rows(request),
         on_conflict=_ON_CONFLICT.get(request.on_conflict, "abort"),
         conflict_columns=list(request.conflict_columns),
         update_columns=list(request.update_columns),
     )
+
+
+def _insert_rows(request: pb.BatchInsertRequest) -> list[SqlRow]:
+    if not request.column_data:
+        return rows_from_proto(request.rows, "rows")
+    if request.rows:
+        raise errors.InvalidArgument(
+            "give the rows in rows or in column_data, not both", field="column_data"
+        )
+    return rows_from_columns(request.column_data, len(request.columns))
 
 
 def update_statements(request: pb.BatchUpdateRequest) -> list[tuple[str, list[SqlRow]]]:
