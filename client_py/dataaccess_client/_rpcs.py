@@ -17,7 +17,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 from google.protobuf.message import Message
 
 from dataaccess.v1 import data_access_pb2 as pb
-from dataaccess_client import _convert
+from dataaccess_client import _columns, _convert
 from dataaccess_client._models import CacheMode, OnConflict, Params, SqlInput
 
 P = ParamSpec("P")
@@ -137,14 +137,15 @@ def _insert_request(
     idempotency_key: str = "",
     timeout: float | None = None,
 ) -> Call:
-    """The BatchInsertRequest of rows given in the order of ``columns``."""
+    """The BatchInsertRequest of rows given in the order of ``columns``: in the columnar
+    form when every column holds one kind of value (and NULLs), else as rows."""
     request = pb.BatchInsertRequest(
         database=database, table=table, columns=columns,
-        rows=[_convert.to_row(row) for row in rows],
         on_conflict=_convert.on_conflict(on_conflict),
         conflict_columns=conflict_columns, update_columns=update_columns,
         invalidate_tags=invalidate_tags, idempotency_key=idempotency_key,
     )  # fmt: skip
+    _columns.set_rows(request, rows)
     return Call(request, timeout)
 
 
