@@ -8,6 +8,11 @@ of one type: ``int``, ``float``, ``str``, or bytes (``bytes``, ``bytearray``,
 ``bool``, an int or str subclass, an integer past 64 bits, rows of unequal
 length) is sent as rows, so it is checked and refused exactly as it always
 was.
+
+A server older than the columnar form ignores ``column_data``: it reads no
+rows, writes nothing and answers ``rows_received`` 0 (a field it does not
+know), so ``as_rows_if_unread`` gives the request again as rows to send
+instead.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ _KINDS: dict[type, tuple[pb.ColumnKind.ValueType, str, SqlInput]] = {
     str: (pb.COLUMN_KIND_TEXT, "texts", ""),
     bytes: (pb.COLUMN_KIND_BLOB, "blobs", b""),
 }
+_ARRAYS = {kind: array for kind, array, _ in _KINDS.values()}
 # bytes([0, 1, ...]) -> b"01...": NULL flags as the digits of a binary number.
 _DIGITS = bytes.maketrans(b"\x00\x01", b"01")
 
@@ -99,3 +105,28 @@ def _bitmap(flags: list[bool]) -> bytes:
     """One bit per row, least significant bit first, row i at bit i % 8 of byte i // 8."""
     digits = bytes(flags)[::-1].translate(_DIGITS)
     return int(digits, 2).to_bytes((len(flags) + 7) // 8, "little")
+
+
+def as_rows_if_unread(
+    request: pb.BatchInsertRequest, response: pb.BatchInsertResponse
+) -> pb.BatchInsertRequest | None:
+    """``request`` with its rows as rows when the server read none of its ``column_data``
+    (it predates them, and wrote nothing); else None."""
+    if not request.column_data or response.rows_received:
+        return None
+    columns = [_values(column) for column in request.column_data]
+    again = pb.BatchInsertRequest()
+    again.CopyFrom(request)
+    del again.column_data[:]
+    again.rows.extend(to_row(row) for row in zip(*columns, strict=True))
+    return again if again.rows else None
+
+
+def _values(column: pb.ColumnData) -> list[SqlInput]:
+    """The values of one column this module encoded, NULLs included."""
+    values: list[SqlInput] = list(getattr(column, _ARRAYS[column.kind]))
+    nulls = int.from_bytes(column.nulls, "little")
+    for index in range(len(values)):
+        if nulls >> index & 1:
+            values[index] = None
+    return values

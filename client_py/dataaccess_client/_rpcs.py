@@ -61,10 +61,16 @@ class Rpc(Generic[P]):
 
 @dataclass(frozen=True)
 class Unary(Rpc[P], Generic[P, Out]):
-    """A request and one response, read by ``read``; retried only when ``retry``."""
+    """A request and one response, read by ``read``; retried only when ``retry``.
+
+    ``again``, given the request and its response, may return a request to send
+    instead, once, when the response shows the server could not read the first
+    (one older than a field the request relies on).
+    """
 
     read: Callable[[Any], Out]
     retry: bool
+    again: Callable[[Any, Any], Message | None] | None = None
 
     @property
     def returns(self) -> str:
@@ -219,6 +225,7 @@ batch_insert = Unary(
     "Insert rows into one table atomically; never retried (see the module docstring).",
     read=_convert.insert_result,
     retry=False,
+    again=_columns.as_rows_if_unread,
 )
 batch_update = Unary(
     "batch_update",

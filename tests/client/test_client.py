@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from dataaccess.v1 import data_access_pb2 as pb
 from dataaccess_client import (
     AlreadyExists,
     AsyncClient,
@@ -78,6 +79,26 @@ async def test_the_client_sends_single_kind_columns_as_columns_and_a_mixed_one_a
         (3, None, None, None, 7),
         (4, None, None, None, "seven"),
     ]
+
+
+async def test_a_server_older_than_the_columnar_form_gets_the_rows_again_as_rows(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a server without column_data in its proto: it reads rows alone, so none here.
+    monkeypatch.setattr(requests, "_insert_rows", lambda r: rows_from_proto(r.rows, "rows"))
+    columnar = pb.BatchInsertRequest(
+        database="kitchen",
+        table="items",
+        columns=["id"],
+        column_data=[pb.ColumnData(kind=pb.COLUMN_KIND_INTEGER, integers=[9])],
+    )
+    unread = await running.stub.BatchInsert(columnar)
+    assert (unread.rows_affected, unread.rows_received) == (0, 0)  # and nothing written
+    async with AsyncClient(f"127.0.0.1:{running.port}") as client:
+        inserted = await client.batch_insert("kitchen", "items", ["id", "t"], [(1, "a"), (2, None)])
+        assert inserted.rows_affected == 2
+        result = await client.query("kitchen", "SELECT id, t FROM items ORDER BY id")
+    assert result.rows == [(1, "a"), (2, None)]
 
 
 async def test_async_client_raises_one_typed_error_per_status(running: Running) -> None:

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from dataaccess.v1 import data_access_pb2 as pb
-from dataaccess_client import _convert, _rpcs
+from dataaccess_client import _columns, _convert, _rpcs
 from service.api.requests import insert_request as decoded
 
 INT64_MIN = -(2**63)
@@ -150,3 +150,19 @@ def test_nan_goes_as_columns_for_the_server_to_refuse():
     message = request([(float("nan"), 1)])
     assert sent_form(message) == "columns"
     assert math.isnan(message.column_data[0].reals[0])
+
+
+def test_columns_a_server_did_not_read_go_again_as_the_same_rows():
+    message = request(EVERY_KIND, ("i", "r", "t", "b", "n"))
+    again = _columns.as_rows_if_unread(message, pb.BatchInsertResponse())
+    assert again is not None and not again.column_data
+    assert [_convert.from_row(r) for r in again.rows] == EVERY_KIND
+    assert list(again.columns) == list(message.columns) and again.table == message.table
+
+
+def test_columns_a_server_read_or_rows_never_go_again():
+    message = request([(1, "a")])
+    assert _columns.as_rows_if_unread(message, pb.BatchInsertResponse(rows_received=1)) is None
+    assert (
+        _columns.as_rows_if_unread(request([(1, "a"), ("b", 2)]), pb.BatchInsertResponse()) is None
+    )

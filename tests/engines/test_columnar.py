@@ -59,6 +59,7 @@ async def test_every_kind_and_null_round_trips_as_the_row_form(
     as_rows = [(100 + r[0], *r[1:]) for r in ITEMS]
     sent_as_rows = await served.stub.BatchInsert(row_form(ITEM_COLUMNS, as_rows))
     assert sent.rows_affected == sent_as_rows.rows_affected == len(ITEMS)
+    assert sent.rows_received == sent_as_rows.rows_received == len(ITEMS)
     read = "SELECT id, parent_id, i, r, t, b FROM items WHERE id {} ORDER BY id"
     by_columns = plain_rows(
         await served.stub.Query(pb.QueryRequest(database="kitchen", sql=read.format("< 100")))

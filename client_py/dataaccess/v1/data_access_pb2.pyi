@@ -776,6 +776,7 @@ class BatchInsertResponse(_message.Message):
     LAST_INSERT_ROWID_FIELD_NUMBER: _builtins.int
     INVALIDATED_TAGS_FIELD_NUMBER: _builtins.int
     CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    ROWS_RECEIVED_FIELD_NUMBER: _builtins.int
     rows_affected: _builtins.int
     """rows_affected is the number of rows inserted or updated."""
     last_insert_rowid: _builtins.int
@@ -784,6 +785,12 @@ class BatchInsertResponse(_message.Message):
     """consistency_token names the write's commit position on each database it
     changed ("database@position"; PostgreSQL: the commit LSN; SQLite: the
     database's commit counter), for read-your-writes through read replicas.
+    """
+    rows_received: _builtins.int
+    """rows_received is the number of rows the server read from the request, from
+    rows or from column_data. A server older than column_data ignores it: it
+    reads no rows, writes nothing and leaves this 0, and the client package
+    then sends the same rows again as rows.
     """
     @_builtins.property
     def invalidated_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -796,10 +803,11 @@ class BatchInsertResponse(_message.Message):
         last_insert_rowid: _builtins.int = ...,
         invalidated_tags: _abc.Iterable[_builtins.str] | None = ...,
         consistency_token: _builtins.str = ...,
+        rows_received: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "invalidated_tags", b"invalidated_tags", "last_insert_rowid", b"last_insert_rowid", "rows_affected", b"rows_affected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "invalidated_tags", b"invalidated_tags", "last_insert_rowid", b"last_insert_rowid", "rows_affected", b"rows_affected", "rows_received", b"rows_received"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
