@@ -28,29 +28,42 @@ _ARRAYS = {
 _BITS = [tuple(bool(byte >> bit & 1) for bit in range(8)) for byte in range(256)]
 
 
-def rows_from_columns(columns: Sequence[pb.ColumnData], width: int) -> list[SqlRow]:
-    """The rows of ``column_data`` for ``width`` column names, checked field by field."""
+def rows_from_columns(columns: Sequence[pb.ColumnData], width: int, max_rows: int) -> list[SqlRow]:
+    """The rows of ``column_data`` for ``width`` column names, checked field by field.
+
+    The shape (kinds, lengths, at most ``max_rows`` rows) is checked before any value
+    is read: a byte per row on the wire must not become a tuple per row in memory
+    past the limit.
+    """
     if len(columns) != width:
         raise InvalidArgument(
             f"column_data has {len(columns)} columns for {width} names in columns: "
             "give one per column",
             field="column_data",
         )
-    values = [_values(column, f"column_data[{i}]") for i, column in enumerate(columns)]
-    count = len(values[0]) if values else 0
-    for index, column in enumerate(values):
-        if len(column) != count:
-            name = _ARRAYS[columns[index].kind]
+    arrays = [_array(column, f"column_data[{i}]") for i, column in enumerate(columns)]
+    count = len(getattr(columns[0], arrays[0])) if columns else 0
+    if count > max_rows:
+        raise InvalidArgument(
+            f"{count} rows in one call is over limits.max_batch_rows ({max_rows}): split it",
+            field="column_data",
+        )
+    for index, (column, name) in enumerate(zip(columns, arrays, strict=True)):
+        if len(getattr(column, name)) != count:
             raise InvalidArgument(
-                f"column_data[{index}].{name} has {len(column)} values, "
+                f"column_data[{index}].{name} has {len(getattr(column, name))} values, "
                 f"column_data[0] has {count}: every column needs one value per row",
                 field=f"column_data[{index}].{name}",
             )
+    values = [
+        _values(column, name, f"column_data[{i}]")
+        for i, (column, name) in enumerate(zip(columns, arrays, strict=True))
+    ]
     return list(zip(*values, strict=True))
 
 
-def _values(column: pb.ColumnData, field: str) -> list[SqlValue]:
-    """One column's values, NULLs included."""
+def _array(column: pb.ColumnData, field: str) -> str:
+    """The name of the one array holding the column's values."""
     name = _ARRAYS.get(column.kind)
     if name is None:
         raise InvalidArgument(
@@ -63,6 +76,11 @@ def _values(column: pb.ColumnData, field: str) -> list[SqlValue]:
                 f"only, not in {other}",
                 field=f"{field}.{other}",
             )
+    return name
+
+
+def _values(column: pb.ColumnData, name: str, field: str) -> list[SqlValue]:
+    """One column's values, NULLs included."""
     values: list[SqlValue] = list(getattr(column, name))
     if column.nulls:
         _patch_nulls(values, column.nulls, f"{field}.nulls")

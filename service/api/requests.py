@@ -120,26 +120,27 @@ def checked_tags(tags: Sequence[str], field: str, limits: Limits) -> list[str]:
     return list(tags)
 
 
-def insert_request(request: pb.BatchInsertRequest) -> InsertRequest:
-    """A BatchInsert as the domain sees it, its rows sent as rows or as column_data."""
+def insert_request(request: pb.BatchInsertRequest, max_rows: int) -> InsertRequest:
+    """A BatchInsert as the domain sees it, its rows sent as rows or as column_data (at
+    most ``max_rows`` of those, checked before they are read)."""
     return InsertRequest(
         table=request.table,
         columns=list(request.columns),
-        rows=_insert_rows(request),
+        rows=_insert_rows(request, max_rows),
         on_conflict=_ON_CONFLICT.get(request.on_conflict, "abort"),
         conflict_columns=list(request.conflict_columns),
         update_columns=list(request.update_columns),
     )
 
 
-def _insert_rows(request: pb.BatchInsertRequest) -> list[SqlRow]:
+def _insert_rows(request: pb.BatchInsertRequest, max_rows: int) -> list[SqlRow]:
     if not request.column_data:
         return rows_from_proto(request.rows, "rows")
     if request.rows:
         raise errors.InvalidArgument(
             "give the rows in rows or in column_data, not both", field="column_data"
         )
-    return rows_from_columns(request.column_data, len(request.columns))
+    return rows_from_columns(request.column_data, len(request.columns), max_rows)
 
 
 def update_statements(request: pb.BatchUpdateRequest) -> list[tuple[str, list[SqlRow]]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -116,7 +117,9 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
         self, request: pb.BatchInsertRequest, context: Context, caller: Principal
     ) -> pb.BatchInsertResponse:
         insert = self._access.batch_insert
-        work, result = await self._write(request, context, caller, requests.insert_request, insert)
+        max_rows = self._limits.max_batch_rows
+        decode = functools.partial(requests.insert_request, max_rows=max_rows)
+        work, result = await self._write(request, context, caller, decode, insert)
         return pb.BatchInsertResponse(
             rows_affected=sum(result.rows_affected),
             last_insert_rowid=result.last_insert_rowid,

@@ -85,7 +85,7 @@ async def test_a_server_older_than_the_columnar_form_gets_the_rows_again_as_rows
     running: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # As a server without column_data in its proto: it reads rows alone, so none here.
-    monkeypatch.setattr(requests, "_insert_rows", lambda r: rows_from_proto(r.rows, "rows"))
+    monkeypatch.setattr(requests, "_insert_rows", lambda r, _: rows_from_proto(r.rows, "rows"))
     columnar = pb.BatchInsertRequest(
         database="kitchen",
         table="items",
