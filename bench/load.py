@@ -17,33 +17,45 @@ import grpc
 
 from dataaccess.v1 import data_access_pb2 as pb
 from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
+from dataaccess_client._columns import set_rows
+from dataaccess_client._convert import to_row
+
+COLUMNS = ["day", "kind", "value", "payload"]
+
+
+def event_values(i: int) -> tuple[str, str, int, str]:
+    """One events row as Python values."""
+    return (f"2026-01-{i % 28 + 1:02d}", ("click", "view", "buy")[i % 3], i, f"payload {i:08d}")
 
 
 def event_row(i: int) -> pb.Row:
-    """One events row as the service takes it."""
-    return pb.Row(
-        values=[
-            pb.Value(text=f"2026-01-{i % 28 + 1:02d}"),
-            pb.Value(text=("click", "view", "buy")[i % 3]),
-            pb.Value(integer=i),
-            pb.Value(text=f"payload {i:08d}"),
-        ]
-    )
+    """One events row as a proto Row."""
+    return to_row(event_values(i))
 
 
 def insert_request(rows: list[pb.Row]) -> pb.BatchInsertRequest:
     """A BatchInsert of ``rows`` into events."""
-    return pb.BatchInsertRequest(
-        database="events", table="events", columns=["day", "kind", "value", "payload"], rows=rows
-    )
+    return pb.BatchInsertRequest(database="events", table="events", columns=COLUMNS, rows=rows)
 
 
-async def batch_insert(port: int, batches: int, batch_rows: int) -> dict[str, float]:
-    """Serial BatchInserts of ``batch_rows`` rows."""
-    requests = [
-        insert_request([event_row(b * batch_rows + i) for i in range(batch_rows)])
-        for b in range(batches)
-    ]
+def batch_request(first: int, count: int, columnar: bool) -> pb.BatchInsertRequest:
+    """A BatchInsert of ``count`` events as the client package sends it (columnar, since
+    every column holds one kind), or in the row form."""
+    values = [event_values(first + i) for i in range(count)]
+    if not columnar:
+        return insert_request([to_row(v) for v in values])
+    request = pb.BatchInsertRequest(database="events", table="events", columns=COLUMNS)
+    set_rows(request, values)
+    assert request.column_data, "the client sends these rows as columns"
+    return request
+
+
+async def batch_insert(
+    port: int, batches: int, batch_rows: int, columnar: bool = True
+) -> dict[str, float]:
+    """Serial BatchInserts of ``batch_rows`` rows (requests built before the clock starts,
+    as stdlib's rows are)."""
+    requests = [batch_request(b * batch_rows, batch_rows, columnar) for b in range(batches)]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.DataAccessStub(channel)
         started = time.perf_counter()
@@ -51,6 +63,11 @@ async def batch_insert(port: int, batches: int, batch_rows: int) -> dict[str, fl
             await stub.BatchInsert(request, timeout=60)
         elapsed = time.perf_counter() - started
     return {"rows": batches * batch_rows, "seconds": elapsed}
+
+
+async def batch_insert_rows(port: int, batches: int, batch_rows: int) -> dict[str, float]:
+    """The same, the rows sent in the row form."""
+    return await batch_insert(port, batches, batch_rows, columnar=False)
 
 
 async def concurrent_inserts(port: int, writers: int, each: int) -> dict[str, float]:
@@ -97,6 +114,7 @@ def main(argv: list[str]) -> None:
     args = [int(n) for n in numbers]
     runners: dict[str, Callable[..., Coroutine[Any, Any, dict[str, Any]]]] = {
         "batch_insert": batch_insert,
+        "batch_insert_rows": batch_insert_rows,
         "concurrent_inserts": concurrent_inserts,
         "single_inserts": single_inserts,
     }

@@ -29,7 +29,7 @@ from typing import Any
 import asyncpg
 import grpc
 
-from bench.load import batch_insert, event_row
+from bench.load import batch_insert, event_values
 from bench.query_load import Sample, drive
 from dataaccess.v1 import data_access_pb2 as pb
 from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
@@ -156,12 +156,8 @@ async def hits(pg: int, lite: int, concurrency: int, seconds: float) -> dict[str
 
 
 def _records(batch: int) -> list[tuple[Any, ...]]:
-    """Batch ``batch``'s rows, the values ``bench.load.event_row`` sends the service."""
-    out = []
-    for i in range(batch * BATCH_ROWS, (batch + 1) * BATCH_ROWS):
-        values = event_row(i).values
-        out.append((values[0].text, values[1].text, values[2].integer, values[3].text))
-    return out
+    """Batch ``batch``'s rows, the values ``bench.load.batch_insert`` sends the service."""
+    return [event_values(i) for i in range(batch * BATCH_ROWS, (batch + 1) * BATCH_ROWS)]
 
 
 async def asyncpg_copy(url: str, batches: int) -> dict[str, float]:

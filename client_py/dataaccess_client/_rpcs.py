@@ -17,7 +17,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 from google.protobuf.message import Message
 
 from dataaccess.v1 import data_access_pb2 as pb
-from dataaccess_client import _convert
+from dataaccess_client import _columns, _convert
 from dataaccess_client._models import CacheMode, OnConflict, Params, SqlInput
 
 P = ParamSpec("P")
@@ -61,10 +61,16 @@ class Rpc(Generic[P]):
 
 @dataclass(frozen=True)
 class Unary(Rpc[P], Generic[P, Out]):
-    """A request and one response, read by ``read``; retried only when ``retry``."""
+    """A request and one response, read by ``read``; retried only when ``retry``.
+
+    ``again``, given the request and its response, may return a request to send
+    instead, once, when the response shows the server could not read the first
+    (one older than a field the request relies on).
+    """
 
     read: Callable[[Any], Out]
     retry: bool
+    again: Callable[[Any, Any], Message | None] | None = None
 
     @property
     def returns(self) -> str:
@@ -137,14 +143,15 @@ def _insert_request(
     idempotency_key: str = "",
     timeout: float | None = None,
 ) -> Call:
-    """The BatchInsertRequest of rows given in the order of ``columns``."""
+    """The BatchInsertRequest of rows given in the order of ``columns``: in the columnar
+    form when every column holds one kind of value (and NULLs), else as rows."""
     request = pb.BatchInsertRequest(
         database=database, table=table, columns=columns,
-        rows=[_convert.to_row(row) for row in rows],
         on_conflict=_convert.on_conflict(on_conflict),
         conflict_columns=conflict_columns, update_columns=update_columns,
         invalidate_tags=invalidate_tags, idempotency_key=idempotency_key,
     )  # fmt: skip
+    _columns.set_rows(request, rows)
     return Call(request, timeout)
 
 
@@ -218,6 +225,7 @@ batch_insert = Unary(
     "Insert rows into one table atomically; never retried (see the module docstring).",
     read=_convert.insert_result,
     retry=False,
+    again=_columns.as_rows_if_unread,
 )
 batch_update = Unary(
     "batch_update",

@@ -2,9 +2,10 @@
 
 ``servicer`` (one short method per RPC), ``requests`` (proto -> domain) and
 ``responses`` (domain -> proto) over ``codec`` (proto Values <-> Python
-values), ``status`` (DataAccessError -> gRPC status, in one place),
-``registration`` (Query served as bytes), ``auth`` (bearer tokens from call
-metadata) and ``admission`` (call slots per caller), ``tls``, and the server
-interceptors (call metrics, tracing spans). Nothing below this package
-imports ``grpc``, ``google.protobuf`` or the generated code.
+values) and ``columns`` (a BatchInsert's columnar form -> rows), ``status``
+(DataAccessError -> gRPC status, in one place), ``registration`` (Query
+served as bytes), ``auth`` (bearer tokens from call metadata) and
+``admission`` (call slots per caller), ``tls``, and the server interceptors
+(call metrics, tracing spans). Nothing below this package imports ``grpc``,
+``google.protobuf`` or the generated code.
 """

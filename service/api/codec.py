@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -84,28 +85,39 @@ def rows_to_proto(rows: Iterable[Sequence[SqlValue]]) -> list[pb.Row]:
     return [pb.Row(values=[to_proto(v) for v in row]) for row in rows]
 
 
-def row_from_proto(row: pb.Row, field: str) -> SqlRow:
-    """A proto Row as a tuple of Python values; the field is named only if one is bad."""
+def rows_from_proto(rows: Sequence[pb.Row], field: str) -> list[SqlRow]:
+    """Proto Rows as tuples of Python values; ``field`` (like ``rows``) names a bad one.
+
+    One comprehension reads every value by the name of its kind, and NaN is looked
+    for once over them all; only when a Value is bad (no kind, NaN) are they read
+    again one by one, to name it.
+    """
+    which = pb.Value.WhichOneof
     try:
-        return tuple([_READERS[v.WhichOneof("kind")](v) for v in row.values])
-    except (KeyError, ValueError):
-        return tuple(from_proto(v, f"{field}.values[{i}]") for i, v in enumerate(row.values))
+        decoded = [
+            tuple(
+                [
+                    None if (kind := which(value, "kind")) == "null" else getattr(value, kind)  # type: ignore[arg-type]
+                    for value in row.values
+                ]
+            )
+            for row in rows
+        ]
+    except TypeError:  # getattr(value, None): a Value with no kind set
+        pass
+    else:
+        if not _has_nan(decoded):
+            return decoded
+    return [
+        tuple(from_proto(v, f"{field}[{i}].values[{j}]") for j, v in enumerate(row.values))
+        for i, row in enumerate(rows)
+    ]
 
 
-def _real(value: pb.Value) -> float:
-    real: float = value.real
-    if real != real:  # NaN
-        raise ValueError("NaN")
-    return real
-
-
-_READERS: dict[str | None, Callable[[pb.Value], SqlValue]] = {
-    "integer": operator.attrgetter("integer"),
-    "text": operator.attrgetter("text"),
-    "real": _real,
-    "blob": operator.attrgetter("blob"),
-    "null": lambda _value: None,
-}
+def _has_nan(rows: list[SqlRow]) -> bool:
+    """Whether a value is NaN: the one value unequal to itself."""
+    flat = list(chain.from_iterable(rows))
+    return any(map(operator.ne, flat, flat))
 
 
 def params_from_proto(

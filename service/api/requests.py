@@ -12,7 +12,8 @@ from google.protobuf.message import DecodeError
 
 from dataaccess.v1 import data_access_pb2 as pb
 from service import consistency, errors
-from service.api.codec import from_proto, params_from_proto, row_from_proto
+from service.api.codec import from_proto, params_from_proto, rows_from_proto
+from service.api.columns import rows_from_columns
 from service.config import Limits
 from service.domain import CacheMode, InsertRequest, MergeSpec, ReadRequest, WriteOptions
 from service.values import SqlRow
@@ -119,27 +120,32 @@ def checked_tags(tags: Sequence[str], field: str, limits: Limits) -> list[str]:
     return list(tags)
 
 
-def insert_request(request: pb.BatchInsertRequest) -> InsertRequest:
-    """A BatchInsert as the domain sees it."""
+def insert_request(request: pb.BatchInsertRequest, max_rows: int) -> InsertRequest:
+    """A BatchInsert as the domain sees it, its rows sent as rows or as column_data (at
+    most ``max_rows`` of those, checked before they are read)."""
     return InsertRequest(
         table=request.table,
         columns=list(request.columns),
-        rows=[row_from_proto(row, f"rows[{i}]") for i, row in enumerate(request.rows)],
+        rows=_insert_rows(request, max_rows),
         on_conflict=_ON_CONFLICT.get(request.on_conflict, "abort"),
         conflict_columns=list(request.conflict_columns),
         update_columns=list(request.update_columns),
     )
 
 
+def _insert_rows(request: pb.BatchInsertRequest, max_rows: int) -> list[SqlRow]:
+    if not request.column_data:
+        return rows_from_proto(request.rows, "rows")
+    if request.rows:
+        raise errors.InvalidArgument(
+            "give the rows in rows or in column_data, not both", field="column_data"
+        )
+    return rows_from_columns(request.column_data, len(request.columns), max_rows)
+
+
 def update_statements(request: pb.BatchUpdateRequest) -> list[tuple[str, list[SqlRow]]]:
     """A BatchUpdate's statements with their parameter sets."""
     return [
-        (
-            statement.sql,
-            [
-                row_from_proto(row, f"statements[{i}].param_sets[{j}]")
-                for j, row in enumerate(statement.param_sets)
-            ],
-        )
+        (statement.sql, rows_from_proto(statement.param_sets, f"statements[{i}].param_sets"))
         for i, statement in enumerate(request.statements)
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -121,12 +122,15 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
         self, request: pb.BatchInsertRequest, context: Context, caller: Principal
     ) -> pb.BatchInsertResponse:
         insert = self._access.batch_insert
-        result = await self._write(request, context, caller, requests.insert_request, insert)
+        max_rows = self._limits.max_batch_rows
+        decode = functools.partial(requests.insert_request, max_rows=max_rows)
+        work, result = await self._write(request, context, caller, decode, insert)
         return pb.BatchInsertResponse(
             rows_affected=sum(result.rows_affected),
             last_insert_rowid=result.last_insert_rowid,
             invalidated_tags=result.invalidated_tags,
             consistency_token=result.consistency_token,
+            rows_received=len(work.rows),
         )
 
     @answers_errors
@@ -134,7 +138,7 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
         self, request: pb.BatchUpdateRequest, context: Context, caller: Principal
     ) -> pb.BatchUpdateResponse:
         update = self._access.batch_update
-        result = await self._write(request, context, caller, requests.update_statements, update)
+        _, result = await self._write(request, context, caller, requests.update_statements, update)
         return pb.BatchUpdateResponse(
             rows_affected=result.rows_affected,
             invalidated_tags=result.invalidated_tags,
@@ -148,12 +152,13 @@ class DataAccessServicer(pb_grpc.DataAccessServicer):
         caller: Principal,
         decode: Callable[[WriteReq], Work],
         run: Callable[[str, Work, WriteOptions, float, Principal], Awaitable[WriteResult]],
-    ) -> WriteResult:
-        """Check the write scope before any row is looked at, decode, and run the write."""
+    ) -> tuple[Work, WriteResult]:
+        """Check the write scope before any row is looked at, decode, and run the write;
+        the decoded work and its result."""
         self._access.check_write(request.database, caller)
         work = decode(request)  # a bad row is named before a bad tag, as it always was
         options = requests.write_options(request, self._limits)
-        return await run(request.database, work, options, self._deadline(context), caller)
+        return work, await run(request.database, work, options, self._deadline(context), caller)
 
     @answers_errors
     async def Invalidate(

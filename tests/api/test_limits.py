@@ -84,6 +84,17 @@ async def test_a_batch_over_the_row_limit_is_refused_naming_the_field(
             )
         )
         assert failure.code == grpc.StatusCode.INVALID_ARGUMENT and failure.fields == ["rows"]
+        # In the columnar form the count is checked before any value is read.
+        column = pb.ColumnData(kind=pb.COLUMN_KIND_INTEGER, integers=range(11))
+        columnar = await failure_of(
+            running.stub.BatchInsert(
+                pb.BatchInsertRequest(
+                    database="kitchen", table="items", columns=["qty"], column_data=[column]
+                )
+            )
+        )
+        assert columnar.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert columnar.fields == ["column_data"] and "max_batch_rows" in columnar.details
         assert running.sqlite("kitchen").execute("SELECT count(*) FROM items").fetchone() == (0,)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from dataaccess.v1 import data_access_pb2 as pb
 from dataaccess_client import (
     AlreadyExists,
     AsyncClient,
@@ -20,6 +21,9 @@ from dataaccess_client import (
     PermissionDenied,
     Unavailable,
 )
+from service.api import requests
+from service.api.codec import rows_from_proto
+from service.api.columns import rows_from_columns
 from tests.conftest import Running, free_port
 
 CLI = [str(Path(sys.executable).parent / "dataaccess")]  # the installed console script
@@ -42,6 +46,59 @@ async def test_async_client_takes_and_returns_plain_values(running: Running) -> 
         )
         assert updated.rows_affected == [1]
         assert (await client.health()).status == "healthy"
+
+
+async def test_the_client_sends_single_kind_columns_as_columns_and_a_mixed_one_as_rows(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forms: list[str] = []
+
+    def columns(*args: Any) -> Any:
+        forms.append("columns")
+        return rows_from_columns(*args)
+
+    def rows(*args: Any) -> Any:
+        forms.append("rows")
+        return rows_from_proto(*args)
+
+    monkeypatch.setattr(requests, "rows_from_columns", columns)  # as the servicer calls them
+    monkeypatch.setattr(requests, "rows_from_proto", rows)
+    async with AsyncClient(f"127.0.0.1:{running.port}") as client:
+        single = [(1, "ü", 1.5, b"\x00", None), (2, None, None, None, None)]
+        await client.batch_insert("kitchen", "items", ["id", "t", "r", "b", "n"], single)
+        mixed: list[tuple[int, int | str]] = [
+            (3, 7),
+            (4, "seven"),
+        ]  # n has no type: SQLite keeps each value's own
+        await client.batch_insert("kitchen", "items", ["id", "n"], mixed)
+        result = await client.query("kitchen", "SELECT id, t, r, b, n FROM items ORDER BY id")
+    assert forms == ["columns", "rows"]
+    assert result.rows == [
+        (1, "ü", 1.5, b"\x00", None),
+        (2, None, None, None, None),
+        (3, None, None, None, 7),
+        (4, None, None, None, "seven"),
+    ]
+
+
+async def test_a_server_older_than_the_columnar_form_gets_the_rows_again_as_rows(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a server without column_data in its proto: it reads rows alone, so none here.
+    monkeypatch.setattr(requests, "_insert_rows", lambda r, _: rows_from_proto(r.rows, "rows"))
+    columnar = pb.BatchInsertRequest(
+        database="kitchen",
+        table="items",
+        columns=["id"],
+        column_data=[pb.ColumnData(kind=pb.COLUMN_KIND_INTEGER, integers=[9])],
+    )
+    unread = await running.stub.BatchInsert(columnar)
+    assert (unread.rows_affected, unread.rows_received) == (0, 0)  # and nothing written
+    async with AsyncClient(f"127.0.0.1:{running.port}") as client:
+        inserted = await client.batch_insert("kitchen", "items", ["id", "t"], [(1, "a"), (2, None)])
+        assert inserted.rows_affected == 2
+        result = await client.query("kitchen", "SELECT id, t FROM items ORDER BY id")
+    assert result.rows == [(1, "a"), (2, None)]
 
 
 async def test_async_client_raises_one_typed_error_per_status(running: Running) -> None:

@@ -120,8 +120,11 @@ def test_insert_and_update_requests():
         conflict_columns=["a"], idempotency_key="k",
     )  # fmt: skip
     assert insert.on_conflict == pb.ON_CONFLICT_UPSERT
-    assert [_convert.from_row(r) for r in insert.rows] == [(1, "x"), (2, None)]
+    assert list(insert.conflict_columns) == ["a"]
+    assert [list(c.integers) for c in insert.column_data[:1]] == [[1, 2]]  # test_client_columns
     assert insert.idempotency_key == "k"
+    mixed = insert_request("live", "t", ["a"], [(1,), ("x",)])
+    assert [_convert.from_row(r) for r in mixed.rows] == [(1,), ("x",)]
     update = update_request("live", [("DELETE FROM t WHERE a = ?", [[1], [2]])])
     assert update.statements[0].sql.startswith("DELETE")
     assert len(update.statements[0].param_sets) == 2

@@ -158,6 +158,38 @@ conflict_columns.
 """
 Global___OnConflict: _TypeAlias = OnConflict  # noqa: Y015
 
+class _ColumnKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ColumnKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ColumnKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COLUMN_KIND_UNSPECIFIED: _ColumnKind.ValueType  # 0
+    """COLUMN_KIND_UNSPECIFIED is refused."""
+    COLUMN_KIND_INTEGER: _ColumnKind.ValueType  # 1
+    """COLUMN_KIND_INTEGER: the values are in integers."""
+    COLUMN_KIND_REAL: _ColumnKind.ValueType  # 2
+    """COLUMN_KIND_REAL: the values are in reals."""
+    COLUMN_KIND_TEXT: _ColumnKind.ValueType  # 3
+    """COLUMN_KIND_TEXT: the values are in texts."""
+    COLUMN_KIND_BLOB: _ColumnKind.ValueType  # 4
+    """COLUMN_KIND_BLOB: the values are in blobs."""
+
+class ColumnKind(_ColumnKind, metaclass=_ColumnKindEnumTypeWrapper):
+    """ColumnKind says which array of a ColumnData holds the column's values."""
+
+COLUMN_KIND_UNSPECIFIED: ColumnKind.ValueType  # 0
+"""COLUMN_KIND_UNSPECIFIED is refused."""
+COLUMN_KIND_INTEGER: ColumnKind.ValueType  # 1
+"""COLUMN_KIND_INTEGER: the values are in integers."""
+COLUMN_KIND_REAL: ColumnKind.ValueType  # 2
+"""COLUMN_KIND_REAL: the values are in reals."""
+COLUMN_KIND_TEXT: ColumnKind.ValueType  # 3
+"""COLUMN_KIND_TEXT: the values are in texts."""
+COLUMN_KIND_BLOB: ColumnKind.ValueType  # 4
+"""COLUMN_KIND_BLOB: the values are in blobs."""
+Global___ColumnKind: _TypeAlias = ColumnKind  # noqa: Y015
+
 class _HealthStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -607,6 +639,7 @@ class BatchInsertRequest(_message.Message):
     UPDATE_COLUMNS_FIELD_NUMBER: _builtins.int
     INVALIDATE_TAGS_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    COLUMN_DATA_FIELD_NUMBER: _builtins.int
     database: _builtins.str
     """database is a database name (or a group, routed by its route column)."""
     table: _builtins.str
@@ -621,7 +654,7 @@ class BatchInsertRequest(_message.Message):
 
     @_builtins.property
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___Row]:
-        """rows are the rows to insert."""
+        """rows are the rows to insert (or column_data holds them instead)."""
 
     @_builtins.property
     def conflict_columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -637,6 +670,17 @@ class BatchInsertRequest(_message.Message):
     def invalidate_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """invalidate_tags are bumped after the commit, besides the table's tag."""
 
+    @_builtins.property
+    def column_data(self) -> _containers.RepeatedCompositeFieldContainer[Global___ColumnData]:
+        """column_data is the columnar form of the rows, instead of rows (setting both
+        is INVALID_ARGUMENT): one ColumnData per entry of columns, in the same
+        order, each holding every row's value of its column. It is much cheaper to
+        encode and decode than rows of Values; the client package sends it
+        whenever every column holds one kind of value (and NULLs), else rows.
+        Inserted, fingerprinted for idempotency_key and answered exactly as the
+        same rows sent in rows.
+        """
+
     def __init__(
         self,
         *,
@@ -649,14 +693,78 @@ class BatchInsertRequest(_message.Message):
         update_columns: _abc.Iterable[_builtins.str] | None = ...,
         invalidate_tags: _abc.Iterable[_builtins.str] | None = ...,
         idempotency_key: _builtins.str = ...,
+        column_data: _abc.Iterable[Global___ColumnData] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "conflict_columns", b"conflict_columns", "database", b"database", "idempotency_key", b"idempotency_key", "invalidate_tags", b"invalidate_tags", "on_conflict", b"on_conflict", "rows", b"rows", "table", b"table", "update_columns", b"update_columns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["column_data", b"column_data", "columns", b"columns", "conflict_columns", b"conflict_columns", "database", b"database", "idempotency_key", b"idempotency_key", "invalidate_tags", b"invalidate_tags", "on_conflict", b"on_conflict", "rows", b"rows", "table", b"table", "update_columns", b"update_columns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BatchInsertRequest: _TypeAlias = BatchInsertRequest  # noqa: Y015
+
+@_typing.final
+class ColumnData(_message.Message):
+    """ColumnData is one column of a BatchInsert in the columnar form: one value
+    per row, all of one storage class, in one array, plus which rows are NULL.
+    The array kind names holds exactly one entry per row, a NULL row's entry
+    included (a placeholder, best the kind's zero, that is never read); the
+    other arrays stay empty. Every ColumnData of a request has the same number
+    of rows. A column mixing kinds other than NULL (integers and texts, say)
+    cannot be sent this way: send the batch as rows.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    INTEGERS_FIELD_NUMBER: _builtins.int
+    REALS_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    BLOBS_FIELD_NUMBER: _builtins.int
+    NULLS_FIELD_NUMBER: _builtins.int
+    kind: Global___ColumnKind.ValueType
+    """kind says which array holds the values."""
+    nulls: _builtins.bytes
+    """nulls marks the NULL rows, one bit per row, least significant bit first:
+    row i is NULL when bit (i % 8) of byte (i / 8) is set. Empty means no row
+    is NULL; otherwise it is exactly (rows + 7) / 8 bytes long, with the bits
+    past the last row clear.
+    """
+    @_builtins.property
+    def integers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """integers are the values of an INTEGER column (64-bit signed, packed)."""
+
+    @_builtins.property
+    def reals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """reals are the values of a REAL column (packed); NaN is refused, as in
+        Value.real, except as a NULL row's placeholder.
+        """
+
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """texts are the values of a TEXT column (UTF-8)."""
+
+    @_builtins.property
+    def blobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """blobs are the values of a BLOB column."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___ColumnKind.ValueType = ...,
+        integers: _abc.Iterable[_builtins.int] | None = ...,
+        reals: _abc.Iterable[_builtins.float] | None = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+        blobs: _abc.Iterable[_builtins.bytes] | None = ...,
+        nulls: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs", b"blobs", "integers", b"integers", "kind", b"kind", "nulls", b"nulls", "reals", b"reals", "texts", b"texts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ColumnData: _TypeAlias = ColumnData  # noqa: Y015
 
 @_typing.final
 class BatchInsertResponse(_message.Message):
@@ -668,6 +776,7 @@ class BatchInsertResponse(_message.Message):
     LAST_INSERT_ROWID_FIELD_NUMBER: _builtins.int
     INVALIDATED_TAGS_FIELD_NUMBER: _builtins.int
     CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
+    ROWS_RECEIVED_FIELD_NUMBER: _builtins.int
     rows_affected: _builtins.int
     """rows_affected is the number of rows inserted or updated."""
     last_insert_rowid: _builtins.int
@@ -676,6 +785,12 @@ class BatchInsertResponse(_message.Message):
     """consistency_token names the write's commit position on each database it
     changed ("database@position"; PostgreSQL: the commit LSN; SQLite: the
     database's commit counter), for read-your-writes through read replicas.
+    """
+    rows_received: _builtins.int
+    """rows_received is the number of rows the server read from the request, from
+    rows or from column_data. A server older than column_data ignores it: it
+    reads no rows, writes nothing and leaves this 0, and the client package
+    then sends the same rows again as rows.
     """
     @_builtins.property
     def invalidated_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -688,10 +803,11 @@ class BatchInsertResponse(_message.Message):
         last_insert_rowid: _builtins.int = ...,
         invalidated_tags: _abc.Iterable[_builtins.str] | None = ...,
         consistency_token: _builtins.str = ...,
+        rows_received: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "invalidated_tags", b"invalidated_tags", "last_insert_rowid", b"last_insert_rowid", "rows_affected", b"rows_affected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_token", b"consistency_token", "invalidated_tags", b"invalidated_tags", "last_insert_rowid", b"last_insert_rowid", "rows_affected", b"rows_affected", "rows_received", b"rows_received"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
