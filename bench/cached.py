@@ -41,8 +41,8 @@ class Scenario:
     redis: bool
 
 
-L1_HIT = Scenario("Cached Query, L1 hit", "HIT_LOCAL", 0.85, redis=False)
-REDIS_HIT = Scenario("Cached Query, Redis hit (L1 off)", "HIT_REDIS", 0.6, redis=True)
+L1_HIT = Scenario("Cached Query, L1 hit", "HIT_LOCAL", 0.9, redis=False)
+REDIS_HIT = Scenario("Cached Query, Redis hit (L1 off)", "HIT_REDIS", 0.65, redis=True)
 
 
 @dataclass(frozen=True)
