@@ -1,9 +1,10 @@
-"""``python -m bench.chart RESULTS.json OUT.png``: the benchmark table as a picture.
+"""``python -m bench.chart RESULTS.json OUT.png``: the benchmark table as pictures.
 
-Run by the bench venv (matplotlib). Throughput rows on the left, latency
-rows next, hit rates (if any) on the right: the service's median next to
-what it is compared with, min-max as error bars, and each ratio with its
-goal written beside it.
+Run by the bench venv (matplotlib). OUT.png: throughput rows on the left,
+latency rows next, hit rates (if any) on the right: the service's median
+next to what it is compared with, min-max as error bars, and each ratio with
+its goal written beside it. OUT-goals.png: every row with a goal on its
+ratio, the median ratio with its min-max against the goal, met or not.
 """
 
 from __future__ import annotations
@@ -94,6 +95,49 @@ def main(source: Path, target: Path) -> None:
     if shares:
         _bars(axes[2], shares, "hit rate, higher is better", log=False)
     figure.suptitle(results["header"], fontsize=9)
+    figure.tight_layout()
+    figure.savefig(target, dpi=110)
+    goals(results["header"], rows, target.with_name(f"{target.stem}-goals.png"))
+
+
+def goals(header: str, rows: list[dict[str, Any]], target: Path) -> None:
+    """Each row with a goal on its ratio: the median ratio (min-max) and the goal's mark."""
+    rows = [r for r in rows if r["goal"] and not r.get("absolute")][::-1]
+    if not rows:
+        return
+    figure, axis = plt.subplots(figsize=(11, max(3.0, 0.42 * len(rows) + 1)))
+    positions = list(range(len(rows)))
+    medians = [statistics.median(r["ratios"]) for r in rows]
+    met = [
+        (m <= r["goal"]) if r.get("lower_is_better") else (m >= r["goal"])
+        for m, r in zip(medians, rows, strict=True)
+    ]
+    axis.barh(
+        positions,
+        medians,
+        height=0.6,
+        xerr=[
+            [m - min(r["ratios"]) for m, r in zip(medians, rows, strict=True)],
+            [max(r["ratios"]) - m for m, r in zip(medians, rows, strict=True)],
+        ],
+        color=["#2ca02c" if ok else "#d62728" for ok in met],
+        capsize=2,
+    )
+    axis.scatter([r["goal"] for r in rows], positions, marker="|", s=300, color="black", zorder=3)
+    for position, median, row in zip(positions, medians, rows, strict=True):
+        bound = "<=" if row.get("lower_is_better") else ">="
+        axis.text(
+            median,
+            position,
+            f"  {median:.2f} (goal {bound} {row['goal']:g})",
+            va="center",
+            fontsize=7,
+        )
+    axis.set_yticks(
+        positions, [f"{r['scenario'].strip()} / {r['against']}" for r in rows], fontsize=7
+    )
+    axis.set_xlabel("ratio: median, min-max; black mark: the goal; green: met, red: not")
+    axis.set_title(header, fontsize=9)
     figure.tight_layout()
     figure.savefig(target, dpi=110)
 
