@@ -19,7 +19,7 @@ from opentelemetry import trace
 from service import consistency, errors
 from service.cache.keys import cache_key
 from service.cache.tagged import CacheUnavailable, EntryPolicy, TagCache
-from service.config import Limits
+from service.config import Limits, WarmQuery
 from service.consistency import freshness_of
 from service.db.door import (
     Database,
@@ -48,6 +48,7 @@ from service.routing.router import Router, pick_member
 from service.scopes import ANYONE, Principal, Scopes
 from service.tags import ALL_TAG, database_tag, invalidated, read_tags, table_tags, write_tags
 from service.values import SqlRow
+from service.warming import Warmer
 
 _ATTEMPTS = 3  # reads keyed anew after a schema change, before one goes uncached
 MIN_HOT_READS = 10_000
@@ -78,6 +79,7 @@ class DataAccess:
         encode: ResultEncoder,
         tracer: trace.Tracer | None = None,
         on_query: Callable[[str, float], None] | None = None,
+        warm: Sequence[WarmQuery] = (),
     ) -> None:
         self._router = router
         self._scopes = Scopes(router)
@@ -92,6 +94,9 @@ class DataAccess:
         # As many as L1 holds, and no fewer than MIN_HOT_READS: with L1 off, Redis hits too
         # are answered from the request bytes without decoding and keying them again.
         self._hot = HotReads(max(cache.local.max_entries, MIN_HOT_READS))
+        self.warmer = Warmer(
+            warm, self.cached, self.query, cache_ttl, limits.default_deadline_seconds
+        )
 
     # Reads
 
@@ -382,7 +387,8 @@ class DataAccess:
     async def stats(self, reset: bool) -> StatsReport:
         """Cache, pool, statement and write figures; ``reset`` clears them after reading."""
         databases = list(self._router.databases.values())
-        return await stats_report(databases, self._cache, self.statements, self.keys, reset)
+        report = await stats_report(databases, self._cache, self.statements, self.keys, reset)
+        return replace(report, warm=self.warmer.figures())
 
     def _check_batch(self, rows: int, field_name: str) -> None:
         if rows > self._limits.max_batch_rows:

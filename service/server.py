@@ -74,6 +74,7 @@ class DataAccessServer:
         self._server: grpc.aio.Server | None = None
         self._servicer: DataAccessServicer | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._warming: asyncio.Future[None] | None = None
         self.port = 0
 
     async def start(self) -> int:
@@ -94,8 +95,10 @@ class DataAccessServer:
             if isinstance(exc, CertificateError):
                 raise StartError(str(exc)) from exc
             raise StartError(bind_failure(self.config.listen)) from exc
+        await self.access.warmer.load_all()  # before the first caller: warm reads are hits
         await server.start()
         self._server = server
+        self._warming = asyncio.ensure_future(self.access.warmer.run())
         if self.metrics is not None and config.metrics_listen:
             self.metrics.watch(self.router, self.cache)
             self.metrics_port = self._serve_metrics(self.metrics, config.metrics_listen)
@@ -135,7 +138,9 @@ class DataAccessServer:
             encode_read,
             self.telemetry.tracer,
             self.metrics.observe_query if self.metrics is not None else None,
+            config.cache.warm,
         )
+        self.access = access
         auth = Authenticator(config.auth_tokens)
         self._servicer = DataAccessServicer(access, config.limits, checker, auth)
         add_to_server(self._servicer, server)
@@ -233,6 +238,9 @@ class DataAccessServer:
         if self._watcher is not None:
             await stop_task(self._watcher)  # its Redis PING may swallow one cancel
             self._watcher = None
+        if self._warming is not None:
+            await stop_task(self._warming)
+            self._warming = None
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)

@@ -96,6 +96,16 @@ def stats_response(report: StatsReport) -> pb.StatsResponse:
         ],
         pools=[pb.PoolStats(**vars(pool)) for pool in report.pools],
         writes=[pb.WriteStats(**vars(write)) for write in report.writes],
+        warm=[
+            pb.WarmStats(
+                name=w.name,
+                database=w.database,
+                loads=w.loads,
+                last_refresh_unix_seconds=w.last_refresh,
+                last_error=w.last_error,
+            )
+            for w in report.warm
+        ],
         statements=[pb.StatementStats(**vars(s)) for s in report.statements],
         slow_queries=[_slow_query(s) for s in report.slowest],
         advisories=[

@@ -31,6 +31,7 @@ from service.config.model import (
     SqliteSettings,
     TlsConfig,
     TokenConfig,
+    WarmQuery,
 )
 
 REPO_MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
@@ -128,7 +129,7 @@ def _build(document: dict[str, Any] | None, environ: Mapping[str, str], config_d
         groups=tuple(_group(i, raw) for i, raw in enumerate(doc.get("groups") or [])),
         sqlite=_sqlite(doc.get("sqlite"), environ, data_dir),
         limits=_limits(doc.get("limits"), environ),
-        cache=_section("cache", CacheConfig, doc.get("cache")),
+        cache=_cache(doc.get("cache")),
         auth_tokens=_tokens(doc.get("auth")),
         tls=_tls(doc.get("tls"), config_dir),
         replication=_replication(doc.get("replication"), environ),
@@ -343,6 +344,42 @@ def _section(where: str, cls: type[Any], raw: Any) -> Any:
         return cls(**raw)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+WARM_KEYS = {"name", "database", "sql", "params", "ttl_seconds"}
+
+
+def _cache(raw: Any) -> CacheConfig:
+    """The ``cache`` section; its ``warm`` list is read into WarmQuery entries."""
+    if not isinstance(raw, dict) or "warm" not in raw:
+        return _section("cache", CacheConfig, raw)  # type: ignore[no-any-return]
+    warm = raw["warm"] or []
+    if not isinstance(warm, list):
+        raise ConfigError("cache.warm: expected a list of named queries")
+    section: CacheConfig = _section(
+        "cache", CacheConfig, {k: v for k, v in raw.items() if k != "warm"}
+    )
+    return replace(section, warm=tuple(_warm_query(i, entry) for i, entry in enumerate(warm)))
+
+
+def _warm_query(index: int, raw: Any) -> WarmQuery:
+    where = f"cache.warm[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with name, database and sql")
+    _reject_unknown(where, raw, WARM_KEYS)
+    name = _name(where, raw)
+    database, sql = raw.get("database"), raw.get("sql")
+    if not isinstance(database, str) or not isinstance(sql, str) or not sql.strip():
+        raise ConfigError(f"{where}: database and sql are required")
+    params = raw.get("params") or []
+    if not isinstance(params, list) or not all(
+        p is None or (isinstance(p, int | float | str) and not isinstance(p, bool)) for p in params
+    ):
+        raise ConfigError(f"{where}.params: expected a list of numbers, strings or nulls")
+    ttl = raw.get("ttl_seconds")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)):
+        raise ConfigError(f"{where}.ttl_seconds: expected a number of seconds")
+    return WarmQuery(name, database, sql, tuple(params), None if ttl is None else float(ttl))
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:

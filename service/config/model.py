@@ -29,6 +29,7 @@ __all__ = [
     "SqliteSettings",
     "TlsConfig",
     "TokenConfig",
+    "WarmQuery",
 ]
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 TEMP_STORES = ("DEFAULT", "FILE", "MEMORY")
@@ -115,6 +116,18 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class WarmQuery:
+    """A read kept cached ahead of callers (YAML ``cache.warm``): loaded at start, loaded
+    again when a write drops it and before its ttl runs out."""
+
+    name: str
+    database: str
+    sql: str
+    params: tuple[int | float | str | None, ...] = ()
+    ttl_seconds: float | None = None  # None: the service's cache_ttl_seconds
+
+
+@dataclass(frozen=True)
 class CacheConfig:
     """How the cache checks Redis and rides out its faults (YAML section ``cache``)."""
 
@@ -137,6 +150,7 @@ class CacheConfig:
     # Past this many distinct keys changed in one table by one write, the write
     # bumps the table's key generation (every keyed read of it) instead.
     max_keys_per_write: int = 256
+    warm: tuple[WarmQuery, ...] = ()  # reads kept cached ahead of callers (service.warming)
 
     def __post_init__(self) -> None:
         _require_non_negative(
@@ -341,6 +355,9 @@ class Config:
         if not self.databases:
             raise ConfigError("databases: at least one database is needed")
         _check_names(self.databases, self.groups)
+        _check_warm(
+            self.cache.warm, {db.name for db in self.databases} | {g.name for g in self.groups}
+        )
         for database in self.databases:
             if isinstance(database, DatabaseConfig) and not database.path.parent.is_dir():
                 raise ConfigError(
@@ -383,6 +400,18 @@ def _check_names(databases: tuple[AnyDatabaseConfig, ...], groups: tuple[GroupCo
         for member in members:
             if member not in database_names:
                 raise ConfigError(f"groups.{group.name}: unknown member {member!r}")
+
+
+def _check_warm(warm: tuple[WarmQuery, ...], targets: set[str]) -> None:
+    seen: set[str] = set()
+    for query in warm:
+        if query.name in seen:
+            raise ConfigError(f"cache.warm: duplicate name {query.name!r}")
+        seen.add(query.name)
+        if query.database not in targets:
+            raise ConfigError(f"cache.warm.{query.name}: unknown database {query.database!r}")
+        if query.ttl_seconds is not None and query.ttl_seconds <= 0:
+            raise ConfigError(f"cache.warm.{query.name}.ttl_seconds: must be positive")
 
 
 def _check_workers(workers: int | None, redis_url: str | None) -> None:

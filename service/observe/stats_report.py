@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from service import errors
 from service.cache.tagged import TagCache, TierSnapshot
@@ -22,6 +23,9 @@ from service.observe.statements import (
     StatementFigures,
     StatementTimings,
 )
+
+if TYPE_CHECKING:
+    from service.warming import WarmFigures
 
 _EXPLAIN_SECONDS = 2.0
 _EXPLAIN_AT_MOST = 64
@@ -78,6 +82,7 @@ class StatsReport:
     statements: Sequence[StatementFigures] = ()
     slowest: Sequence[SlowStatement] = ()
     advisories: Sequence[Advisory] = ()
+    warm: Sequence[WarmFigures] = ()
 
 
 async def stats_report(

@@ -1372,6 +1372,7 @@ class StatsResponse(_message.Message):
     SLOW_QUERIES_FIELD_NUMBER: _builtins.int
     ADVISORIES_FIELD_NUMBER: _builtins.int
     WRITES_FIELD_NUMBER: _builtins.int
+    WARM_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def cache(self) -> _containers.RepeatedCompositeFieldContainer[Global___CacheTierStats]:
         """cache has one entry per cache tier."""
@@ -1396,6 +1397,10 @@ class StatsResponse(_message.Message):
     def writes(self) -> _containers.RepeatedCompositeFieldContainer[Global___WriteStats]:
         """writes has one entry per database."""
 
+    @_builtins.property
+    def warm(self) -> _containers.RepeatedCompositeFieldContainer[Global___WarmStats]:
+        """warm has one entry per read of cache.warm, kept cached ahead of callers."""
+
     def __init__(
         self,
         *,
@@ -1405,11 +1410,50 @@ class StatsResponse(_message.Message):
         slow_queries: _abc.Iterable[Global___SlowQuery] | None = ...,
         advisories: _abc.Iterable[Global___Advisory] | None = ...,
         writes: _abc.Iterable[Global___WriteStats] | None = ...,
+        warm: _abc.Iterable[Global___WarmStats] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["advisories", b"advisories", "cache", b"cache", "pools", b"pools", "slow_queries", b"slow_queries", "statements", b"statements", "writes", b"writes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advisories", b"advisories", "cache", b"cache", "pools", b"pools", "slow_queries", b"slow_queries", "statements", b"statements", "warm", b"warm", "writes", b"writes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatsResponse: _TypeAlias = StatsResponse  # noqa: Y015
+
+@_typing.final
+class WarmStats(_message.Message):
+    """WarmStats is one read of cache.warm."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DATABASE_FIELD_NUMBER: _builtins.int
+    LOADS_FIELD_NUMBER: _builtins.int
+    LAST_REFRESH_UNIX_SECONDS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """name is the warm read's name in the config."""
+    database: _builtins.str
+    """database is the database or group it reads."""
+    loads: _builtins.int
+    """loads counts its loads and refreshes since the service started."""
+    last_refresh_unix_seconds: _builtins.float
+    """last_refresh_unix_seconds is when it was last loaded; 0 if never."""
+    last_error: _builtins.str
+    """last_error is why the last load failed; empty once one succeeds."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        database: _builtins.str = ...,
+        loads: _builtins.int = ...,
+        last_refresh_unix_seconds: _builtins.float = ...,
+        last_error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["database", b"database", "last_error", b"last_error", "last_refresh_unix_seconds", b"last_refresh_unix_seconds", "loads", b"loads", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WarmStats: _TypeAlias = WarmStats  # noqa: Y015

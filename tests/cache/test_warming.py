@@ -1,0 +1,121 @@
+"""Warm reads (cache.warm): hits for the first caller, reloaded after writes, refreshed ahead."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dataaccess.v1 import data_access_pb2 as pb
+from service.config import ConfigError
+from tests.conftest import Running, build_config, row, started
+
+COUNT = "SELECT count(*) AS n FROM items WHERE qty >= ?"
+
+
+def _warm(document: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    entry = {"name": "stock", "database": "kitchen", "sql": COUNT, "params": [1], **extra}
+    return {**document, "cache": {"warm": [entry]}, "cache_ttl_seconds": 60}
+
+
+async def _count(server: Running) -> tuple[int, int]:
+    answer = await server.stub.Query(
+        pb.QueryRequest(database="kitchen", sql=COUNT, params=[pb.Value(integer=1)])
+    )
+    return answer.rows[0].values[0].integer, answer.cache_status
+
+
+async def _warm_stats(server: Running) -> pb.WarmStats:
+    [warm] = (await server.stub.Stats(pb.StatsRequest())).warm
+    return warm
+
+
+async def test_a_warm_read_is_a_hit_for_its_first_caller_and_shows_in_stats(
+    tmp_path: Path, document: dict[str, Any]
+) -> None:
+    async with started(tmp_path, _warm(document)) as server:
+        assert await _count(server) == (0, pb.CACHE_STATUS_HIT_LOCAL)
+        warm = await _warm_stats(server)
+        assert (warm.name, warm.database, warm.last_error) == ("stock", "kitchen", "")
+        assert warm.loads >= 1 and abs(warm.last_refresh_unix_seconds - time.time()) < 60
+
+
+async def test_after_a_write_it_is_reloaded_and_no_answer_is_ever_stale(
+    tmp_path: Path, document: dict[str, Any]
+) -> None:
+    async with started(tmp_path, _warm(document)) as server:
+        for written in range(1, 6):
+            await server.stub.BatchInsert(
+                pb.BatchInsertRequest(
+                    database="kitchen", table="items", columns=["qty"], rows=[row(2)]
+                )
+            )
+            # Acknowledged: from now on every answer counts it, hit or not.
+            deadline = time.monotonic() + 5
+            while True:
+                count, status = await _count(server)
+                assert count == written
+                if status == pb.CACHE_STATUS_HIT_LOCAL:
+                    break  # reloaded by the warmer (or by this caller's own miss)
+                assert time.monotonic() < deadline, "never a hit again after the write"
+                await asyncio.sleep(0.02)
+        # The warmer reloads by itself: with no caller reading, its loads grow.
+        loads = (await _warm_stats(server)).loads
+        await server.stub.BatchInsert(
+            pb.BatchInsertRequest(database="kitchen", table="items", columns=["qty"], rows=[row(3)])
+        )
+        deadline = time.monotonic() + 5
+        while (await _warm_stats(server)).loads == loads:
+            assert time.monotonic() < deadline, "the warmer did not reload after the write"
+            await asyncio.sleep(0.05)
+        assert await _count(server) == (6, pb.CACHE_STATUS_HIT_LOCAL)
+
+
+async def test_it_is_refreshed_before_its_ttl_runs_out(
+    tmp_path: Path, document: dict[str, Any]
+) -> None:
+    async with started(tmp_path, _warm(document, ttl_seconds=1.0)) as server:
+        first = (await _warm_stats(server)).loads
+        statuses = []
+        ends = time.monotonic() + 2.5  # past two ttls
+        while time.monotonic() < ends:
+            statuses.append((await _count(server))[1])
+            await asyncio.sleep(0.05)
+        assert set(statuses) == {pb.CACHE_STATUS_HIT_LOCAL}
+        assert (await _warm_stats(server)).loads >= first + 2
+
+
+async def test_a_failing_warm_read_is_reported_and_does_not_stop_the_start(
+    tmp_path: Path, document: dict[str, Any]
+) -> None:
+    broken = {
+        **document,
+        "cache": {"warm": [{"name": "bad", "database": "kitchen", "sql": "SELEC 1"}]},
+    }
+    async with started(tmp_path, broken) as server:
+        warm = await _warm_stats(server)
+        assert warm.loads == 0 and "syntax" in warm.last_error.lower()
+        assert (await server.stub.Query(pb.QueryRequest(database="kitchen", sql="SELECT 1"))).rows
+
+
+@pytest.mark.parametrize(
+    ("warm", "message"),
+    [
+        ([{"name": "a", "database": "nowhere", "sql": "SELECT 1"}], "unknown database 'nowhere'"),
+        (
+            [{"name": "a", "database": "kitchen", "sql": "SELECT 1"}] * 2,
+            "duplicate name 'a'",
+        ),
+        ([{"name": "a", "database": "kitchen", "sql": "SELECT ?", "params": [[1]]}], "params"),
+        ([{"name": "a", "database": "kitchen", "sql": "SELECT 1", "ttl": 1}], "unknown key"),
+        ([{"name": "a", "database": "kitchen", "sql": "SELECT 1", "ttl_seconds": 0}], "positive"),
+    ],
+)
+def test_bad_warm_entries_stop_the_start_with_one_line(
+    tmp_path: Path, document: dict[str, Any], warm: list[dict[str, Any]], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config(tmp_path, {**document, "cache": {"warm": warm}})
