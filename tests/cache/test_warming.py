@@ -11,7 +11,7 @@ import pytest
 
 from dataaccess.v1 import data_access_pb2 as pb
 from service.config import ConfigError
-from tests.conftest import Running, build_config, row, started
+from tests.conftest import RedisProcess, Running, build_config, row, started
 
 COUNT = "SELECT count(*) AS n FROM items WHERE qty >= ?"
 
@@ -43,9 +43,13 @@ async def test_a_warm_read_is_a_hit_for_its_first_caller_and_shows_in_stats(
         assert warm.loads >= 1 and abs(warm.last_refresh_unix_seconds - time.time()) < 60
 
 
+@pytest.mark.parametrize("with_redis", [False, True], ids=["l1", "l1+redis"])
 async def test_after_a_write_it_is_reloaded_and_no_answer_is_ever_stale(
-    tmp_path: Path, document: dict[str, Any]
+    tmp_path: Path, document: dict[str, Any], with_redis: bool, request: pytest.FixtureRequest
 ) -> None:
+    if with_redis:
+        redis: RedisProcess = request.getfixturevalue("redis_server")
+        document = {**document, "redis_url": redis.url}
     async with started(tmp_path, _warm(document)) as server:
         for written in range(1, 6):
             await server.stub.BatchInsert(
