@@ -44,6 +44,9 @@ class Job:
     tags_of: TagsOfWrite | None = None
     rpc_span: trace.SpanContext | None = None  # the span of the RPC that queued it
     cancelled: bool = False
+    # The service's own statement (maintenance): it runs past the guard, yet is still
+    # stopped at its deadline like any caller's.
+    own: bool = False
 
     def stopped(self) -> bool:
         return self.cancelled or (self.deadline is not None and time.monotonic() > self.deadline)

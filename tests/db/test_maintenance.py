@@ -1,0 +1,195 @@
+"""Scheduled maintenance on real files and a real server: optimize, incremental vacuum,
+and none of it losing a concurrent write."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dataaccess.v1 import data_access_pb2 as pb
+from service.config import ConfigError, SqliteSettings
+from tests.conftest import Running, free_port, row, started
+
+# Two indexes a WHERE clause could use: the writer's planner chooses between them, which
+# is what PRAGMA optimize (SQLite 3.40) looks for before it analyzes a table.
+SCHEMA = """
+CREATE TABLE events (id INTEGER PRIMARY KEY, kind TEXT, day INTEGER, body TEXT);
+CREATE INDEX events_kind ON events (kind);
+CREATE INDEX events_day ON events (day);
+"""
+
+
+def _document(tmp_path: Path, sqlite: dict[str, Any], **databases: str) -> dict[str, Any]:
+    migrations = tmp_path / "migrations"
+    migrations.mkdir(exist_ok=True)
+    (migrations / "0001_events.sql").write_text(SCHEMA, encoding="utf-8")
+    entries = [
+        {"name": name, "path": path, "migrations": str(migrations)}
+        for name, path in (databases or {"events": "events.db"}).items()
+    ]
+    return {
+        "listen": "127.0.0.1:0",
+        "data_dir": str(tmp_path / "data"),
+        "databases": entries,
+        "sqlite": sqlite,
+        "metrics_listen": f"127.0.0.1:{free_port()}",
+        "health_deep_interval_seconds": 0,
+        "shutdown_grace_seconds": 2,
+    }
+
+
+def _scrape(running: Running) -> str:
+    port = running.server.metrics_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        return str(answer.read().decode())
+
+
+def _runs(running: Running, database: str, task: str, result: str = "ok") -> float:
+    sample = (
+        f'dataaccess_maintenance_runs_total{{database="{database}",result="{result}",'
+        f'task="{task}"}} '
+    )
+    for line in _scrape(running).splitlines():
+        if line.startswith(sample):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def _until(what: str, condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {seconds} s"
+        await asyncio.sleep(0.05)
+
+
+async def _checks(running: Running, deep: bool = False) -> dict[str, pb.HealthCheck]:
+    report = await running.stub.Health(pb.HealthRequest(deep=deep))
+    return {check.name: check for check in report.checks}
+
+
+def _read(path: Path, sql: str) -> Any:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def _insert(running: Running, rows: list[pb.Row], database: str = "events") -> None:
+    await running.stub.BatchInsert(
+        pb.BatchInsertRequest(
+            database=database, table="events", columns=["id", "kind", "day", "body"], rows=rows
+        )
+    )
+
+
+async def _update(running: Running, sql: str, *params: Any) -> None:
+    statement = pb.Statement(sql=sql, param_sets=[row(*params)] if params else [])
+    await running.stub.BatchUpdate(pb.BatchUpdateRequest(database="events", statements=[statement]))
+
+
+async def test_optimize_runs_at_start_then_on_its_interval(tmp_path: Path) -> None:
+    document = _document(tmp_path, {"optimize_interval_seconds": 0.2})
+    async with started(tmp_path, document) as running:
+        # The run at start: migrations were applied before the database opened.
+        await _until("optimize at start", lambda: _runs(running, "events", "optimize") >= 1)
+        rows = [row(i, f"k{i % 7}", i % 30, "x") for i in range(1, 501)]
+        await _insert(running, rows)
+        # The writer's planner chooses between the two indexes: optimize then analyzes.
+        await _update(running, "UPDATE events SET body = 'y' WHERE kind = ? AND day = ?", "k1", 1)
+        stat1 = "SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_stat1'"
+        path = running.data_dir / "events.db"
+        await _until("sqlite_stat1", lambda: _read(path, stat1) == [(1,)])
+        assert _read(path, "SELECT DISTINCT tbl FROM sqlite_stat1") == [("events",)]
+        await _until("optimize again", lambda: _runs(running, "events", "optimize") >= 3)
+        check = (await _checks(running))["database:events:optimize"]
+        assert check.status == pb.HEALTH_STATUS_HEALTHY
+        assert "last run 20" in check.message and ": ok: PRAGMA optimize done" in check.message
+        assert "dataaccess_maintenance_last_run_timestamp_seconds" in _scrape(running)
+        # Maintenance is the service's own: not counted as a caller's write.
+        stats = await running.stub.Stats(pb.StatsRequest())
+        assert [(w.database, w.batches) for w in stats.writes] == [("events", 2)]
+
+
+async def test_incremental_vacuum_frees_pages_and_is_inactive_on_a_none_file(
+    tmp_path: Path,
+) -> None:
+    sqlite = {
+        "auto_vacuum": "INCREMENTAL",
+        "incremental_vacuum_pages": 100,
+        "incremental_vacuum_interval_seconds": 0.2,
+        "optimize_interval_seconds": 0,
+    }
+    data = tmp_path / "data"
+    data.mkdir()
+    with contextlib.closing(sqlite3.connect(data / "old.db")) as old:  # auto_vacuum NONE
+        old.execute("CREATE TABLE kept (id INTEGER PRIMARY KEY)")
+    document = _document(tmp_path, sqlite, events="events.db", old="old.db")
+    async with started(tmp_path, document) as running:
+        path = running.data_dir / "events.db"
+        assert _read(path, "PRAGMA auto_vacuum") == [(2,)]  # made INCREMENTAL at creation
+        await _insert(running, [row(i, "k", i, "x" * 1000) for i in range(1, 2001)])
+        await _update(running, "DELETE FROM events")
+        free = "PRAGMA freelist_count"
+        await _until("pages freed", lambda: _read(path, free) == [(0,)], 20)
+        assert _runs(running, "events", "incremental_vacuum") >= 5  # 100 pages a run at most
+        checks = await _checks(running)
+        vacuum = checks["database:events:incremental_vacuum"]
+        assert vacuum.status == pb.HEALTH_STATUS_HEALTHY and "freed" in vacuum.message
+
+        inactive = checks["database:old:incremental_vacuum"]
+        assert inactive.status == pb.HEALTH_STATUS_DEGRADED
+        assert "auto_vacuum is NONE" in inactive.message and "VACUUM" in inactive.message
+        assert _runs(running, "old", "incremental_vacuum", "inactive") == 1
+        assert "database:events:optimize" not in checks  # 0 turns it off
+
+
+async def test_maintenance_on_a_tiny_interval_loses_no_concurrent_write(tmp_path: Path) -> None:
+    sqlite = {
+        "auto_vacuum": "INCREMENTAL",
+        "incremental_vacuum_pages": 20,
+        "incremental_vacuum_interval_seconds": 0.005,
+        "optimize_interval_seconds": 0.005,
+    }
+    async with started(tmp_path, _document(tmp_path, sqlite)) as running:
+        acknowledged: list[int] = []
+
+        async def writer(first: int) -> None:
+            for batch in range(20):
+                ids = range(first + batch * 10, first + batch * 10 + 10)
+                await _insert(running, [row(i, f"k{i % 5}", i % 9, "x" * 800) for i in ids])
+                acknowledged.extend(ids)
+
+        async def churn() -> None:  # free pages for the vacuum to take back
+            for round_ in range(20):
+                scratch = range(10_000_000 + round_ * 50, 10_000_000 + round_ * 50 + 50)
+                await _insert(running, [row(i, "s", 0, "z" * 2000) for i in scratch])
+                await _update(running, "DELETE FROM events WHERE id >= ?", 10_000_000)
+
+        before = _runs(running, "events", "optimize") + _runs(
+            running, "events", "incremental_vacuum"
+        )
+        await asyncio.gather(*(writer(n * 1000) for n in range(1, 17)), churn())
+        after = _runs(running, "events", "optimize") + _runs(
+            running, "events", "incremental_vacuum"
+        )
+        assert after - before >= 10, "maintenance did not run while the writes were in flight"
+        stored = _read(running.data_dir / "events.db", "SELECT id FROM events ORDER BY id")
+        assert [i for (i,) in stored] == sorted(acknowledged)
+        assert len(acknowledged) == 16 * 20 * 10
+        assert _read(running.data_dir / "events.db", "PRAGMA integrity_check") == [("ok",)]
+
+
+@pytest.mark.unit
+def test_maintenance_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="sqlite.auto_vacuum"):
+        SqliteSettings(auto_vacuum="SOMETIMES")
+    with pytest.raises(ConfigError, match="sqlite.incremental_vacuum_pages"):
+        SqliteSettings(incremental_vacuum_pages=-1)
+    with pytest.raises(ConfigError, match="sqlite.maintenance_deadline_seconds"):
+        SqliteSettings(maintenance_deadline_seconds=0)
