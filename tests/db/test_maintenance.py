@@ -1,5 +1,5 @@
 """Scheduled maintenance on real files and a real server: optimize, incremental vacuum,
-and none of it losing a concurrent write."""
+foreign_key_check in deep Health, and none of it losing a concurrent write."""
 
 from __future__ import annotations
 
@@ -147,6 +147,35 @@ async def test_incremental_vacuum_frees_pages_and_is_inactive_on_a_none_file(
         assert "auto_vacuum is NONE" in inactive.message and "VACUUM" in inactive.message
         assert _runs(running, "old", "incremental_vacuum", "inactive") == 1
         assert "database:events:optimize" not in checks  # 0 turns it off
+
+
+async def test_deep_health_reports_orphans_written_with_foreign_keys_off(
+    tmp_path: Path, document: dict[str, Any]
+) -> None:
+    document["health_deep_interval_seconds"] = 0
+    async with started(tmp_path, document) as running:
+        checks = await _checks(running, deep=True)
+        clean = checks["database:kitchen:foreign_key_check"]
+        assert clean.status == pb.HEALTH_STATUS_HEALTHY and clean.message == "no orphaned rows"
+        assert "database:kitchen:foreign_key_check" not in await _checks(running)  # deep only
+
+        with contextlib.closing(running.sqlite("kitchen")) as outside:
+            outside.execute("PRAGMA foreign_keys=OFF")
+            outside.executemany(
+                "INSERT INTO items (id, parent_id) VALUES (?, ?)", [(1, 1), (2, 99), (3, 98)]
+            )
+            outside.execute("INSERT INTO notes (id, parent_id) VALUES (1, 97)")
+            outside.commit()
+        report = await running.stub.Health(pb.HealthRequest(deep=True))
+        checks = {check.name: check for check in report.checks}
+        found = checks["database:kitchen:foreign_key_check"]
+        assert found.status == pb.HEALTH_STATUS_DEGRADED
+        assert found.message == (
+            "orphaned rows: items: 2 rows without their parents row, "
+            "notes: 1 rows without their parents row"
+        )
+        assert report.status == pb.HEALTH_STATUS_DEGRADED  # not critical: the data is served
+        assert checks["database:live:foreign_key_check"].status == pb.HEALTH_STATUS_HEALTHY
 
 
 async def test_maintenance_on_a_tiny_interval_loses_no_concurrent_write(tmp_path: Path) -> None:
