@@ -16,6 +16,8 @@ import pytest
 
 from dataaccess.v1 import data_access_pb2 as pb
 from service.config import ConfigError, SqliteSettings
+from service.db.sqlite.guard import Guard, ShapeMemo
+from service.db.sqlite.maintenance import IncrementalVacuumPlan
 from tests.conftest import Running, free_port, row, started
 
 # Two indexes a WHERE clause could use: the writer's planner chooses between them, which
@@ -222,3 +224,22 @@ def test_maintenance_settings_are_checked() -> None:
         SqliteSettings(incremental_vacuum_pages=-1)
     with pytest.raises(ConfigError, match="sqlite.maintenance_deadline_seconds"):
         SqliteSettings(maintenance_deadline_seconds=0)
+
+
+@pytest.mark.unit
+def test_incremental_vacuum_ends_at_its_deadline_with_what_it_freed(tmp_path: Path) -> None:
+    """Each one-page statement is too short for the progress handler: the plan stops itself."""
+    with contextlib.closing(sqlite3.connect(tmp_path / "v.db", isolation_level=None)) as raw:
+        raw.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        raw.execute("CREATE TABLE t (b TEXT)")
+        raw.executemany("INSERT INTO t VALUES (?)", [("x" * 1000,)] * 400)
+        raw.execute("DELETE FROM t")
+        guard = Guard(frozenset(), ShapeMemo(), writer=True)
+        late = IncrementalVacuumPlan(pages=1000, deadline=time.monotonic() - 1)
+        late.run(raw, guard)
+        assert late.message == "freed 0 of 100 free pages (100 left, stopped at its deadline)"
+        assert not guard.trusted
+        in_time = IncrementalVacuumPlan(pages=40, deadline=time.monotonic() + 60)
+        in_time.run(raw, guard)
+        assert in_time.message == "freed 40 of 100 free pages (60 left)"
+        assert raw.execute("PRAGMA freelist_count").fetchone() == (60,)

@@ -62,20 +62,27 @@ class OptimizePlan:
 
 @dataclass
 class IncrementalVacuumPlan:
-    """``PRAGMA incremental_vacuum`` of at most ``pages`` pages as a job of the writer."""
+    """``PRAGMA incremental_vacuum`` of at most ``pages`` pages as a job of the writer,
+    ending early at ``deadline`` (monotonic) with the pages freed so far."""
 
     pages: int
+    deadline: float
     message: str = field(default="", init=False)
 
     def run(self, raw: sqlite3.Connection, guard: Guard) -> WriteOutcome:
         with _trusted(guard):
             before = _free_pages(raw)
             # One page per statement: Python's sqlite3 steps a PRAGMA that returns no
-            # rows once, and each step of incremental_vacuum frees one page.
+            # rows once, and each step of incremental_vacuum frees one page. Each is too
+            # short for the progress handler, so the deadline is looked at here.
+            stopped = ""
             for _ in range(min(self.pages, before)):
+                if time.monotonic() > self.deadline:
+                    stopped = ", stopped at its deadline"
+                    break
                 raw.execute("PRAGMA incremental_vacuum(1)")
             after = _free_pages(raw)
-        self.message = f"freed {before - after} of {before} free pages ({after} left)"
+        self.message = f"freed {before - after} of {before} free pages ({after} left{stopped})"
         return _NOTHING_WRITTEN
 
 
@@ -126,7 +133,7 @@ class Maintenance:
         pages = settings.incremental_vacuum_pages
         self._schedule(
             INCREMENTAL_VACUUM,
-            lambda: IncrementalVacuumPlan(pages),
+            lambda: IncrementalVacuumPlan(pages, self.deadline()),
             settings.incremental_vacuum_interval_seconds,
         )
 
@@ -145,7 +152,9 @@ class Maintenance:
 
     async def run(self, task: str, plan: OptimizePlan | IncrementalVacuumPlan) -> None:
         """Run ``plan`` once through the writer, within the deadline, and record how it went."""
-        deadline = time.monotonic() + self._settings.maintenance_deadline_seconds
+        deadline = self.deadline()
+        if isinstance(plan, IncrementalVacuumPlan):
+            plan.deadline = deadline
         started = time.monotonic()
         try:
             await self._writer.submit(plan, deadline, own=True)
@@ -157,6 +166,10 @@ class Maintenance:
         else:
             elapsed = (time.monotonic() - started) * 1000
             self._note(task, "ok", f"{plan.message} in {elapsed:.0f} ms")
+
+    def deadline(self) -> float:
+        """When a run starting now must end (monotonic)."""
+        return time.monotonic() + self._settings.maintenance_deadline_seconds
 
     def _note(self, task: str, result: str, message: str) -> None:
         record = self._records.setdefault(task, _Record())
