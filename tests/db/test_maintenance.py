@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 
 from dataaccess.v1 import data_access_pb2 as pb
+from service import errors
 from service.config import ConfigError, SqliteSettings
+from service.db.door import WriteOutcome
 from service.db.sqlite.guard import Guard, ShapeMemo
 from service.db.sqlite.maintenance import IncrementalVacuumPlan
-from tests.conftest import Running, free_port, row, started
+from tests.conftest import Running, free_port, row, sqlite_database, started
 
 # Two indexes a WHERE clause could use: the writer's planner chooses between them, which
 # is what PRAGMA optimize (SQLite 3.40) looks for before it analyzes a table.
@@ -243,3 +245,30 @@ def test_incremental_vacuum_ends_at_its_deadline_with_what_it_freed(tmp_path: Pa
         in_time.run(raw, guard)
         assert in_time.message == "freed 40 of 100 free pages (60 left)"
         assert raw.execute("PRAGMA freelist_count").fetchone() == (60,)
+
+
+class _Endless:
+    """The service's own statement that would never end on its own."""
+
+    def run(self, raw: sqlite3.Connection, guard: Guard) -> WriteOutcome:
+        guard.trusted = True
+        try:
+            endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c)"
+            raw.execute(f"{endless} SELECT count(*) FROM c").fetchall()
+        finally:
+            guard.trusted = False
+        return WriteOutcome((), 0, frozenset())
+
+
+async def test_the_writers_own_job_is_stopped_at_its_deadline(running: Running) -> None:
+    """Trusted past the guard, a maintenance job is still interrupted at its deadline, and
+    the writer goes on with the callers' writes."""
+    writer = sqlite_database(running.server, "kitchen").writer
+    started_at = time.monotonic()
+    with pytest.raises(errors.DeadlineExceeded):
+        await writer.submit(_Endless(), time.monotonic() + 0.2, own=True)
+    assert time.monotonic() - started_at < 5
+    answer = await running.stub.BatchInsert(
+        pb.BatchInsertRequest(database="kitchen", table="items", columns=["id"], rows=[row(7)])
+    )
+    assert answer.rows_affected == 1
