@@ -120,6 +120,15 @@ async def test_optimize_runs_at_start_then_on_its_interval(tmp_path: Path) -> No
         assert [(w.database, w.batches) for w in stats.writes] == [("events", 2)]
 
 
+async def test_optimize_at_start_is_in_health_and_metrics_before_the_first_interval(
+    tmp_path: Path,
+) -> None:
+    async with started(tmp_path, _document(tmp_path, {})) as running:  # every 3600 s
+        assert _runs(running, "events", "optimize") == 1
+        check = (await _checks(running))["database:events:optimize"]
+        assert check.status == pb.HEALTH_STATUS_HEALTHY and ": ok: " in check.message
+
+
 async def test_incremental_vacuum_frees_pages_and_is_inactive_on_a_none_file(
     tmp_path: Path,
 ) -> None:

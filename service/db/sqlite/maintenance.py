@@ -121,6 +121,10 @@ class Maintenance:
             self._schedule(OPTIMIZE, OptimizePlan, settings.optimize_interval_seconds)
         if settings.incremental_vacuum_pages <= 0:
             return
+        if self._auto_vacuum == "FULL":
+            message = "inactive: the file's auto_vacuum is FULL: every commit frees its pages"
+            self._note(INCREMENTAL_VACUUM, "inactive", message)
+            return
         if self._auto_vacuum != "INCREMENTAL":
             message = (
                 f"inactive: the file's auto_vacuum is {self._auto_vacuum}; it becomes "
@@ -140,7 +144,7 @@ class Maintenance:
     def _schedule(
         self, task: str, plan: Callable[[], OptimizePlan | IncrementalVacuumPlan], every: float
     ) -> None:
-        self._records[task] = _Record()
+        self._records.setdefault(task, _Record())  # keeps the run at start
         self._tasks.append(asyncio.ensure_future(self._repeat(task, plan, every)))
 
     async def _repeat(
