@@ -74,6 +74,10 @@ async def _until(what: str, condition: Callable[[], bool], seconds: float = 10.0
         await asyncio.sleep(0.05)
 
 
+def _at(token: str) -> int:
+    return int(token.rpartition("@")[2])
+
+
 async def _checks(running: Running, deep: bool = False) -> dict[str, pb.HealthCheck]:
     report = await running.stub.Health(pb.HealthRequest(deep=deep))
     return {check.name: check for check in report.checks}
@@ -84,12 +88,13 @@ def _read(path: Path, sql: str) -> Any:
         return conn.execute(sql).fetchall()
 
 
-async def _insert(running: Running, rows: list[pb.Row], database: str = "events") -> None:
-    await running.stub.BatchInsert(
+async def _insert(running: Running, rows: list[pb.Row], database: str = "events") -> str:
+    answer = await running.stub.BatchInsert(
         pb.BatchInsertRequest(
             database=database, table="events", columns=["id", "kind", "day", "body"], rows=rows
         )
     )
+    return answer.consistency_token
 
 
 async def _update(running: Running, sql: str, *params: Any) -> None:
@@ -110,14 +115,17 @@ async def test_optimize_runs_at_start_then_on_its_interval(tmp_path: Path) -> No
         path = running.data_dir / "events.db"
         await _until("sqlite_stat1", lambda: _read(path, stat1) == [(1,)])
         assert _read(path, "SELECT DISTINCT tbl FROM sqlite_stat1") == [("events",)]
+        token = await _insert(running, [row(1000, "k", 0, "x")])
         await _until("optimize again", lambda: _runs(running, "events", "optimize") >= 3)
+        # Its commits change nothing a caller reads: positions count callers' commits only.
+        assert await _insert(running, [row(1001, "k", 0, "x")]) == f"events@{_at(token) + 1}"
         check = (await _checks(running))["database:events:optimize"]
         assert check.status == pb.HEALTH_STATUS_HEALTHY
         assert "last run 20" in check.message and ": ok: PRAGMA optimize done" in check.message
         assert "dataaccess_maintenance_last_run_timestamp_seconds" in _scrape(running)
         # Maintenance is the service's own: not counted as a caller's write.
         stats = await running.stub.Stats(pb.StatsRequest())
-        assert [(w.database, w.batches) for w in stats.writes] == [("events", 2)]
+        assert [(w.database, w.batches) for w in stats.writes] == [("events", 4)]
 
 
 async def test_optimize_at_start_is_in_health_and_metrics_before_the_first_interval(

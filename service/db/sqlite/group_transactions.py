@@ -123,7 +123,10 @@ class GroupTransactions:
                 if not self._run_job(raw, group, index, alone=len(pending) == 1):
                     return index
             tags, row_id, deleted = self._record_tags(raw, group, pending)
-            position = self._trusted(lambda: commit_counter.advance(raw))
+            # The service's own jobs alone (maintenance) change no data a caller reads:
+            # positions count the callers' transactions only.
+            callers = any(not group.jobs[index].own for index in pending)
+            position = self._trusted(lambda: commit_counter.advance(raw)) if callers else 0
             self._control(raw, "COMMIT")
             self._place(group, pending, position)
             if self._capture is not None:
