@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "AUTO_VACUUM_MODES",
     "SYNCHRONOUS_MODES",
     "TEMP_STORES",
     "CacheConfig",
@@ -33,6 +34,7 @@ __all__ = [
 ]
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 TEMP_STORES = ("DEFAULT", "FILE", "MEMORY")
+AUTO_VACUUM_MODES = ("NONE", "FULL", "INCREMENTAL")
 
 
 class ConfigError(Exception):
@@ -57,8 +59,27 @@ class SqliteSettings:
     # How often each database asks SQLite whether another process committed to it
     # (PRAGMA data_version); 0 turns the check off.
     outside_writes_check_seconds: float = 0.5
+    # Scheduled maintenance, each run through the writer (service.db.sqlite.maintenance).
+    # PRAGMA optimize every so often and once at start; 0 turns it off.
+    optimize_interval_seconds: float = 3600.0
+    # auto_vacuum given to a file the service creates; an existing file keeps its own
+    # (NONE to INCREMENTAL takes one full VACUUM, which the service never runs by itself).
+    auto_vacuum: str = "NONE"
+    incremental_vacuum_pages: int = 0  # pages freed per run at most; 0 turns it off
+    incremental_vacuum_interval_seconds: float = 600.0
+    # How long a maintenance run may wait for and hold the writer before it is stopped.
+    maintenance_deadline_seconds: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.auto_vacuum not in AUTO_VACUUM_MODES:
+            raise ConfigError(f"sqlite.auto_vacuum: expected one of {', '.join(AUTO_VACUUM_MODES)}")
+        for name in (
+            "optimize_interval_seconds",
+            "incremental_vacuum_pages",
+            "incremental_vacuum_interval_seconds",
+        ):
+            _require_non_negative(f"sqlite.{name}", getattr(self, name))
+        _require_positive("sqlite.maintenance_deadline_seconds", self.maintenance_deadline_seconds)
         if self.synchronous not in SYNCHRONOUS_MODES:
             raise ConfigError(f"sqlite.synchronous: expected one of {', '.join(SYNCHRONOUS_MODES)}")
         if self.temp_store not in TEMP_STORES:

@@ -91,7 +91,9 @@ def migrate(config: Config) -> None:
                 log.info("migrated", extra={"database": database.name, "migration": name})
             continue
         try:
-            applied = apply_migrations(database.name, database.path, database.migrations)
+            applied = apply_migrations(
+                database.name, database.path, database.migrations, config.sqlite.auto_vacuum
+            )
         except CorruptDatabase as exc:
             log.error("database is corrupt, serving DATA_LOSS: %s", exc)
             continue

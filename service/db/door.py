@@ -157,6 +157,18 @@ class DatabaseFigures:
     pool: PoolSnapshot
     writes: WriteSnapshot
     write_queue: int  # write calls waiting for the writer
+    maintenance: tuple[MaintenanceRuns, ...] = ()
+
+
+@dataclass(frozen=True)
+class MaintenanceRuns:
+    """One scheduled maintenance task of a database: its runs by result, and the last."""
+
+    task: str  # "optimize", "incremental_vacuum"
+    runs: dict[str, int]  # by result: "ok", "timeout", "error", "inactive"
+    last_run: float = 0.0  # wall-clock seconds; 0: never ran
+    last_result: str = ""
+    last_message: str = ""
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@
 Each database gets checks of its own, each with a status, a message and a
 duration: its file (present, and readable by SQLite), a timed probe query
 on a reader, ``foreign_keys`` on, WAL mode, the indexes its migrations
-create, the free disk space beside it, and, when asked deeply, ``PRAGMA
-quick_check``. Redis, when configured: reachability and latency.
+create, the free disk space beside it, the last run of each scheduled
+maintenance task, and, when asked deeply, ``PRAGMA quick_check`` and ``PRAGMA
+foreign_key_check`` (orphaned rows degrade). Redis, when configured:
+reachability and latency.
 
 A database is as healthy as its worst check. The service is CRITICAL when no
 database can serve, DEGRADED when anything is short of healthy (a broken

@@ -14,7 +14,9 @@ query latency, and the cache, pool and write-queue figures at scrape time.
   ``dataaccess_cache_bytes`` by tier; ``dataaccess_pool_connections``,
   ``..._in_use``, ``..._waiters``, ``dataaccess_pool_timeouts_total`` by
   database; ``dataaccess_write_queue_depth`` and
-  ``dataaccess_write_transactions_total`` by database.
+  ``dataaccess_write_transactions_total`` by database;
+  ``dataaccess_maintenance_runs_total`` by database, task and result, and
+  ``dataaccess_maintenance_last_run_timestamp_seconds`` by database and task.
 
 Counters follow Stats: a Stats ``reset`` restarts them, which Prometheus
 reads as a counter reset.
@@ -105,6 +107,7 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[Any]:
         yield from self._cache_families()
         yield from self._pool_families()
+        yield from self._maintenance_families()
 
     def _cache_families(self) -> Iterator[Any]:
         tiers = {tier.tier: tier for tier in self._cache.tiers()}
@@ -144,6 +147,27 @@ class _StateCollector(Collector):
             depth.add_metric([name], figure.write_queue)
             transactions.add_metric([name], figure.writes.transactions)
         yield from (timeouts, depth, transactions)
+
+    def _maintenance_families(self) -> Iterator[Any]:
+        runs = CounterMetricFamily(
+            "dataaccess_maintenance_runs",
+            "Scheduled maintenance runs, by task and result.",
+            labels=["database", "task", "result"],
+        )
+        last = GaugeMetricFamily(
+            "dataaccess_maintenance_last_run_timestamp_seconds",
+            "When a maintenance task last ran (Unix time).",
+            labels=["database", "task"],
+        )
+        for database in self._router.databases.values():
+            if database.failure is not None:
+                continue
+            for task in database.figures().maintenance:
+                for result, count in sorted(task.runs.items()):
+                    runs.add_metric([database.name, task.task, result], count)
+                if task.last_run:
+                    last.add_metric([database.name, task.task], task.last_run)
+        yield from (runs, last)
 
 
 def _family(kind: Any, name: str, doc: str, label: str, sources: dict[str, Any], attr: str) -> Any:

@@ -215,6 +215,7 @@ def _prepare(
     writer: bool,
 ) -> None:
     if writer:
+        set_auto_vacuum(raw, settings.auto_vacuum)  # a new file's; before WAL mode
         raw.execute("PRAGMA journal_mode=WAL")
         raw.execute(f"PRAGMA synchronous={settings.synchronous}")
     raw.execute(f"PRAGMA busy_timeout={int(settings.busy_timeout_ms)}")
@@ -237,6 +238,13 @@ def _prepare(
     raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limits.max_result_bytes)
     guard.learn(read_catalog(raw), allowed)  # declared names, default tables, shadow tables
     raw.set_authorizer(guard)
+
+
+def set_auto_vacuum(raw: sqlite3.Connection, mode: str) -> None:
+    """Give a file that holds no page yet ``mode`` (before WAL mode: after it, it is kept);
+    an existing file keeps its own (see ``maintenance``)."""
+    if mode != "NONE" and raw.execute("PRAGMA page_count").fetchone()[0] == 0:
+        raw.execute(f"PRAGMA auto_vacuum={mode}")
 
 
 def _nothing() -> None:

@@ -40,6 +40,7 @@ from service.db.sqlite.connection import SqliteConnection, open_connection
 from service.db.sqlite.group_commit import WriteBatcher
 from service.db.sqlite.guard import ShapeMemo
 from service.db.sqlite.key_capture import KeyCapture
+from service.db.sqlite.maintenance import Maintenance
 from service.db.sqlite.outside_writes import watch_data_version
 from service.db.sqlite.plans import (
     TINY_TABLE_ROWS,
@@ -92,6 +93,7 @@ class SqliteDatabase:
         self.allowed: frozenset[str] = frozenset()
         self._writer_conn: SqliteConnection | None = None
         self._writer: WriteBatcher | None = None
+        self._maintenance: Maintenance | None = None
         self._failure: errors.DataAccessError | None = None
         self.file_identity: tuple[int, int] | None = None
         self._outside_writes: asyncio.Future[None] | None = None
@@ -293,12 +295,15 @@ class SqliteDatabase:
         found.insert(4, await asyncio.to_thread(probe.disk, path))
         if self._replication is not None:
             found.append(await replication_finding(path, self._replication))
+        if self._maintenance is not None:
+            found += self._maintenance.findings()
         return found
 
     def figures(self) -> DatabaseFigures:
         """The reader pool's and the writer's counters."""
         writes = WriteSnapshot(self.name, **vars(self.writer.counters))
-        return DatabaseFigures(self.pool.snapshot(), writes, self.writer.queued)
+        runs = self._maintenance.runs() if self._maintenance is not None else ()
+        return DatabaseFigures(self.pool.snapshot(), writes, self.writer.queued, runs)
 
     def reset_figures(self) -> None:
         """Start the counters again."""
@@ -349,9 +354,18 @@ class SqliteDatabase:
             await self._writer.start()
             await self.pool.open()
             self._watch_outside_writes()
+            await self._start_maintenance(conn, self._writer)
         except BaseException:
             await self.close()
             raise
+
+    async def _start_maintenance(self, conn: SqliteConnection, writer: WriteBatcher) -> None:
+        """Optimize now (migrations were applied before the open) and on its schedule."""
+        auto_vacuum = await conn.run_trusted(
+            lambda raw: int(raw.execute("PRAGMA auto_vacuum").fetchone()[0])
+        )
+        self._maintenance = Maintenance(self.name, self._settings, writer, auto_vacuum)
+        await self._maintenance.start()
 
     async def _capture_keys(self, conn: SqliteConnection) -> KeyCapture | None:
         """Watch the keys writes change (temp triggers on the writer) when tracking is on;
@@ -385,6 +399,9 @@ class SqliteDatabase:
 
     async def close(self) -> None:
         """Commit queued writes, close the readers, checkpoint the WAL and close the writer."""
+        if self._maintenance is not None:
+            await self._maintenance.close()
+            self._maintenance = None
         if self._writer is not None:
             await self._writer.close()
             self._writer = None

@@ -82,12 +82,15 @@ class WriteBatcher:
         plan: WritePlan,
         deadline: float | None,
         tags_of: TagsOfWrite | None = None,
+        own: bool = False,
     ) -> WriteOutcome:
         """Queue ``plan`` and wait for the COMMIT that holds it.
 
         ``tags_of`` names the cache tags a committed outcome invalidates; they
         are handed to ``after_commit`` (and recorded in the outbox) before
         any caller of the transaction is answered, even if this one left.
+        ``own``: the service's own statement, trusted past the guard but still
+        stopped at ``deadline``.
         """
         if self._closing:
             raise errors.Unavailable(f"{self.database}: the service is shutting down")
@@ -97,6 +100,7 @@ class WriteBatcher:
             asyncio.get_running_loop().create_future(),
             tags_of,
             trace.get_current_span().get_span_context(),
+            own=own,
         )
         try:
             self._queue.put_nowait(job)
@@ -210,7 +214,9 @@ class WriteBatcher:
         self._transactions.delivered(row_ids)
 
     def _answer(self, group: Group) -> None:
-        committed = [r for r in group.results if isinstance(r, WriteOutcome)]
+        # The service's own jobs (maintenance) are not callers' writes: not counted.
+        results = zip(group.jobs, group.results, strict=True)
+        committed = [r for job, r in results if isinstance(r, WriteOutcome) and not job.own]
         if committed:
             self.counters.transactions += 1
             self.counters.batches += len(committed)
@@ -246,6 +252,6 @@ class WriteBatcher:
     def _stop_requested(self) -> bool:
         group = self._group
         current = group.current if group is not None else None
-        if current is None or self._conn.guard.trusted:
+        if current is None or (self._conn.guard.trusted and not current.own):
             return False
         return current.stopped()

@@ -44,6 +44,9 @@ class Job:
     tags_of: TagsOfWrite | None = None
     rpc_span: trace.SpanContext | None = None  # the span of the RPC that queued it
     cancelled: bool = False
+    # The service's own statement (maintenance): it runs past the guard, yet is still
+    # stopped at its deadline like any caller's.
+    own: bool = False
 
     def stopped(self) -> bool:
         return self.cancelled or (self.deadline is not None and time.monotonic() > self.deadline)
@@ -120,7 +123,10 @@ class GroupTransactions:
                 if not self._run_job(raw, group, index, alone=len(pending) == 1):
                     return index
             tags, row_id, deleted = self._record_tags(raw, group, pending)
-            position = self._trusted(lambda: commit_counter.advance(raw))
+            # The service's own jobs alone (maintenance) change no data a caller reads:
+            # positions count the callers' transactions only.
+            callers = any(not group.jobs[index].own for index in pending)
+            position = self._trusted(lambda: commit_counter.advance(raw)) if callers else 0
             self._control(raw, "COMMIT")
             self._place(group, pending, position)
             if self._capture is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from service.db.migration_files import Migration, MigrationError, load_migrations
 from service.db.sqlite import outbox
+from service.db.sqlite.connection import set_auto_vacuum
 
 log = logging.getLogger(__name__)
 __all__ = ["CorruptDatabase", "MigrationError", "apply_migrations"]
@@ -25,11 +26,15 @@ class CorruptDatabase(MigrationError):
     """The file is not a readable SQLite database; it is served as DATA_LOSS, not fatal."""
 
 
-def apply_migrations(database: str, path: Path, folder: Path) -> list[str]:
-    """Apply the pending migrations of ``folder`` to the file at ``path``; their names."""
+def apply_migrations(
+    database: str, path: Path, folder: Path, auto_vacuum: str = "NONE"
+) -> list[str]:
+    """Apply the pending migrations of ``folder`` to the file at ``path``; their names.
+    A file made now gets ``auto_vacuum`` (``sqlite.auto_vacuum``)."""
     migrations = load_migrations(folder)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
+        set_auto_vacuum(conn, auto_vacuum)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"

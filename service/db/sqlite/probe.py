@@ -3,7 +3,7 @@
 The findings feed Health: the file present and still the one opened (read
 through SQLite only), a timed probe query on a reader, ``foreign_keys`` on,
 WAL mode, the indexes its migrations create, the free disk space beside
-it, and, when asked deeply, ``PRAGMA quick_check``.
+it, and, when asked deeply, ``PRAGMA quick_check`` and ``PRAGMA foreign_key_check``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ class Looked:
     indexes: set[str]
     quick_check: str = ""
     check_ms: float = 0.0
+    orphans: dict[tuple[str, str], int] | None = None  # (table, parent): rows; deep only
+    orphans_ms: float = 0.0
 
 
 def look(raw: sqlite3.Connection, deep: bool) -> Looked:
@@ -44,7 +46,20 @@ def look(raw: sqlite3.Connection, deep: bool) -> Looked:
         return Looked(foreign, mode, indexes)
     started = time.monotonic()
     verdict = "; ".join(str(row[0]) for row in raw.execute("PRAGMA quick_check").fetchall())
-    return Looked(foreign, mode, indexes, verdict, ms_since(started))
+    check_ms = ms_since(started)
+    started = time.monotonic()
+    orphans = foreign_key_orphans(raw)
+    return Looked(foreign, mode, indexes, verdict, check_ms, orphans, ms_since(started))
+
+
+def foreign_key_orphans(raw: sqlite3.Connection) -> dict[tuple[str, str], int]:
+    """Rows whose foreign key names no parent row (written with foreign_keys off), counted
+    by (table, parent) as ``PRAGMA foreign_key_check`` finds them, row by row."""
+    orphans: dict[tuple[str, str], int] = {}
+    for table, _rowid, parent, _fk in raw.execute("PRAGMA foreign_key_check"):
+        key = (str(table), str(parent))
+        orphans[key] = orphans.get(key, 0) + 1
+    return orphans
 
 
 def findings(looked: Looked, expected_indexes: set[str], deep: bool) -> list[Finding]:
@@ -59,7 +74,19 @@ def findings(looked: Looked, expected_indexes: set[str], deep: bool) -> list[Fin
     if deep:
         ok = Severity.HEALTHY if looked.quick_check == "ok" else Severity.CRITICAL
         found.append(Finding("quick_check", ok, looked.quick_check, looked.check_ms))
+        found.append(_orphans(looked.orphans or {}, looked.orphans_ms))
     return found
+
+
+def _orphans(orphans: dict[tuple[str, str], int], duration_ms: float) -> Finding:
+    """Orphaned rows degrade the database (they are data to repair, not a broken file)."""
+    if not orphans:
+        return Finding("foreign_key_check", Severity.HEALTHY, "no orphaned rows", duration_ms)
+    found = ", ".join(
+        f"{table}: {count} rows without their {parent} row"
+        for (table, parent), count in sorted(orphans.items())
+    )
+    return Finding("foreign_key_check", Severity.DEGRADED, f"orphaned rows: {found}", duration_ms)
 
 
 def _indexes(expected: set[str], present: set[str]) -> Finding:
