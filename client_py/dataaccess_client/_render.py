@@ -18,6 +18,14 @@ from dataaccess.v1 import data_access_pb2 as pb
 from dataaccess_client._models import HealthResult, QueryResult, SqlValue
 
 _BLOB_PREVIEW_BYTES = 16
+# What QueryResult.cache_status means, for a person.
+_CACHE_WORDS = {
+    "hit_local": "hit (in process)",
+    "hit_redis": "hit (Redis)",
+    "miss": "miss",
+    "stale": "stale",
+    "bypass": "bypass",
+}
 _STATUS_STYLES = {"healthy": "green", "degraded": "yellow", "critical": "bold red"}
 
 
@@ -66,12 +74,17 @@ def query_footer(result: QueryResult) -> str:
     """One line saying how many rows came, from where and from which databases."""
     parts = [
         f"{len(result.rows)} row{'' if len(result.rows) == 1 else 's'}",
-        f"cache {result.cache_status}",
+        f"cache {cache_words(result.cache_status)}",
         f"databases: {', '.join(result.databases) or '-'}",
     ]
     if result.truncated:
         parts.append("truncated by --max-rows")
     return " · ".join(parts)
+
+
+def cache_words(status: str) -> str:
+    """Where an answer came from in words: ``hit_redis`` is "hit (Redis)"."""
+    return _CACHE_WORDS.get(status, status)
 
 
 def health_renderables(result: HealthResult) -> list[RenderableType]:

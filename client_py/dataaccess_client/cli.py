@@ -67,6 +67,10 @@ def _query(client: Client, args: argparse.Namespace, out: Output) -> None:
         args.param or None,
         max_rows=args.max_rows,
         cache_mode="bypass" if args.bypass_cache else "use",
+        order_by=args.order_by,
+        limit=args.limit,
+        group_by=args.group_by or (),
+        aggregates=dict(args.aggregates or ()),
     )
     out.show(result, _render.query_table(result), _render.query_footer(result))
 
@@ -209,7 +213,37 @@ def _query_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     query.add_argument("--max-rows", type=int, default=0, help="cut the result at N rows")
     query.add_argument("--bypass-cache", action="store_true", help="neither read nor fill it")
+    _merge_options(query)
     query.set_defaults(run=_query)
+
+
+def _aggregate(function: str) -> Callable[[str], tuple[str, str]]:
+    """The --sum (--count, ...) argument type: a column, paired with its function."""
+    return lambda column: (column, function)
+
+
+def _merge_options(query: argparse.ArgumentParser) -> None:
+    """How a group's member results are combined (the proto's Merge)."""
+    merge = query.add_argument_group(
+        "merging a group's results", "without these, the members' rows are concatenated"
+    )
+    merge.add_argument(
+        "--order-by", default="", metavar="'COL [DESC], ...'",
+        help="k-way merge the members' rows, each already in this order (like 'day DESC')",
+    )  # fmt: skip
+    merge.add_argument(
+        "--limit", type=int, default=0, metavar="N", help="cut the merged result at N rows"
+    )
+    merge.add_argument(
+        "--group-by", action="append", metavar="COL",
+        help="a column the partial aggregates are grouped by (repeatable)",
+    )  # fmt: skip
+    for function in ("sum", "count", "min", "max"):
+        merge.add_argument(
+            f"--{function}", dest="aggregates", action="append", metavar="COL",
+            type=_aggregate(function),
+            help=f"re-aggregate this column's partial {function.upper()}s (repeatable)",
+        )  # fmt: skip
 
 
 def _insert_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -264,6 +298,8 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     args = parser.parse_args(argv)
     if args.command == "invalidate" and not (args.tag or args.database or args.all):
         parser.error("invalidate needs --tag, --database or --all")
+    if args.command == "query" and args.limit < 0:
+        parser.error("--limit must be zero (no cut) or positive")
     if args.command == "insert" and args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     return args

@@ -220,3 +220,47 @@ def test_the_command_without_rich_says_in_one_line_what_to_install():
     assert done.stderr.splitlines() == [
         "dataaccess: the command needs rich: pip install 'dataaccess-client[cli]'"
     ]
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [
+        (pb.CACHE_STATUS_HIT_LOCAL, "hit (in process)"),
+        (pb.CACHE_STATUS_HIT_REDIS, "hit (Redis)"),
+        (pb.CACHE_STATUS_MISS, "miss"),
+        (pb.CACHE_STATUS_STALE, "stale"),
+        (pb.CACHE_STATUS_BYPASS, "bypass"),
+    ],
+)
+def test_the_footer_says_the_cache_status_in_words(status, words):
+    result = _convert.query_result(pb.QueryResponse(cache_status=status))
+    assert f"cache {words} ·" in _render.query_footer(result)
+
+
+def test_merge_options_become_the_requests_merge():
+    from dataaccess_client import _rpcs
+
+    plain = _rpcs.query.call("history", "SELECT 1").request
+    assert not plain.HasField("merge")
+    call = _rpcs.query.call(
+        "history", "SELECT 1", order_by="day DESC", limit=5, group_by=["day"],
+        aggregates={"units": "sum", "runs": "count"},
+    )  # fmt: skip
+    assert isinstance(call.request, pb.QueryRequest)
+    merge = call.request.merge
+    assert (merge.order_by, merge.limit, list(merge.group_by)) == ("day DESC", 5, ["day"])
+    assert [(a.column, a.function) for a in merge.aggregates] == [
+        ("units", pb.AGGREGATE_FUNCTION_SUM),
+        ("runs", pb.AGGREGATE_FUNCTION_COUNT),
+    ]
+    with pytest.raises(ValueError, match="aggregate must be one of"):
+        _rpcs.query.call("history", "SELECT 1", aggregates={"units": "avg"})  # type: ignore[dict-item]
+
+
+def test_query_parser_collects_merge_options():
+    args = build_parser().parse_args(
+        ["query", "history", "x", "--order-by", "day DESC", "--limit", "7", "--group-by", "day"]
+        + ["--group-by", "line", "--sum", "units", "--max", "last", "--count", "n"]
+    )
+    assert (args.order_by, args.limit, args.group_by) == ("day DESC", 7, ["day", "line"])
+    assert args.aggregates == [("units", "sum"), ("last", "max"), ("n", "count")]

@@ -1,0 +1,131 @@
+"""The dataaccess command's subcommands against one real server on a loopback port.
+
+The commands run in process through ``cli.main`` (what the console script
+calls), reading what they print; one runs as the installed script, for its
+exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dataaccess_client.cli import main
+from tests.conftest import _wait_serving, base_document, free_port
+
+CLI = [str(Path(sys.executable).parent / "dataaccess")]  # the installed console script
+MAX_ROWS = 500  # the server's limits.max_rows: archive's 1,080 runs are past it
+ARCHIVE_RUNS, LIVE_RUNS = 1080, 720  # the seed: 90 and 60 days of 4 lines x 3 shifts
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``python -m service`` with a ``history`` group over archive and live, and a low max_rows."""
+    workdir = tmp_path_factory.mktemp("cli-commands")
+    document: dict[str, Any] = base_document(workdir / "data")
+    document["groups"] = [{"name": "history", "members": ["archive", "live"]}]
+    document["limits"].update(max_rows=MAX_ROWS, stream_chunk_rows=200)
+    (workdir / "data").mkdir()
+    config = workdir / "config.yaml"
+    config.write_text(yaml.safe_dump(document))
+    port, log = free_port(), workdir / "server.log"
+    env = {
+        **os.environ,
+        "DATAACCESS_CONFIG": str(config),
+        "DATAACCESS_LISTEN": f"127.0.0.1:{port}",
+        "DATAACCESS_WORKERS": "1",
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=workdir, env=env, stdout=out, stderr=out
+        )
+    try:
+        _wait_serving(port, process, log)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.kill()
+        process.wait(5)
+
+
+def cli(target: str, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run ``dataaccess --target TARGET ARGS``; its exit status, stdout and stderr."""
+    capsys.readouterr()
+    status = main(["--target", target, *args])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def as_json(out: str) -> Any:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# query: a group's merge options, and the cache status in words
+
+
+def test_query_merges_a_group_by_order_and_limit(target: str, capsys: Any) -> None:
+    sql = "SELECT day, line, shift FROM production_runs ORDER BY day DESC, line, shift LIMIT 3"
+    args = ["--json", "query", "history", sql, "--order-by", "day DESC, line, shift"]
+    status, out, err = cli(target, capsys, *args, "--limit", "3")
+    assert status == 0, err
+    result = as_json(out)
+    assert result["rows"] == [["2026-03-01", "L1", shift] for shift in (1, 2, 3)]
+    assert sorted(result["databases"]) == ["archive", "live"]
+
+
+def test_query_reaggregates_a_group_by_its_group_columns(target: str, capsys: Any) -> None:
+    sql = (
+        "SELECT line, count(*) AS runs, sum(units_scrapped) AS scrapped, min(day) AS first,"
+        " max(day) AS last FROM production_runs GROUP BY line ORDER BY line"
+    )
+    status, out, err = cli(
+        target, capsys, "--json", "query", "history", sql, "--group-by", "line",
+        "--count", "runs", "--sum", "scrapped", "--min", "first", "--max", "last",
+        "--order-by", "line",
+    )  # fmt: skip
+    assert status == 0, err
+    rows = as_json(out)["rows"]
+    assert [row[0] for row in rows] == ["L1", "L2", "L3", "L4"]
+    assert {row[1] for row in rows} == {(ARCHIVE_RUNS + LIVE_RUNS) // 4}
+    assert {(row[3], row[4]) for row in rows} == {("2025-10-03", "2026-03-01")}
+    # The summed partial sums are the sums over both databases.
+    status, out, _ = cli(
+        target, capsys, "--json", "query", "archive",
+        "SELECT sum(units_scrapped) FROM production_runs WHERE line = 'L1'",
+    )  # fmt: skip
+    archive_l1 = as_json(out)["rows"][0][0]
+    status, out, _ = cli(
+        target, capsys, "--json", "query", "live",
+        "SELECT sum(units_scrapped) FROM production_runs WHERE line = 'L1'",
+    )  # fmt: skip
+    assert rows[0][2] == archive_l1 + as_json(out)["rows"][0][0]
+
+
+def test_query_says_where_the_answer_came_from_in_words(target: str, capsys: Any) -> None:
+    sql = "SELECT sku FROM products WHERE unit_cost > 40 ORDER BY sku"
+    first = cli(target, capsys, "query", "live", sql)
+    second = cli(target, capsys, "query", "live", sql)
+    bypassed = cli(target, capsys, "query", "live", sql, "--bypass-cache")
+    assert "cache miss" in first[1]
+    assert "cache hit (in process)" in second[1]
+    assert "cache bypass" in bypassed[1]
+    assert as_json(cli(target, capsys, "--json", "query", "live", sql)[1])["cache_status"] == (
+        "hit_local"  # --json keeps the name a program matches on
+    )
+
+
+def test_bad_sql_is_one_clear_line_and_exit_status_1(target: str) -> None:
+    done = subprocess.run(
+        [*CLI, "--target", target, "query", "live", "SELEKT 1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: INVALID_ARGUMENT")
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
