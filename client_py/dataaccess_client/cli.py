@@ -25,9 +25,15 @@ from rich.progress import (
 )
 
 from dataaccess_client import _render
-from dataaccess_client._models import InsertResult, SqlValue
+from dataaccess_client._models import InsertResult, Row, SqlValue
 from dataaccess_client._policy import TOKEN_ENV, TlsFiles
-from dataaccess_client._row_files import RowReader, format_of, number_or_text
+from dataaccess_client._row_files import (
+    RowReader,
+    format_of,
+    json_param_set,
+    number_or_text,
+    read_param_sets,
+)
 from dataaccess_client.client import DEFAULT_TARGET, Client
 from dataaccess_client.errors import DataAccessClientError
 
@@ -58,6 +64,14 @@ Command = Callable[[Client, argparse.Namespace, Output], None]
 def param_value(text: str) -> SqlValue:
     """A --param: ``null`` is NULL, integers and floats are numbers, anything else text."""
     return None if text == "null" else number_or_text(text)
+
+
+def param_set(text: str) -> Row:
+    """A --set: one parameter set as a JSON array."""
+    try:
+        return json_param_set(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _query(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -143,6 +157,36 @@ def _insert(client: Client, args: argparse.Namespace, out: Output) -> None:
                 print(f"note: committed before the failure: {totals.summary()}", file=sys.stderr)
             raise
     out.show(totals.report(), totals.summary())
+
+
+def _param_sets(args: argparse.Namespace) -> list[Row]:
+    """The update's parameter sets: -p's one, each --set, or every row of --params FILE."""
+    if args.param:
+        return [tuple(args.param)]
+    if args.params:
+        path = Path(args.params)
+        with path.open("rb") as stream:
+            return read_param_sets(stream, args.format or format_of(path.name), str(path))
+    return list(args.set or [])
+
+
+def _update(client: Client, args: argparse.Namespace, out: Output) -> None:
+    param_sets = _param_sets(args)
+    result = client.batch_update(
+        args.database,
+        [(args.sql, param_sets)],
+        invalidate_tags=args.tag or (),
+        idempotency_key=args.idempotency_key,
+    )
+    runs = len(param_sets) or 1  # no parameter set: the statement runs once
+    affected = sum(result.rows_affected)
+    summary = (
+        f"{affected} row{'' if affected == 1 else 's'} affected "
+        f"by {runs} run{'' if runs == 1 else 's'} in one transaction"
+    )
+    token = f"consistency token: {result.consistency_token or '-'}"
+    tags = f"invalidated: {', '.join(result.invalidated_tags) or 'nothing'}"
+    out.show({**dataclasses.asdict(result), "param_sets": runs}, summary, token, tags)
 
 
 def _health(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -265,6 +309,38 @@ def _insert_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     insert.set_defaults(run=_insert)
 
 
+def _update_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    update = commands.add_parser(
+        "update",
+        help="run one UPDATE, DELETE or INSERT once per parameter set, in one transaction",
+        description="Parameter sets: -p VALUE ... for one; --set '[1, \"x\"]' (a JSON array, "
+        'a blob as {"$base64": "..."}) once per set; or --params FILE: JSONL, one JSON '
+        "array a line, or CSV, a header row then one set per record (an empty field is "
+        "NULL, numbers are numbers). None: the statement runs once without parameters. "
+        "All sets commit together or not at all.",
+    )
+    update.add_argument("database")
+    update.add_argument("sql")
+    sets = update.add_mutually_exclusive_group()
+    sets.add_argument(
+        "-p", "--param", action="append", type=param_value, metavar="VALUE",
+        help="a parameter of the one set, in order (as in query)",
+    )  # fmt: skip
+    sets.add_argument(
+        "--set", action="append", type=param_set, metavar="JSON",
+        help="one parameter set as a JSON array (repeatable)",
+    )  # fmt: skip
+    sets.add_argument("--params", metavar="FILE", help="parameter sets from a JSONL or CSV file")
+    update.add_argument(
+        "--format", choices=("csv", "jsonl"), help="of --params (default: by extension)"
+    )
+    update.add_argument("--tag", action="append", help="a tag to bump after the commit")
+    update.add_argument(
+        "--idempotency-key", default="", help="a retry with the same key writes nothing again"
+    )
+    update.set_defaults(run=_update)
+
+
 def _small_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     health = commands.add_parser("health", help="the health of the databases and Redis")
     health.add_argument("--deep", action="store_true", help="run the slower checks too")
@@ -288,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _query_parser(commands)
     _insert_parser(commands)
+    _update_parser(commands)
     _small_parsers(commands)
     for command in commands.choices.values():  # `dataaccess query live "..." --json` too
         _global_options(command, after_command=True)

@@ -264,3 +264,19 @@ def test_query_parser_collects_merge_options():
     )
     assert (args.order_by, args.limit, args.group_by) == ("day DESC", 7, ["day", "line"])
     assert args.aggregates == [("units", "sum"), ("last", "max"), ("n", "count")]
+
+
+def test_json_param_sets():
+    from dataaccess_client._row_files import json_param_set, read_param_sets
+
+    assert json_param_set('[1, 2.5, "x", null, true, {"$base64": "AAE="}]') == (
+        1, 2.5, "x", None, 1, b"\x00\x01",
+    )  # fmt: skip
+    for bad in ("{}", "[[1]]", '[{"$base64": "!"}]', "1,2"):
+        with pytest.raises(ValueError):
+            json_param_set(bad)
+    jsonl = io.BytesIO(b'[1, "a"]\n\n[2, null]\n')
+    assert read_param_sets(jsonl, "jsonl") == [(1, "a"), (2, None)]
+    assert read_param_sets(io.BytesIO(b"a,b\n1,\n2,x\n"), "csv") == [(1, None), (2, "x")]
+    with pytest.raises(RowFileError, match="f:2: a parameter set is a JSON array"):
+        read_param_sets(io.BytesIO(b"[1]\n{}\n"), "jsonl", name="f")

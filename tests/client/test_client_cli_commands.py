@@ -129,3 +129,76 @@ def test_bad_sql_is_one_clear_line_and_exit_status_1(target: str) -> None:
     assert done.returncode == 1
     assert done.stderr.startswith("error: INVALID_ARGUMENT")
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+# update: one statement, several parameter sets, one transaction
+
+
+def kitchen_items(target: str, capsys: Any, where: str = "1") -> list[list[Any]]:
+    sql = f"SELECT id, code, qty, b FROM items WHERE {where} ORDER BY id"
+    status, out, err = cli(target, capsys, "--json", "query", "kitchen", sql, "--bypass-cache")
+    assert status == 0, err
+    rows: list[list[Any]] = as_json(out)["rows"]
+    return rows
+
+
+def test_update_runs_once_per_set_and_prints_rows_and_token(target: str, capsys: Any) -> None:
+    insert = "INSERT INTO items (id, code, qty, b) VALUES (?, ?, ?, ?)"
+    status, out, err = cli(
+        target, capsys, "update", "kitchen", insert, "--set", '[101, "u1", 1, null]',
+        "--set", '[102, "u2", 2, {"$base64": "AAE="}]', "--set", '[103, "u3", true, null]',
+    )  # fmt: skip
+    assert status == 0, err
+    assert "3 rows affected by 3 runs in one transaction" in out
+    assert "consistency token: " in out and "consistency token: -" not in out
+    assert "table:kitchen.items" in out
+    assert kitchen_items(target, capsys, "id > 100") == [
+        [101, "u1", 1, None],
+        [102, "u2", 2, {"$base64": "AAE="}],
+        [103, "u3", 1, None],
+    ]
+
+
+def test_update_takes_sets_from_jsonl_and_csv_files(
+    target: str, capsys: Any, tmp_path: Path
+) -> None:
+    insert = "INSERT INTO items (id, code, qty) VALUES (?, ?, ?)"
+    jsonl = tmp_path / "sets.jsonl"
+    jsonl.write_text("".join(json.dumps([200 + i, f"j{i}", i]) + "\n" for i in range(5)))
+    status, out, err = cli(
+        target, capsys, "--json", "update", "kitchen", insert, "--params", str(jsonl)
+    )
+    assert status == 0, err
+    answer = as_json(out)
+    assert answer["rows_affected"] == [5] and answer["param_sets"] == 5
+    assert answer["consistency_token"]
+    sets = tmp_path / "sets.csv"
+    sets.write_text("qty,id\n" + "".join(f"{10 + i},{200 + i}\n" for i in range(3)))
+    update = "UPDATE items SET qty = ? WHERE id = ?"
+    status, out, err = cli(target, capsys, "update", "kitchen", update, "--params", str(sets))
+    assert status == 0, err
+    assert "3 rows affected by 3 runs" in out
+    rows = kitchen_items(target, capsys, "id BETWEEN 200 AND 299")
+    assert [row[2] for row in rows] == [10, 11, 12, 3, 4]
+
+
+def test_update_is_all_or_nothing_and_says_why_it_failed(target: str, capsys: Any) -> None:
+    before = kitchen_items(target, capsys)
+    update = "UPDATE items SET qty = ? WHERE id = ?"
+    status, out, err = cli(
+        target, capsys, "update", "kitchen", update, "--set", "[50, 101]", "--set", "[-1, 102]"
+    )
+    assert status == 1 and out == ""
+    assert err.startswith("error: FAILED_PRECONDITION") and "CHECK" in err.upper()
+    assert kitchen_items(target, capsys) == before  # the first set was rolled back too
+    status, _, err = cli(target, capsys, "update", "kitchen", "UPDATE itemz SET qty = 1")
+    assert status == 1 and err.startswith("error: NOT_FOUND")
+    status, _, err = cli(target, capsys, "update", "kitchen", "UPDAT items SET qty = 1")
+    assert status == 1 and err.startswith("error: INVALID_ARGUMENT")
+
+
+def test_update_refuses_a_set_that_is_not_a_json_array(target: str, capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--target", target, "update", "kitchen", "DELETE FROM items", "--set", "1, 2"])
+    assert exit_info.value.code == 2
+    assert "a parameter set is a JSON array" in capsys.readouterr().err
