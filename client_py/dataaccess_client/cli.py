@@ -11,7 +11,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from rich.progress import (
 )
 
 from dataaccess_client import _render
+from dataaccess_client._export import Export
 from dataaccess_client._models import InsertResult, Row, SqlValue
 from dataaccess_client._policy import TOKEN_ENV, TlsFiles
 from dataaccess_client._row_files import (
@@ -157,6 +158,38 @@ def _insert(client: Client, args: argparse.Namespace, out: Output) -> None:
                 print(f"note: committed before the failure: {totals.summary()}", file=sys.stderr)
             raise
     out.show(totals.report(), totals.summary())
+
+
+def _export(client: Client, args: argparse.Namespace, out: Output) -> None:
+    fmt = args.format or (format_of(args.output) if args.output else "csv")
+    with ExitStack() as files:
+        stream = (
+            files.enter_context(open(args.output, "w", encoding="utf-8", newline=""))
+            if args.output
+            else sys.stdout
+        )
+        export = Export(stream, fmt)
+        chunks = client.query_stream(
+            args.database, args.sql, args.param or None, max_rows=args.max_rows
+        )
+        try:
+            export.write(chunks)
+        except (DataAccessClientError, ValueError):
+            print(f"note: {export.rows} rows written before the failure", file=sys.stderr)
+            raise
+    where = args.output or "standard output"
+    summary = f"exported {export.rows} row{'' if export.rows == 1 else 's'} as {fmt} to {where}"
+    if export.truncated:
+        summary += " (cut by --max-rows)"
+    data = {
+        "rows": export.rows,
+        "format": fmt,
+        "output": args.output,
+        "truncated": export.truncated,
+    }
+    # The rows themselves may be on stdout: then the summary goes to stderr.
+    summary_out = out if args.output else Output(Console(stderr=True, highlight=False), out.as_json)
+    summary_out.show(data, summary)
 
 
 def _param_sets(args: argparse.Namespace) -> list[Row]:
@@ -309,6 +342,28 @@ def _insert_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     insert.set_defaults(run=_insert)
 
 
+def _export_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    export = commands.add_parser(
+        "export",
+        help="stream a read's rows, however many, to CSV or JSONL (QueryStream)",
+        description="CSV: a header row, then a record per row; NULL is an empty field, a blob "
+        'its base64. JSONL: an object per row, NULL is null, a blob {"$base64": "..."}. '
+        "--timeout bounds the whole export: give a large one more.",
+    )
+    export.add_argument("database", help="a database name")
+    export.add_argument("sql")
+    export.add_argument(
+        "-p", "--param", action="append", type=param_value, metavar="VALUE",
+        help="a positional parameter, in order: null, an integer, a float, or text",
+    )  # fmt: skip
+    export.add_argument(
+        "--format", choices=("csv", "jsonl"), help="default: by --output's extension, else csv"
+    )
+    export.add_argument("-o", "--output", metavar="FILE", help="default: standard output")
+    export.add_argument("--max-rows", type=int, default=0, help="stop after N rows (0: all)")
+    export.set_defaults(run=_export)
+
+
 def _update_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     update = commands.add_parser(
         "update",
@@ -364,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _query_parser(commands)
     _insert_parser(commands)
+    _export_parser(commands)
     _update_parser(commands)
     _small_parsers(commands)
     for command in commands.choices.values():  # `dataaccess query live "..." --json` too

@@ -7,6 +7,8 @@ exit status.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import subprocess
@@ -202,3 +204,46 @@ def test_update_refuses_a_set_that_is_not_a_json_array(target: str, capsys: Any)
         main(["--target", target, "update", "kitchen", "DELETE FROM items", "--set", "1, 2"])
     assert exit_info.value.code == 2
     assert "a parameter set is a JSON array" in capsys.readouterr().err
+
+
+# export: QueryStream past max_rows, as CSV or JSONL
+
+
+def test_export_streams_past_max_rows_as_csv(target: str, capsys: Any, tmp_path: Path) -> None:
+    sql = "SELECT id, day, line, units_produced, note FROM production_runs ORDER BY id"
+    status, _, err = cli(target, capsys, "query", "archive", sql)
+    assert status == 1 and "RESOURCE_EXHAUSTED" in err  # Query stops at max_rows
+    output = tmp_path / "runs.csv"
+    status, out, err = cli(target, capsys, "export", "archive", sql, "--output", str(output))
+    assert status == 0, err
+    assert f"exported {ARCHIVE_RUNS} rows as csv to {output}" in " ".join(out.split())
+    records = list(csv.reader(io.StringIO(output.read_text())))
+    assert records[0] == ["id", "day", "line", "units_produced", "note"]
+    assert len(records) == ARCHIVE_RUNS + 1
+    assert records[1][:3] == ["1", "2025-10-03", "L1"] and records[1][4] == ""  # NULL: empty
+
+
+def test_export_jsonl_to_stdout_keeps_types(target: str, capsys: Any) -> None:
+    insert = "INSERT INTO items (id, code, r, b, n) VALUES (?, ?, ?, ?, ?)"
+    status, _, err = cli(
+        target, capsys, "update", "kitchen", insert,
+        "--set", '[301, "e1", 1.5, {"$base64": "AP8="}, null]', "--set", '[302, "", null, null, 7]',
+    )  # fmt: skip
+    assert status == 0, err
+    sql = "SELECT id, code, r, b, n, id FROM items WHERE id > 300 ORDER BY id"
+    status, out, err = cli(target, capsys, "export", "kitchen", sql, "--format", "jsonl")
+    assert status == 0, err
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"id": 301, "code": "e1", "r": 1.5, "b": {"$base64": "AP8="}, "n": None, "id_2": 301},
+        {"id": 302, "code": "", "r": None, "b": None, "n": 7, "id_2": 302},
+    ]
+    assert "exported 2 rows as jsonl to standard output" in err  # the summary stays off stdout
+
+
+def test_export_max_rows_and_bad_sql(target: str, capsys: Any) -> None:
+    sql = "SELECT id FROM production_runs ORDER BY id"
+    status, out, err = cli(target, capsys, "export", "live", sql, "--max-rows", "3")
+    assert status == 0, err
+    assert out.splitlines() == ["id", "1", "2", "3"] and "cut by --max-rows" in err
+    status, out, err = cli(target, capsys, "export", "live", "SELECT nope FROM production_runs")
+    assert status == 1 and err.splitlines()[-1].startswith("error: ")
