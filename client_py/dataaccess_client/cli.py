@@ -87,7 +87,7 @@ def _query(client: Client, args: argparse.Namespace, out: Output) -> None:
         group_by=args.group_by or (),
         aggregates=dict(args.aggregates or ()),
     )
-    out.show(result, _render.query_table(result), _render.query_footer(result))
+    out.show(result, _render.query_table(result, out.console.width), _render.query_footer(result))
 
 
 @dataclass
@@ -229,7 +229,7 @@ def _health(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 def _stats(client: Client, args: argparse.Namespace, out: Output) -> None:
     stats = client.stats(reset=args.reset)
-    tables: list[RenderableType] = [*_render.stats_tables(stats)]
+    tables: list[RenderableType] = [*_render.stats_tables(stats, out.console.width)]
     out.show(_render.stats_sections(stats), *(tables or ["no statistics yet"]))
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 from google.protobuf import timestamp_pb2
+from rich.console import Console
 
 from dataaccess.v1 import data_access_pb2 as pb
 from dataaccess_client import _convert, _render
@@ -280,3 +282,54 @@ def test_json_param_sets():
     assert read_param_sets(io.BytesIO(b"a,b\n1,\n2,x\n"), "csv") == [(1, None), (2, "x")]
     with pytest.raises(RowFileError, match="f:2: a parameter set is a JSON array"):
         read_param_sets(io.BytesIO(b"[1]\n{}\n"), "jsonl", name="f")
+
+
+# tables at 80 columns: headers break between words, never inside one
+
+
+@pytest.mark.parametrize(
+    ("header", "width", "lines"),
+    [
+        ("units_produced", 20, "units_produced"),
+        ("units_produced", 10, "units_\nproduced"),
+        ("acquire_p99_ms", 12, "acquire_p99_\nms"),
+        ("total units made", 11, "total units\nmade"),
+        ("supercalifragilistic", 6, "super…"),
+        ("a_supercalifragilistic_b", 8, "a_\nsupercа…\nb".replace("а", "a")),
+    ],
+)
+def test_wrap_header(header, width, lines):
+    assert _render.wrap_header(header, width) == lines
+
+
+def test_column_widths_give_each_its_longest_word_then_share_the_rest():
+    assert _render.column_widths([5, 3], [40, 3], 30) == [27, 3]
+    assert _render.column_widths([5, 5, 5], [50, 50, 5], 25) == [10, 10, 5]
+    assert _render.column_widths([20, 4], [20, 4], 10) == [6, 4]  # too long: the widest gives
+
+
+def test_a_wide_result_fits_80_columns_with_whole_header_words():
+    names = [
+        "production_run_identifier",
+        "units_produced_per_shift",
+        "units_scrapped_per_shift",
+        "acquire_p99_ms",
+        "line",
+        "customer_facing_description",
+    ]
+    result = _convert.query_result(
+        pb.QueryResponse(
+            columns=[pb.Column(name=name, decl_type="INTEGER") for name in names],
+            rows=[_convert.to_row([123456789, 4242, 17, 3.25, "L1", "x" * 120])],
+        )
+    )
+    screen = io.StringIO()
+    console = Console(file=screen, width=80, color_system=None)
+    console.print(_render.query_table(result, console.width))
+    text = screen.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    header = text.split("┡")[0]  # above the rule under the headers
+    for name in names:
+        for word in re.findall(r"[^_]+_?", name):
+            assert word in header, (word, header)
+    assert "x" * 120 in "".join(line.strip("│ ┃") for line in text.splitlines())  # folded, whole
