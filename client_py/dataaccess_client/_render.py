@@ -157,6 +157,14 @@ def query_footer(result: QueryResult) -> str:
     return " · ".join(parts)
 
 
+def tags_summary(tags: list[str]) -> str:
+    """The tags a write bumped, for a person: table and named tags, and how many key tags."""
+    named = [tag for tag in tags if not tag.startswith("key:")]
+    keys = len(tags) - len(named)
+    parts = [*named, f"{keys} key tag{'' if keys == 1 else 's'}"] if keys else named
+    return ", ".join(parts) or "nothing"
+
+
 def cache_words(status: str) -> str:
     """Where an answer came from in words: ``hit_redis`` is "hit (Redis)"."""
     return _CACHE_WORDS.get(status, status)
@@ -196,10 +204,24 @@ def stats_tables(stats: pb.StatsResponse, width: int = 80) -> list[Table]:
 
 def _dicts_table(title: str, entries: list[dict[str, Any]], width: int) -> Table:
     # Headers like acquire_p99_ms break between words (acquire_|p99_|ms), never inside one.
-    rows = [[_stat_cell(value) for value in entry.values()] for entry in entries]
-    table = fitted_table([[name] for name in entries[0]], rows, width)
+    names = list(entries[0])
+    if not fits(names, width) and fits(["", *(str(e[names[0]]) for e in entries)], width):
+        # Too many fields for their names to fit side by side: a row per field instead,
+        # a column per entry, headed by its first field (the tier, the database, ...).
+        headers = [[names[0]], *([str(entry[names[0]])] for entry in entries)]
+        rows = [[Text(name), *(_stat_cell(entry[name]) for entry in entries)] for name in names[1:]]
+    else:
+        headers = [[name] for name in names]
+        rows = [[_stat_cell(value) for value in entry.values()] for entry in entries]
+    table = fitted_table(headers, rows, width)
     table.title, table.title_justify = title, "left"
     return table
+
+
+def fits(headers: list[str], width: int) -> bool:
+    """Whether columns under these headers fit ``width`` with every header word whole."""
+    words = sum(max(len(piece) for piece in _words(header)) for header in headers)
+    return words + _BORDER_PER_COLUMN * len(headers) + _BORDER <= width
 
 
 def _stat_cell(value: object) -> Text:

@@ -218,7 +218,7 @@ def _update(client: Client, args: argparse.Namespace, out: Output) -> None:
         f"by {runs} run{'' if runs == 1 else 's'} in one transaction"
     )
     token = f"consistency token: {result.consistency_token or '-'}"
-    tags = f"invalidated: {', '.join(result.invalidated_tags) or 'nothing'}"
+    tags = f"invalidated: {_render.tags_summary(result.invalidated_tags)}"
     out.show({**dataclasses.asdict(result), "param_sets": runs}, summary, token, tags)
 
 

@@ -333,3 +333,20 @@ def test_a_wide_result_fits_80_columns_with_whole_header_words():
         for word in re.findall(r"[^_]+_?", name):
             assert word in header, (word, header)
     assert "x" * 120 in "".join(line.strip("│ ┃") for line in text.splitlines())  # folded, whole
+
+
+def test_stats_with_too_many_fields_to_fit_turn_to_a_row_per_field():
+    stats = pb.StatsResponse(pools=[pb.PoolStats(database="live", size=4, in_use=1)])
+    screen = io.StringIO()
+    Console(file=screen, width=80, color_system=None).print(*_render.stats_tables(stats, 80))
+    text = screen.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "acquire_p99_ms" in text and "…" not in text  # every field's name whole
+    assert any(line.split() == ["│", "in_use", "│", "1", "│"] for line in text.splitlines())
+
+
+def test_tags_summary_counts_key_tags():
+    assert _render.tags_summary([]) == "nothing"
+    assert _render.tags_summary(["table:live.t", "key:live.t.id=1", "key:live.t.id=2"]) == (
+        "table:live.t, 2 key tags"
+    )
