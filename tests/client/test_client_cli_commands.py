@@ -247,3 +247,19 @@ def test_export_max_rows_and_bad_sql(target: str, capsys: Any) -> None:
     assert out.splitlines() == ["id", "1", "2", "3"] and "cut by --max-rows" in err
     status, out, err = cli(target, capsys, "export", "live", "SELECT nope FROM production_runs")
     assert status == 1 and err.splitlines()[-1].startswith("error: ")
+
+
+def test_query_says_hit_redis_in_words(
+    tmp_path: Path, redis_server: Any, service_process: Any, capsys: Any
+) -> None:
+    """With L1 off, a repeated read is answered by Redis: "hit (Redis)"."""
+    server = service_process(
+        base_document(tmp_path / "data"),
+        {"DATAACCESS_REDIS_URL": redis_server.url, "DATAACCESS_L1_MAX_ENTRIES": "0"},
+    )
+    target = f"127.0.0.1:{server.port}"
+    sql = "SELECT count(*) AS n FROM production_runs"
+    assert "cache miss" in cli(target, capsys, "query", "live", sql)[1]
+    status, out, err = cli(target, capsys, "query", "live", sql)
+    assert status == 0, err
+    assert "cache hit (Redis)" in out
