@@ -193,7 +193,10 @@ def _param_sets(args: argparse.Namespace) -> list[Row]:
     if args.params:
         path = Path(args.params)
         with path.open("rb") as stream:
-            return read_param_sets(stream, args.format or format_of(path.name), str(path))
+            sets = read_param_sets(stream, args.format or format_of(path.name), str(path))
+        if not sets:  # else the statement would run once, without parameters
+            raise ValueError(f"{path} holds no parameter sets")
+        return sets
     return list(args.set or [])
 
 

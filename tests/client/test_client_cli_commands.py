@@ -263,3 +263,14 @@ def test_query_says_hit_redis_in_words(
     status, out, err = cli(target, capsys, "query", "live", sql)
     assert status == 0, err
     assert "cache hit (Redis)" in out
+
+
+def test_update_refuses_an_empty_params_file(target: str, capsys: Any, tmp_path: Path) -> None:
+    empty = tmp_path / "none.csv"
+    empty.write_text("id\n")
+    before = kitchen_items(target, capsys)
+    status, _, err = cli(
+        target, capsys, "update", "kitchen", "DELETE FROM items", "--params", str(empty)
+    )
+    assert status == 1 and "holds no parameter sets" in err
+    assert kitchen_items(target, capsys) == before
