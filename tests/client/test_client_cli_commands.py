@@ -274,3 +274,18 @@ def test_update_refuses_an_empty_params_file(target: str, capsys: Any, tmp_path:
     )
     assert status == 1 and "holds no parameter sets" in err
     assert kitchen_items(target, capsys) == before
+
+
+async def test_async_and_sync_clients_take_the_merge_options(target: str) -> None:
+    from dataaccess_client import AsyncClient, Client
+
+    sql = "SELECT line, count(*) AS runs FROM production_runs GROUP BY line ORDER BY line"
+    merge: dict[str, Any] = {"order_by": "line", "group_by": ["line"], "limit": 2}
+    async with AsyncClient(target) as client:
+        merged = await client.query("history", sql, aggregates={"runs": "count"}, **merge)
+        concatenated = await client.query("history", sql)
+    assert merged.rows == [("L1", 450), ("L2", 450)]
+    assert len(concatenated.rows) == 8  # no merge: each member's four lines
+    with Client(target) as sync_client:
+        again = sync_client.query("history", sql, aggregates={"runs": "count"}, **merge)
+    assert again.rows == merged.rows
