@@ -17,7 +17,7 @@ from dataaccess_client import _commands
 from dataaccess_client._commands import Command, InsertTotals, Output, param_set, param_value
 from dataaccess_client._policy import TOKEN_ENV, TlsFiles
 from dataaccess_client.client import DEFAULT_TARGET, Client
-from dataaccess_client.errors import DataAccessClientError
+from dataaccess_client.errors import DataAccessClientError, ResourceExhausted
 
 __all__ = ["InsertTotals", "build_parser", "main", "param_set", "param_value"]
 
@@ -239,6 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             run(client, args, out)
     except (DataAccessClientError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        # The server names QueryStream when a result is over its row or byte limit.
+        if isinstance(exc, ResourceExhausted) and "QueryStream" in str(exc):
+            print("note: `dataaccess export` streams every row, past max_rows", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -213,6 +213,7 @@ def test_export_streams_past_max_rows_as_csv(target: str, capsys: Any, tmp_path:
     sql = "SELECT id, day, line, units_produced, note FROM production_runs ORDER BY id"
     status, _, err = cli(target, capsys, "query", "archive", sql)
     assert status == 1 and "RESOURCE_EXHAUSTED" in err  # Query stops at max_rows
+    assert "note: `dataaccess export` streams every row" in err
     output = tmp_path / "runs.csv"
     status, out, err = cli(target, capsys, "export", "archive", sql, "--output", str(output))
     assert status == 0, err
