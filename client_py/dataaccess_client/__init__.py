@@ -8,6 +8,7 @@ path (``dataaccess_client.v1`` only re-exports them for older callers); the
 from __future__ import annotations
 
 from dataaccess_client._models import (
+    AggregateFunction,
     CacheMode,
     HealthCheck,
     HealthResult,
@@ -47,6 +48,7 @@ from dataaccess_client.errors import (
 __all__ = [
     "TlsFiles",
     "Aborted",
+    "AggregateFunction",
     "AlreadyExists",
     "AsyncClient",
     "CacheMode",

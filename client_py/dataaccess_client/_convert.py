@@ -10,6 +10,7 @@ from google.protobuf import duration_pb2, struct_pb2
 
 from dataaccess.v1 import data_access_pb2 as pb
 from dataaccess_client._models import (
+    AggregateFunction,
     HealthCheck,
     HealthResult,
     InsertResult,
@@ -30,6 +31,12 @@ _CACHE_MODES = {
     "use": pb.CACHE_MODE_USE,
     "bypass": pb.CACHE_MODE_BYPASS,
     "refresh": pb.CACHE_MODE_REFRESH,
+}
+_AGGREGATES = {
+    "sum": pb.AGGREGATE_FUNCTION_SUM,
+    "count": pb.AGGREGATE_FUNCTION_COUNT,
+    "min": pb.AGGREGATE_FUNCTION_MIN,
+    "max": pb.AGGREGATE_FUNCTION_MAX,
 }
 _ON_CONFLICT = {
     "abort": pb.ON_CONFLICT_ABORT,
@@ -107,6 +114,28 @@ def cache_options(mode: str, ttl: float | None, tags: Sequence[str]) -> pb.Cache
     if ttl is not None:
         options.ttl.CopyFrom(seconds_to_duration(ttl))
     return options
+
+
+def merge(
+    order_by: str,
+    limit: int,
+    group_by: Sequence[str],
+    aggregates: Mapping[str, AggregateFunction] | None,
+) -> pb.Merge | None:
+    """How a group's member results combine; None when nothing is asked (concatenated)."""
+    if not (order_by or limit or group_by or aggregates):
+        return None
+    if limit < 0:
+        raise ValueError(f"limit must be zero (no cut) or positive, not {limit}")
+    return pb.Merge(
+        order_by=order_by,
+        limit=limit,
+        group_by=group_by,
+        aggregates=[
+            pb.Aggregate(column=column, function=_choice("aggregate", function, _AGGREGATES))
+            for column, function in (aggregates or {}).items()
+        ],
+    )
 
 
 def seconds_to_duration(seconds: float) -> duration_pb2.Duration:

@@ -19,6 +19,8 @@ Row = tuple[SqlValue, ...]
 
 CacheMode = Literal["use", "bypass", "refresh"]
 OnConflict = Literal["abort", "ignore", "replace", "upsert"]
+AggregateFunction = Literal["sum", "count", "min", "max"]
+"""How a group query re-aggregates a column of its members' partial results."""
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,17 @@ float; anything else is text. JSONL: one object per line, the first object's
 keys are the columns; a later object may leave a column out (NULL) but not add
 one. JSON ``true``/``false`` become 1/0, as SQLite stores booleans; nested
 arrays and objects are refused.
+
+Parameter sets (``dataaccess update``): each is a JSON array of values, one
+per ``?`` in order, where ``{"$base64": "..."}`` is a blob (as ``--json``
+prints one); a file of them is JSONL (one array per line) or CSV (a header
+row, then one set per record, read as the rows to insert are).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import json
 import math
@@ -32,6 +39,51 @@ _INT64_MAX = 2**63 - 1
 
 class RowFileError(ValueError):
     """A row file that cannot be read: its name, line and what is wrong."""
+
+
+def json_param_set(text: str) -> Row:
+    """One parameter set given as a JSON array, like ``[1, "x", null]``."""
+    what = 'a parameter set is a JSON array, like [1, "x", null]'
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what}; not JSON ({exc.msg}): {text}") from None
+    if not isinstance(values, list):
+        raise ValueError(f"{what}, not: {text}")
+    return tuple(json_param(value) for value in values)
+
+
+def json_param(value: object) -> SqlValue:
+    """One JSON value as a SQL value: true/false are 1/0, ``{"$base64": "..."}`` a blob."""
+    if isinstance(value, bool):
+        return int(value)
+    if value is None or isinstance(value, int | float | str):
+        return value
+    if (
+        isinstance(value, dict)
+        and value.keys() == {"$base64"}
+        and isinstance(value["$base64"], str)
+    ):
+        try:
+            return base64.b64decode(value["$base64"], validate=True)
+        except binascii.Error:
+            raise ValueError(f"not base64: {value['$base64']!r}") from None
+    raise ValueError(f'{json.dumps(value)} is not a SQL value (a blob is {{"$base64": ...}})')
+
+
+def read_param_sets(stream: BinaryIO, fmt: RowFormat, name: str = "<stream>") -> list[Row]:
+    """Every parameter set in a JSONL (one JSON array a line) or CSV (header first) stream."""
+    if fmt == "csv":
+        return [row for batch in RowReader(stream, "csv", name).batches(10_000) for row in batch]
+    lines = LineCounter(stream)
+    sets = []
+    for line in lines:
+        if line.strip():
+            try:
+                sets.append(json_param_set(line))
+            except ValueError as exc:
+                raise RowFileError(f"{name}:{lines.line_number}: {exc}") from None
+    return sets
 
 
 def format_of(name: str) -> RowFormat:

@@ -10,7 +10,7 @@ methods from a row, so a method differs between the two only in how it waits.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar
 
@@ -18,7 +18,13 @@ from google.protobuf.message import Message
 
 from dataaccess.v1 import data_access_pb2 as pb
 from dataaccess_client import _columns, _convert
-from dataaccess_client._models import CacheMode, OnConflict, Params, SqlInput
+from dataaccess_client._models import (
+    AggregateFunction,
+    CacheMode,
+    OnConflict,
+    Params,
+    SqlInput,
+)
 
 P = ParamSpec("P")
 Out = TypeVar("Out")
@@ -112,10 +118,21 @@ def _query_request(
     tags: Sequence[str] = (),
     route_key: SqlInput | None = None,
     consistency_token: str = "",
+    order_by: str = "",
+    limit: int = 0,
+    group_by: Sequence[str] = (),
+    aggregates: Mapping[str, AggregateFunction] | None = None,
     timeout: float | None = None,
 ) -> Call:
     """The QueryRequest of one read-only statement, for Query and QueryStream alike;
-    ``consistency_token`` overrides the client's own (the newest write it saw)."""
+    ``consistency_token`` overrides the client's own (the newest write it saw).
+
+    On a group, ``order_by`` (like ``"day DESC, line"``, each member's result
+    already in that order) k-way merges the members' rows, ``limit`` cuts the
+    merged result, and ``aggregates`` (result column -> ``"sum"``, ``"count"``,
+    ``"min"`` or ``"max"``) re-aggregates partial results by the ``group_by``
+    columns; with none of them the members' rows are concatenated.
+    """
     cache = _convert.cache_options(cache_mode, ttl, tags)
     request = pb.QueryRequest(
         database=database,
@@ -125,6 +142,9 @@ def _query_request(
         consistency_token=consistency_token,
     )
     _convert.set_params(request, params)
+    merge = _convert.merge(order_by, limit, group_by, aggregates)
+    if merge is not None:
+        request.merge.CopyFrom(merge)
     if route_key is not None:
         request.route_key.CopyFrom(_convert.to_value(route_key))
     return Call(request, timeout)
@@ -206,7 +226,11 @@ def _stats_response(response: pb.StatsResponse) -> pb.StatsResponse:
 query = Unary(
     "query",
     _query_request,
-    "Run one read-only statement on a database or group, through the cache.",
+    """Run one read-only statement on a database or group, through the cache.
+
+    On a group, ``order_by``, ``limit``, ``group_by`` and ``aggregates`` say how
+    the members' results are merged (see the proto's ``Merge``).
+    """,
     read=_convert.query_result,
     retry=True,
 )

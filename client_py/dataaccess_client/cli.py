@@ -1,4 +1,4 @@
-"""The ``dataaccess`` command: each subcommand makes one kind of call through the sync Client.
+"""The ``dataaccess`` command: its arguments, and one subcommand per RPC (in ``_commands``).
 
 Exit status: 0 on success, 1 when a call fails (``error: CODE: message`` on
 stderr) or a local input is bad, 2 for a usage error, 130 on Ctrl-C.
@@ -7,154 +7,21 @@ stderr) or a local input is bad, 2 for a usage error, 130 on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
-from rich.console import Console, RenderableType
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from rich.console import Console
 
-from dataaccess_client import _render
-from dataaccess_client._models import InsertResult, SqlValue
+from dataaccess_client import _commands
+from dataaccess_client._commands import Command, InsertTotals, Output, param_set, param_value
 from dataaccess_client._policy import TOKEN_ENV, TlsFiles
-from dataaccess_client._row_files import RowReader, format_of, number_or_text
 from dataaccess_client.client import DEFAULT_TARGET, Client
-from dataaccess_client.errors import DataAccessClientError
+from dataaccess_client.errors import DataAccessClientError, ResourceExhausted
+
+__all__ = ["InsertTotals", "build_parser", "main", "param_set", "param_value"]
 
 TARGET_ENV = "DATAACCESS_TARGET"
-# Below this a progress bar would only flicker.
-_PROGRESS_MIN_BYTES = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Output:
-    """Where a command's answer goes: rich renderables, or one line of JSON with --json."""
-
-    console: Console
-    as_json: bool
-
-    def show(self, data: object, *renderables: RenderableType) -> None:
-        """Print ``data`` as JSON, or the ``renderables`` for a person."""
-        if self.as_json:
-            print(_render.to_json(data))
-            return
-        for renderable in renderables:
-            self.console.print(renderable)
-
-
-Command = Callable[[Client, argparse.Namespace, Output], None]
-
-
-def param_value(text: str) -> SqlValue:
-    """A --param: ``null`` is NULL, integers and floats are numbers, anything else text."""
-    return None if text == "null" else number_or_text(text)
-
-
-def _query(client: Client, args: argparse.Namespace, out: Output) -> None:
-    result = client.query(
-        args.database,
-        args.sql,
-        args.param or None,
-        max_rows=args.max_rows,
-        cache_mode="bypass" if args.bypass_cache else "use",
-    )
-    out.show(result, _render.query_table(result), _render.query_footer(result))
-
-
-@dataclass
-class InsertTotals:
-    """What the batches of one ``insert`` have done so far."""
-
-    batches: int = 0
-    rows_sent: int = 0
-    rows_affected: int = 0
-    last_insert_rowid: int = 0
-    invalidated_tags: list[str] = field(default_factory=list)
-
-    def add(self, rows_sent: int, result: InsertResult) -> None:
-        """Count one committed batch."""
-        self.batches += 1
-        self.rows_sent += rows_sent
-        self.rows_affected += result.rows_affected
-        if result.last_insert_rowid:  # 0: no row got a rowid (WITHOUT ROWID, all ignored)
-            self.last_insert_rowid = result.last_insert_rowid
-        new = [t for t in result.invalidated_tags if t not in self.invalidated_tags]
-        self.invalidated_tags.extend(new)
-
-    def summary(self) -> str:
-        """One line for a person."""
-        return (
-            f"inserted {self.rows_affected} of {self.rows_sent} rows "
-            f"in {self.batches} batch{'' if self.batches == 1 else 'es'}"
-        )
-
-    def report(self) -> dict[str, object]:
-        """What --json prints; last_insert_rowid only when an inserted row got a rowid."""
-        data = dataclasses.asdict(self)
-        if not self.last_insert_rowid:
-            del data["last_insert_rowid"]
-        return data
-
-
-@contextmanager
-def _byte_progress(size: int) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr over ``size`` bytes; yields a function taking bytes read."""
-    progress = Progress(
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=size < _PROGRESS_MIN_BYTES,
-    )
-    with progress:
-        task = progress.add_task("insert", total=size)
-        yield lambda done: progress.update(task, completed=done)
-
-
-def _insert(client: Client, args: argparse.Namespace, out: Output) -> None:
-    path = Path(args.file)
-    totals = InsertTotals()
-    with path.open("rb") as stream, _byte_progress(path.stat().st_size) as advance:
-        reader = RowReader(stream, args.format or format_of(path.name), name=str(path))
-        try:
-            for batch in reader.batches(args.batch_size):
-                result = client.batch_insert(
-                    args.database, args.table, reader.columns, batch, on_conflict=args.on_conflict
-                )
-                totals.add(len(batch), result)
-                advance(reader.bytes_read)
-        except (DataAccessClientError, ValueError):
-            if totals.batches:  # earlier batches are committed: say how far the load got
-                print(f"note: committed before the failure: {totals.summary()}", file=sys.stderr)
-            raise
-    out.show(totals.report(), totals.summary())
-
-
-def _health(client: Client, args: argparse.Namespace, out: Output) -> None:
-    result = client.health(deep=args.deep)
-    out.show(result, *_render.health_renderables(result))
-
-
-def _stats(client: Client, args: argparse.Namespace, out: Output) -> None:
-    stats = client.stats(reset=args.reset)
-    tables: list[RenderableType] = [*_render.stats_tables(stats)]
-    out.show(_render.stats_sections(stats), *(tables or ["no statistics yet"]))
-
-
-def _invalidate(client: Client, args: argparse.Namespace, out: Output) -> None:
-    tags = client.invalidate(tags=args.tag or (), databases=args.database or (), all=args.all)
-    out.show({"invalidated_tags": tags}, f"invalidated: {', '.join(tags) or 'nothing'}")
 
 
 def _global_options(parser: argparse.ArgumentParser, after_command: bool = False) -> None:
@@ -209,7 +76,37 @@ def _query_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     query.add_argument("--max-rows", type=int, default=0, help="cut the result at N rows")
     query.add_argument("--bypass-cache", action="store_true", help="neither read nor fill it")
-    query.set_defaults(run=_query)
+    _merge_options(query)
+    query.set_defaults(run=_commands.run_query)
+
+
+def _aggregate(function: str) -> Callable[[str], tuple[str, str]]:
+    """The --sum (--count, ...) argument type: a column, paired with its function."""
+    return lambda column: (column, function)
+
+
+def _merge_options(query: argparse.ArgumentParser) -> None:
+    """How a group's member results are combined (the proto's Merge)."""
+    merge = query.add_argument_group(
+        "merging a group's results", "without these, the members' rows are concatenated"
+    )
+    merge.add_argument(
+        "--order-by", default="", metavar="'COL [DESC], ...'",
+        help="k-way merge the members' rows, each already in this order (like 'day DESC')",
+    )  # fmt: skip
+    merge.add_argument(
+        "--limit", type=int, default=0, metavar="N", help="cut the merged result at N rows"
+    )
+    merge.add_argument(
+        "--group-by", action="append", metavar="COL",
+        help="a column the partial aggregates are grouped by (repeatable)",
+    )  # fmt: skip
+    for function in ("sum", "count", "min", "max"):
+        merge.add_argument(
+            f"--{function}", dest="aggregates", action="append", metavar="COL",
+            type=_aggregate(function),
+            help=f"re-aggregate this column's partial {function.upper()}s (repeatable)",
+        )  # fmt: skip
 
 
 def _insert_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -228,21 +125,75 @@ def _insert_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     insert.add_argument("--batch-size", type=int, default=1000, help="rows per call (1000)")
     insert.add_argument("--on-conflict", choices=("abort", "ignore", "replace"), default="abort")
-    insert.set_defaults(run=_insert)
+    insert.set_defaults(run=_commands.run_insert)
+
+
+def _export_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    export = commands.add_parser(
+        "export",
+        help="stream a read's rows, however many, to CSV or JSONL (QueryStream)",
+        description="CSV: a header row, then a record per row; NULL is an empty field, a blob "
+        'its base64. JSONL: an object per row, NULL is null, a blob {"$base64": "..."}. '
+        "--timeout bounds the whole export: give a large one more.",
+    )
+    export.add_argument("database", help="a database name")
+    export.add_argument("sql")
+    export.add_argument(
+        "-p", "--param", action="append", type=param_value, metavar="VALUE",
+        help="a positional parameter, in order: null, an integer, a float, or text",
+    )  # fmt: skip
+    export.add_argument(
+        "--format", choices=("csv", "jsonl"), help="default: by --output's extension, else csv"
+    )
+    export.add_argument("-o", "--output", metavar="FILE", help="default: standard output")
+    export.add_argument("--max-rows", type=int, default=0, help="stop after N rows (0: all)")
+    export.set_defaults(run=_commands.run_export)
+
+
+def _update_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    update = commands.add_parser(
+        "update",
+        help="run one UPDATE, DELETE or INSERT once per parameter set, in one transaction",
+        description="Parameter sets: -p VALUE ... for one; --set '[1, \"x\"]' (a JSON array, "
+        'a blob as {"$base64": "..."}) once per set; or --params FILE: JSONL, one JSON '
+        "array a line, or CSV, a header row then one set per record (an empty field is "
+        "NULL, numbers are numbers). None: the statement runs once without parameters. "
+        "All sets commit together or not at all.",
+    )
+    update.add_argument("database")
+    update.add_argument("sql")
+    sets = update.add_mutually_exclusive_group()
+    sets.add_argument(
+        "-p", "--param", action="append", type=param_value, metavar="VALUE",
+        help="a parameter of the one set, in order (as in query)",
+    )  # fmt: skip
+    sets.add_argument(
+        "--set", action="append", type=param_set, metavar="JSON",
+        help="one parameter set as a JSON array (repeatable)",
+    )  # fmt: skip
+    sets.add_argument("--params", metavar="FILE", help="parameter sets from a JSONL or CSV file")
+    update.add_argument(
+        "--format", choices=("csv", "jsonl"), help="of --params (default: by extension)"
+    )
+    update.add_argument("--tag", action="append", help="a tag to bump after the commit")
+    update.add_argument(
+        "--idempotency-key", default="", help="a retry with the same key writes nothing again"
+    )
+    update.set_defaults(run=_commands.run_update)
 
 
 def _small_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     health = commands.add_parser("health", help="the health of the databases and Redis")
     health.add_argument("--deep", action="store_true", help="run the slower checks too")
-    health.set_defaults(run=_health)
+    health.set_defaults(run=_commands.run_health)
     stats = commands.add_parser("stats", help="cache, pool, statement and write statistics")
     stats.add_argument("--reset", action="store_true", help="clear the counters after reading")
-    stats.set_defaults(run=_stats)
+    stats.set_defaults(run=_commands.run_stats)
     invalidate = commands.add_parser("invalidate", help="drop cached results")
     invalidate.add_argument("--tag", action="append", help="bump this tag (repeatable)")
     invalidate.add_argument("--database", action="append", help="everything cached from it")
     invalidate.add_argument("--all", action="store_true", help="the whole cache")
-    invalidate.set_defaults(run=_invalidate)
+    invalidate.set_defaults(run=_commands.run_invalidate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _query_parser(commands)
     _insert_parser(commands)
+    _export_parser(commands)
+    _update_parser(commands)
     _small_parsers(commands)
     for command in commands.choices.values():  # `dataaccess query live "..." --json` too
         _global_options(command, after_command=True)
@@ -264,6 +217,8 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     args = parser.parse_args(argv)
     if args.command == "invalidate" and not (args.tag or args.database or args.all):
         parser.error("invalidate needs --tag, --database or --all")
+    if args.command == "query" and args.limit < 0:
+        parser.error("--limit must be zero (no cut) or positive")
     if args.command == "insert" and args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     return args
@@ -284,6 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             run(client, args, out)
     except (DataAccessClientError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        # The server names QueryStream when a result is over its row or byte limit.
+        if isinstance(exc, ResourceExhausted) and "QueryStream" in str(exc):
+            print("note: `dataaccess export` streams every row, past max_rows", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

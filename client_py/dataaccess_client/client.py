@@ -104,10 +104,19 @@ def _sync_stream(rpc: _rpcs.Stream[P, Out]) -> SyncMethod[P, Iterator[Out]]:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         finally:
-            # Stops the server sending the rest when the caller leaves the loop early.
-            responses.cancel()
+            _stop_sync_stream(responses)
 
     return rpc.method(method, "Client", rpc.returns("Iterator"))
+
+
+def _stop_sync_stream(responses: Any) -> None:
+    """Stop the server sending the rest when the caller leaves the loop early.
+
+    Through OpenTelemetry's interceptor the stream is a generator over the call,
+    with no ``cancel``: closing it drops the call, which cancels it.
+    """
+    stop = getattr(responses, "cancel", None) or responses.close
+    stop()
 
 
 class _ClientBase:

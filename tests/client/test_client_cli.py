@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 from google.protobuf import timestamp_pb2
+from rich.console import Console
 
 from dataaccess.v1 import data_access_pb2 as pb
 from dataaccess_client import _convert, _render
@@ -220,3 +222,131 @@ def test_the_command_without_rich_says_in_one_line_what_to_install():
     assert done.stderr.splitlines() == [
         "dataaccess: the command needs rich: pip install 'dataaccess-client[cli]'"
     ]
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [
+        (pb.CACHE_STATUS_HIT_LOCAL, "hit (in process)"),
+        (pb.CACHE_STATUS_HIT_REDIS, "hit (Redis)"),
+        (pb.CACHE_STATUS_MISS, "miss"),
+        (pb.CACHE_STATUS_STALE, "stale"),
+        (pb.CACHE_STATUS_BYPASS, "bypass"),
+    ],
+)
+def test_the_footer_says_the_cache_status_in_words(status, words):
+    result = _convert.query_result(pb.QueryResponse(cache_status=status))
+    assert f"cache {words} ·" in _render.query_footer(result)
+
+
+def test_merge_options_become_the_requests_merge():
+    from dataaccess_client import _rpcs
+
+    plain = _rpcs.query.call("history", "SELECT 1").request
+    assert not plain.HasField("merge")
+    call = _rpcs.query.call(
+        "history", "SELECT 1", order_by="day DESC", limit=5, group_by=["day"],
+        aggregates={"units": "sum", "runs": "count"},
+    )  # fmt: skip
+    assert isinstance(call.request, pb.QueryRequest)
+    merge = call.request.merge
+    assert (merge.order_by, merge.limit, list(merge.group_by)) == ("day DESC", 5, ["day"])
+    assert [(a.column, a.function) for a in merge.aggregates] == [
+        ("units", pb.AGGREGATE_FUNCTION_SUM),
+        ("runs", pb.AGGREGATE_FUNCTION_COUNT),
+    ]
+    with pytest.raises(ValueError, match="aggregate must be one of"):
+        _rpcs.query.call("history", "SELECT 1", aggregates={"units": "avg"})  # type: ignore[dict-item]
+
+
+def test_query_parser_collects_merge_options():
+    args = build_parser().parse_args(
+        ["query", "history", "x", "--order-by", "day DESC", "--limit", "7", "--group-by", "day"]
+        + ["--group-by", "line", "--sum", "units", "--max", "last", "--count", "n"]
+    )
+    assert (args.order_by, args.limit, args.group_by) == ("day DESC", 7, ["day", "line"])
+    assert args.aggregates == [("units", "sum"), ("last", "max"), ("n", "count")]
+
+
+def test_json_param_sets():
+    from dataaccess_client._row_files import json_param_set, read_param_sets
+
+    assert json_param_set('[1, 2.5, "x", null, true, {"$base64": "AAE="}]') == (
+        1, 2.5, "x", None, 1, b"\x00\x01",
+    )  # fmt: skip
+    for bad in ("{}", "[[1]]", '[{"$base64": "!"}]', "1,2"):
+        with pytest.raises(ValueError):
+            json_param_set(bad)
+    jsonl = io.BytesIO(b'[1, "a"]\n\n[2, null]\n')
+    assert read_param_sets(jsonl, "jsonl") == [(1, "a"), (2, None)]
+    assert read_param_sets(io.BytesIO(b"a,b\n1,\n2,x\n"), "csv") == [(1, None), (2, "x")]
+    with pytest.raises(RowFileError, match="f:2: a parameter set is a JSON array"):
+        read_param_sets(io.BytesIO(b"[1]\n{}\n"), "jsonl", name="f")
+
+
+# tables at 80 columns: headers break between words, never inside one
+
+
+@pytest.mark.parametrize(
+    ("header", "width", "lines"),
+    [
+        ("units_produced", 20, "units_produced"),
+        ("units_produced", 10, "units_\nproduced"),
+        ("acquire_p99_ms", 12, "acquire_p99_\nms"),
+        ("total units made", 11, "total units\nmade"),
+        ("supercalifragilistic", 6, "super…"),
+        ("a_supercalifragilistic_b", 8, "a_\nsupercа…\nb".replace("а", "a")),
+    ],
+)
+def test_wrap_header(header, width, lines):
+    assert _render.wrap_header(header, width) == lines
+
+
+def test_column_widths_give_each_its_longest_word_then_share_the_rest():
+    assert _render.column_widths([5, 3], [40, 3], 30) == [27, 3]
+    assert _render.column_widths([5, 5, 5], [50, 50, 5], 25) == [10, 10, 5]
+    assert _render.column_widths([20, 4], [20, 4], 10) == [6, 4]  # too long: the widest gives
+
+
+def test_a_wide_result_fits_80_columns_with_whole_header_words():
+    names = [
+        "production_run_identifier",
+        "units_produced_per_shift",
+        "units_scrapped_per_shift",
+        "acquire_p99_ms",
+        "line",
+        "customer_facing_description",
+    ]
+    result = _convert.query_result(
+        pb.QueryResponse(
+            columns=[pb.Column(name=name, decl_type="INTEGER") for name in names],
+            rows=[_convert.to_row([123456789, 4242, 17, 3.25, "L1", "x" * 120])],
+        )
+    )
+    screen = io.StringIO()
+    console = Console(file=screen, width=80, color_system=None)
+    console.print(_render.query_table(result, console.width))
+    text = screen.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    header = text.split("┡")[0]  # above the rule under the headers
+    for name in names:
+        for word in re.findall(r"[^_]+_?", name):
+            assert word in header, (word, header)
+    assert "x" * 120 in "".join(line.strip("│ ┃") for line in text.splitlines())  # folded, whole
+
+
+def test_stats_with_too_many_fields_to_fit_turn_to_a_row_per_field():
+    stats = pb.StatsResponse(pools=[pb.PoolStats(database="live", size=4, in_use=1)])
+    screen = io.StringIO()
+    Console(file=screen, width=80, color_system=None).print(*_render.stats_tables(stats, 80))
+    text = screen.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "acquire_p99_ms" in text and "…" not in text  # every field's name whole
+    assert any(line.split() == ["│", "in_use", "│", "1", "│"] for line in text.splitlines())
+
+
+def test_tags_summary_counts_key_tags():
+    assert _render.tags_summary([]) == "nothing"
+    assert _render.tags_summary(["table:live.t", "key:live.t.id=1", "key:live.t.id=2"]) == (
+        "table:live.t, 2 key tags"
+    )

@@ -1,0 +1,235 @@
+"""The ``dataaccess`` command's subcommands: each makes one kind of call through the sync Client
+and shows its answer, for a person or (``--json``) for a program."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console, RenderableType
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from dataaccess_client import _render
+from dataaccess_client._export import Export
+from dataaccess_client._models import InsertResult, Row, SqlValue
+from dataaccess_client._row_files import (
+    RowReader,
+    format_of,
+    json_param_set,
+    number_or_text,
+    read_param_sets,
+)
+from dataaccess_client.client import Client
+from dataaccess_client.errors import DataAccessClientError
+
+# Below this a progress bar would only flicker.
+_PROGRESS_MIN_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where a command's answer goes: rich renderables, or one line of JSON with --json."""
+
+    console: Console
+    as_json: bool
+
+    def show(self, data: object, *renderables: RenderableType) -> None:
+        """Print ``data`` as JSON, or the ``renderables`` for a person."""
+        if self.as_json:
+            print(_render.to_json(data))
+            return
+        for renderable in renderables:
+            self.console.print(renderable)
+
+
+Command = Callable[[Client, argparse.Namespace, Output], None]
+
+
+def param_value(text: str) -> SqlValue:
+    """A --param: ``null`` is NULL, integers and floats are numbers, anything else text."""
+    return None if text == "null" else number_or_text(text)
+
+
+def param_set(text: str) -> Row:
+    """A --set: one parameter set as a JSON array."""
+    try:
+        return json_param_set(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def run_query(client: Client, args: argparse.Namespace, out: Output) -> None:
+    result = client.query(
+        args.database,
+        args.sql,
+        args.param or None,
+        max_rows=args.max_rows,
+        cache_mode="bypass" if args.bypass_cache else "use",
+        order_by=args.order_by,
+        limit=args.limit,
+        group_by=args.group_by or (),
+        aggregates=dict(args.aggregates or ()),
+    )
+    out.show(result, _render.query_table(result, out.console.width), _render.query_footer(result))
+
+
+@dataclass
+class InsertTotals:
+    """What the batches of one ``insert`` have done so far."""
+
+    batches: int = 0
+    rows_sent: int = 0
+    rows_affected: int = 0
+    last_insert_rowid: int = 0
+    invalidated_tags: list[str] = field(default_factory=list)
+
+    def add(self, rows_sent: int, result: InsertResult) -> None:
+        """Count one committed batch."""
+        self.batches += 1
+        self.rows_sent += rows_sent
+        self.rows_affected += result.rows_affected
+        if result.last_insert_rowid:  # 0: no row got a rowid (WITHOUT ROWID, all ignored)
+            self.last_insert_rowid = result.last_insert_rowid
+        new = [t for t in result.invalidated_tags if t not in self.invalidated_tags]
+        self.invalidated_tags.extend(new)
+
+    def summary(self) -> str:
+        """One line for a person."""
+        return (
+            f"inserted {self.rows_affected} of {self.rows_sent} rows "
+            f"in {self.batches} batch{'' if self.batches == 1 else 'es'}"
+        )
+
+    def report(self) -> dict[str, object]:
+        """What --json prints; last_insert_rowid only when an inserted row got a rowid."""
+        data = dataclasses.asdict(self)
+        if not self.last_insert_rowid:
+            del data["last_insert_rowid"]
+        return data
+
+
+@contextmanager
+def _byte_progress(size: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr over ``size`` bytes; yields a function taking bytes read."""
+    progress = Progress(
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=size < _PROGRESS_MIN_BYTES,
+    )
+    with progress:
+        task = progress.add_task("insert", total=size)
+        yield lambda done: progress.update(task, completed=done)
+
+
+def run_insert(client: Client, args: argparse.Namespace, out: Output) -> None:
+    path = Path(args.file)
+    totals = InsertTotals()
+    with path.open("rb") as stream, _byte_progress(path.stat().st_size) as advance:
+        reader = RowReader(stream, args.format or format_of(path.name), name=str(path))
+        try:
+            for batch in reader.batches(args.batch_size):
+                result = client.batch_insert(
+                    args.database, args.table, reader.columns, batch, on_conflict=args.on_conflict
+                )
+                totals.add(len(batch), result)
+                advance(reader.bytes_read)
+        except (DataAccessClientError, ValueError):
+            if totals.batches:  # earlier batches are committed: say how far the load got
+                print(f"note: committed before the failure: {totals.summary()}", file=sys.stderr)
+            raise
+    out.show(totals.report(), totals.summary())
+
+
+def run_export(client: Client, args: argparse.Namespace, out: Output) -> None:
+    fmt = args.format or (format_of(args.output) if args.output else "csv")
+    with ExitStack() as files:
+        stream = (
+            files.enter_context(open(args.output, "w", encoding="utf-8", newline=""))
+            if args.output
+            else sys.stdout
+        )
+        export = Export(stream, fmt)
+        chunks = client.query_stream(
+            args.database, args.sql, args.param or None, max_rows=args.max_rows
+        )
+        try:
+            export.write(chunks)
+        except (DataAccessClientError, ValueError):
+            print(f"note: {export.rows} rows written before the failure", file=sys.stderr)
+            raise
+    where = args.output or "standard output"
+    summary = f"exported {export.rows} row{'' if export.rows == 1 else 's'} as {fmt} to {where}"
+    if export.truncated:
+        summary += " (cut by --max-rows)"
+    data = {
+        "rows": export.rows,
+        "format": fmt,
+        "output": args.output,
+        "truncated": export.truncated,
+    }
+    # The rows themselves may be on stdout: then the summary goes to stderr.
+    summary_out = out if args.output else Output(Console(stderr=True, highlight=False), out.as_json)
+    summary_out.show(data, summary)
+
+
+def _param_sets(args: argparse.Namespace) -> list[Row]:
+    """The update's parameter sets: -p's one, each --set, or every row of --params FILE."""
+    if args.param:
+        return [tuple(args.param)]
+    if args.params:
+        path = Path(args.params)
+        with path.open("rb") as stream:
+            sets = read_param_sets(stream, args.format or format_of(path.name), str(path))
+        if not sets:  # else the statement would run once, without parameters
+            raise ValueError(f"{path} holds no parameter sets")
+        return sets
+    return list(args.set or [])
+
+
+def run_update(client: Client, args: argparse.Namespace, out: Output) -> None:
+    param_sets = _param_sets(args)
+    result = client.batch_update(
+        args.database,
+        [(args.sql, param_sets)],
+        invalidate_tags=args.tag or (),
+        idempotency_key=args.idempotency_key,
+    )
+    runs = len(param_sets) or 1  # no parameter set: the statement runs once
+    affected = sum(result.rows_affected)
+    summary = (
+        f"{affected} row{'' if affected == 1 else 's'} affected "
+        f"by {runs} run{'' if runs == 1 else 's'} in one transaction"
+    )
+    token = f"consistency token: {result.consistency_token or '-'}"
+    tags = f"invalidated: {_render.tags_summary(result.invalidated_tags)}"
+    out.show({**dataclasses.asdict(result), "param_sets": runs}, summary, token, tags)
+
+
+def run_health(client: Client, args: argparse.Namespace, out: Output) -> None:
+    result = client.health(deep=args.deep)
+    out.show(result, *_render.health_renderables(result))
+
+
+def run_stats(client: Client, args: argparse.Namespace, out: Output) -> None:
+    stats = client.stats(reset=args.reset)
+    tables: list[RenderableType] = [*_render.stats_tables(stats, out.console.width)]
+    out.show(_render.stats_sections(stats), *(tables or ["no statistics yet"]))
+
+
+def run_invalidate(client: Client, args: argparse.Namespace, out: Output) -> None:
+    tags = client.invalidate(tags=args.tag or (), databases=args.database or (), all=args.all)
+    out.show({"invalidated_tags": tags}, f"invalidated: {', '.join(tags) or 'nothing'}")
