@@ -383,9 +383,14 @@ async def test_a_busy_port_stops_the_start_before_any_worker_forks(
 async def test_each_worker_serves_its_metrics_and_a_busy_metrics_port_is_not_fatal(
     tmp_path: Path, document: dict[str, Any], redis_server: RedisProcess
 ) -> None:
-    base = free_port()
     busy = __import__("socket").socket()
-    busy.bind(("127.0.0.1", base + 1))  # worker 1's metrics port is taken
+    for _ in range(50):  # a free port whose next one is free too: worker 1's, taken here
+        base = free_port()
+        try:
+            busy.bind(("127.0.0.1", base + 1))
+            break
+        except OSError:
+            continue
     busy.listen()
     document = {**kitchen(document, redis_server), "metrics_listen": f"127.0.0.1:{base}"}
     try:
