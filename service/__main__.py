@@ -31,7 +31,7 @@ from service.db import (
     restore_missing,
 )
 from service.observe.logs import setup_logging
-from service.observe.telemetry import Telemetry
+from service.observe.telemetry import Telemetry, trace_exporters
 from service.processes.count import WorkerCountError, worker_count
 from service.processes.stopping import request_stop, serve_until
 from service.processes.supervisor import serve_workers
@@ -111,6 +111,7 @@ def _take_workers(argv: list[str]) -> tuple[list[str], str | None]:
 def _serve(config: Config) -> int:
     """Serve in this process, or from several forked workers; the exit code."""
     count = worker_count(config)
+    trace_exporters(os.environ)  # an unknown exporter stops the start here, not in each worker
     if count > 1:
         return serve_workers(config, count)
     asyncio.run(_serve_until_signalled(config, Telemetry.from_env(os.environ)))

@@ -157,6 +157,9 @@ class DatabaseFigures:
     pool: PoolSnapshot
     writes: WriteSnapshot
     write_queue: int  # write calls waiting for the writer
+    # PostgreSQL: the largest replay lag its primary reported at the last health probe
+    # (0 when its standbys are caught up or it has none); None: not measured
+    replication_lag_seconds: float | None = None
     maintenance: tuple[MaintenanceRuns, ...] = ()
 
 

@@ -16,7 +16,11 @@ query latency, and the cache, pool and write-queue figures at scrape time.
   database; ``dataaccess_write_queue_depth`` and
   ``dataaccess_write_transactions_total`` by database;
   ``dataaccess_maintenance_runs_total`` by database, task and result, and
-  ``dataaccess_maintenance_last_run_timestamp_seconds`` by database and task.
+  ``dataaccess_maintenance_last_run_timestamp_seconds`` by database and task;
+  ``dataaccess_redis_breaker_open`` (1 while the Redis breaker is open or
+  invalidations are held, so reads bypass Redis; only with Redis); and
+  ``dataaccess_replication_lag_seconds`` by PostgreSQL database, as its
+  last health probe found it.
 
 Counters follow Stats: a Stats ``reset`` restarts them, which Prometheus
 reads as a counter reset.
@@ -108,6 +112,17 @@ class _StateCollector(Collector):
         yield from self._cache_families()
         yield from self._pool_families()
         yield from self._maintenance_families()
+        yield from self._redis_families()
+
+    def _redis_families(self) -> Iterator[Any]:
+        for tier in self._cache.tiers():
+            if tier.tier == "l2":
+                open_ = GaugeMetricFamily(
+                    "dataaccess_redis_breaker_open",
+                    "1 while reads bypass Redis: its breaker is open or invalidations are held.",
+                    value=0 if tier.state == "closed" else 1,
+                )
+                yield open_
 
     def _cache_families(self) -> Iterator[Any]:
         tiers = {tier.tier: tier for tier in self._cache.tiers()}
@@ -142,11 +157,18 @@ class _StateCollector(Collector):
         transactions = CounterMetricFamily(
             "dataaccess_write_transactions", "Write transactions committed.", labels=["database"]
         )
+        lag = GaugeMetricFamily(
+            "dataaccess_replication_lag_seconds",
+            "Replay lag of the database's standbys at its last health probe (PostgreSQL).",
+            labels=["database"],
+        )
         for name, figure in figures.items():
             timeouts.add_metric([name], figure.pool.timeouts)
             depth.add_metric([name], figure.write_queue)
             transactions.add_metric([name], figure.writes.transactions)
-        yield from (timeouts, depth, transactions)
+            if figure.replication_lag_seconds is not None:
+                lag.add_metric([name], figure.replication_lag_seconds)
+        yield from (timeouts, depth, transactions, lag)
 
     def _maintenance_families(self) -> Iterator[Any]:
         runs = CounterMetricFamily(

@@ -1,9 +1,14 @@
 """OpenTelemetry set up from its own ``OTEL_*`` variables, and the spans of each tier.
 
-Nothing is exported unless an OTLP endpoint is set
-(``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``);
-then spans go over OTLP/gRPC (what Jaeger ingests) in batches, with the
-service name, resource attributes and sampler the standard variables give.
+Spans go to the exporters ``OTEL_TRACES_EXPORTER`` names (a comma list,
+``otlp`` by default, ``none`` for none), each found as the SDK finds it: an
+``opentelemetry_traces_exporter`` entry point (``console`` ships with the
+SDK, ``otlp``/``otlp_proto_grpc`` with the OTLP package: what Jaeger
+ingests). Left at its default, ``otlp`` exports only when an endpoint is set
+(``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``),
+so a laptop without a collector logs no connection errors. Spans go in
+batches, with the service name, resource attributes and sampler the
+standard variables give.
 The server span of every call comes from the gRPC instrumentation's aio
 interceptor (set up in ``service.api.tracing``) and continues the caller's
 W3C ``traceparent``; the health service and anything in
@@ -16,15 +21,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+from service.config import ConfigError
 
 log = logging.getLogger(__name__)
 DEFAULT_EXCLUDED = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")
@@ -33,6 +41,11 @@ DB_SYSTEM = "sqlite"
 # at exit: with no collector, each export retries for OTEL_EXPORTER_OTLP_TIMEOUT
 # (10 s) and the SDK's own flush is unbounded, past Kubernetes' 30 s grace.
 FLUSH_SECONDS = 3.0
+EXPORTERS_VARIABLE = "OTEL_TRACES_EXPORTER"
+ENTRY_POINT_GROUP = "opentelemetry_traces_exporter"
+# `otlp` is registered by the umbrella opentelemetry-exporter-otlp package as the gRPC
+# exporter; with only the gRPC package installed (as here) the name means the same.
+ALIASES = {"otlp": "otlp_proto_grpc"}
 
 
 @dataclass
@@ -42,7 +55,7 @@ class Telemetry:
     tracer: trace.Tracer
     provider: TracerProvider | None = None
     excluded_services: tuple[str, ...] = DEFAULT_EXCLUDED
-    exporter: SpanExporter | None = None
+    exporters: Sequence[SpanExporter] = ()
 
     @classmethod
     def off(cls) -> Telemetry:
@@ -51,16 +64,12 @@ class Telemetry:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Telemetry:
-        """Export over OTLP when ``environ`` names an endpoint, else ``off()``."""
-        endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
-            "OTEL_EXPORTER_OTLP_ENDPOINT"
-        )
-        disabled = environ.get("OTEL_SDK_DISABLED", "").lower() == "true"
-        if not endpoint or disabled or environ.get("OTEL_TRACES_EXPORTER", "otlp") == "none":
+        """Export to the exporters ``environ`` names, else ``off()``; ConfigError if unknown."""
+        chosen = trace_exporters(environ)
+        if not chosen:
             return cls.off()
         # The SDK reads its own variables (sampler, resource, exporter endpoint,
         # headers, timeouts, batch sizes) from the process environment.
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.instrumentation.redis import RedisInstrumentor
 
         resource = _HashedResource(
@@ -68,14 +77,15 @@ class Telemetry:
         )
         # Flushed by shutdown() within its bound, not by the SDK's unbounded atexit hook.
         provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-        exporter = OTLPSpanExporter()
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        exporters = [entry.load()() for entry in chosen]
+        for exporter in exporters:
+            provider.add_span_processor(BatchSpanProcessor(exporter))
         RedisInstrumentor().instrument(tracer_provider=provider)
         excluded = environ.get("OTEL_PYTHON_GRPC_EXCLUDED_SERVICES")
         services = tuple(s.strip() for s in excluded.split(",") if s.strip()) if excluded else ()
-        log.info("exporting traces", extra={"endpoint": endpoint})
+        log.info("exporting traces", extra={"exporters": [entry.name for entry in chosen]})
         tracer = TierTracer(provider.get_tracer("dataaccess"))
-        return cls(tracer, provider, DEFAULT_EXCLUDED + services, exporter)
+        return cls(tracer, provider, DEFAULT_EXCLUDED + services, tuple(exporters))
 
     def flush_seconds(self, grace: float) -> float:
         """How much of a ``grace``-second shutdown goes to exporting buffered spans."""
@@ -92,11 +102,45 @@ class Telemetry:
         flush = threading.Thread(target=provider.shutdown, name="span-flush", daemon=True)
         flush.start()
         flush.join(timeout)
-        if flush.is_alive() and self.exporter is not None:
+        if flush.is_alive() and self.exporters:
             log.warning("spans not exported within %.1f s (no collector?): dropped", timeout)
             # Ends the export's retry wait and its call in flight; the rest are refused.
-            self.exporter.shutdown()
+            for exporter in self.exporters:
+                exporter.shutdown()
             flush.join(1.0)
+
+
+def trace_exporters(environ: Mapping[str, str]) -> list[EntryPoint]:
+    """The exporters' entry points ``environ`` asks for; ConfigError naming an unknown one.
+
+    None when ``OTEL_SDK_DISABLED=true``, when ``none`` is among the names, and
+    for the default ``otlp`` when no OTLP endpoint is set.
+    """
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return []
+    given = environ.get(EXPORTERS_VARIABLE, "").strip()
+    names = [name.strip() for name in (given or "otlp").split(",") if name.strip()]
+    if "none" in names:
+        return []
+    installed = {entry.name: entry for entry in entry_points(group=ENTRY_POINT_GROUP)}
+    for alias, name in ALIASES.items():
+        if alias not in installed and name in installed:
+            installed[alias] = installed[name]
+    unknown = [name for name in names if name not in installed]
+    if unknown:
+        raise ConfigError(
+            f"{EXPORTERS_VARIABLE}: unknown exporter {unknown[0]!r} "
+            f"(installed: {', '.join(sorted([*installed, 'none']))})"
+        )
+    if not given and not _otlp_endpoint(environ):
+        return []  # the default, with nowhere to send to
+    return [installed[name] for name in dict.fromkeys(names)]
+
+
+def _otlp_endpoint(environ: Mapping[str, str]) -> str | None:
+    return environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
 
 
 class TierTracer(trace.Tracer):

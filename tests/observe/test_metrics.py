@@ -52,3 +52,37 @@ async def test_calls_cache_pools_and_queries_are_exported(
     assert _value(text, 'dataaccess_pool_connections{database="kitchen"}') == 2
     assert _value(text, 'dataaccess_write_transactions_total{database="kitchen"}') == 1
     assert _value(text, 'dataaccess_write_queue_depth{database="kitchen"}') == 0
+
+
+async def test_the_redis_breaker_and_replication_lag_are_exported(
+    tmp_path: Path, document: dict[str, Any], redis_server: Any, postgres_url: str
+) -> None:
+    document["metrics_listen"] = f"127.0.0.1:{free_port()}"
+    document["redis_url"] = redis_server.url
+    document["databases"].append({"name": "ledger", "url": postgres_url})
+    async with started(tmp_path, document) as running:
+        port = running.server.metrics_port
+        await running.stub.Health(pb.HealthRequest())
+        text = await asyncio.to_thread(_scrape, port)
+        assert _value(text, "dataaccess_redis_breaker_open") == 0
+        # a primary with no standbys lags by nothing; SQLite reports no lag at all
+        assert _value(text, 'dataaccess_replication_lag_seconds{database="ledger"}') == 0
+        assert 'dataaccess_replication_lag_seconds{database="kitchen"}' not in text
+        redis_server.kill()
+        for qty in range(10):  # misses, each failing on Redis until the breaker opens
+            await running.stub.Query(
+                pb.QueryRequest(
+                    database="kitchen", sql=f"SELECT count(*) FROM items WHERE qty > {qty}"
+                )
+            )
+        text = await asyncio.to_thread(_scrape, port)
+        assert _value(text, "dataaccess_redis_breaker_open") == 1
+
+
+async def test_without_redis_there_is_no_breaker_gauge(
+    tmp_path: Path, document: dict[str, Any]
+) -> None:
+    document["metrics_listen"] = f"127.0.0.1:{free_port()}"
+    async with started(tmp_path, document) as running:
+        text = await asyncio.to_thread(_scrape, running.server.metrics_port)
+    assert "dataaccess_redis_breaker_open" not in text

@@ -87,6 +87,7 @@ class PostgresDatabase:
         self._readers: ReaderPool | None = None
         self._routing: ReadRouting | None = None
         self._writer: PgWriter | None = None
+        self._replication_lag: float | None = None  # as the last health probe found it
         self._watch: Watch | None = None
         self._reopening: asyncio.Future[None] | None = None
         self._origin = uuid.uuid4().hex  # tells this process's notifications from others'
@@ -256,7 +257,10 @@ class PostgresDatabase:
 
     async def probe(self, deep: bool) -> list[Finding]:
         """Connectivity, role, replication lag, size and long transactions."""
-        return await health.probe(self.readers, self._writers, self.name, deep)
+        return await health.probe(self.readers, self._writers, self.name, deep, self._saw_lag)
+
+    def _saw_lag(self, seconds: float) -> None:
+        self._replication_lag = seconds
 
     def figures(self) -> DatabaseFigures:
         """The reader pool's and the writer's counters, and who answered the reads."""
@@ -266,7 +270,7 @@ class PostgresDatabase:
             replica_reads=routing.replica_reads,
             primary_reads=routing.primary_reads,
         )
-        return DatabaseFigures(pool, self.writer.snapshot(), 0)
+        return DatabaseFigures(pool, self.writer.snapshot(), 0, self._replication_lag)
 
     def reset_figures(self) -> None:
         """Start the counters again."""

@@ -4,6 +4,7 @@ lag, size, and transactions open too long."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import asyncpg
 
@@ -29,9 +30,13 @@ def _ms(started: float) -> float:
 
 
 async def probe(
-    readers: ReaderPool, writers: asyncpg.Pool | None, database: str, deep: bool
+    readers: ReaderPool,
+    writers: asyncpg.Pool | None,
+    database: str,
+    deep: bool,
+    on_lag: Callable[[float], None] = lambda seconds: None,
 ) -> list[Finding]:
-    """What a Health call reports for this database."""
+    """What a Health call reports for this database; ``on_lag`` is told the replication lag."""
     started = time.monotonic()
     deadline = started + _PROBE_SECONDS * (10 if deep else 1)
     try:
@@ -53,6 +58,7 @@ async def probe(
     found.append(Finding("role", Severity.HEALTHY, role))
     lag = facts["lag"]
     lag_text = "no standbys" if lag is None else f"{float(lag):.2f} s"
+    on_lag(0.0 if lag is None else float(lag))
     found.append(Finding("replication", Severity.HEALTHY, f"replication lag {lag_text}"))
     found.append(Finding("size", Severity.HEALTHY, f"{int(facts['size']) // 1024} KiB"))
     long = int(facts["long_transactions"])

@@ -303,7 +303,7 @@ class SqliteDatabase:
         """The reader pool's and the writer's counters."""
         writes = WriteSnapshot(self.name, **vars(self.writer.counters))
         runs = self._maintenance.runs() if self._maintenance is not None else ()
-        return DatabaseFigures(self.pool.snapshot(), writes, self.writer.queued, runs)
+        return DatabaseFigures(self.pool.snapshot(), writes, self.writer.queued, maintenance=runs)
 
     def reset_figures(self) -> None:
         """Start the counters again."""
