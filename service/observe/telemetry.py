@@ -9,9 +9,10 @@ ingests). Left at its default, ``otlp`` exports only when an endpoint is set
 so a laptop without a collector logs no connection errors. Spans go in
 batches, with the service name, resource attributes and sampler the
 standard variables give.
-The server span of every call comes from the gRPC instrumentation's aio
-interceptor (set up in ``service.api.tracing``) and continues the caller's
-W3C ``traceparent``; the health service and anything in
+The server span of every call comes from the service's own aio interceptor
+(``service.api.tracing``, which decides sampling first) and continues the
+caller's W3C ``traceparent``; inside an unsampled call no tier makes a span
+(``TierTracer``); the health service and anything in
 ``OTEL_PYTHON_GRPC_EXCLUDED_SERVICES`` are left out. Redis calls are traced
 by the redis instrumentation. SQLite has none that sees aiosqlite's threads,
 so the database spans are made here.
