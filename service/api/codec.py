@@ -14,7 +14,6 @@ from dataaccess.v1 import data_access_pb2 as pb
 from service.errors import InvalidArgument
 from service.values import Params, SqlRow, SqlValue
 
-_NULL = pb.Value(null=struct_pb2.NULL_VALUE)
 _NULL_VALUE = struct_pb2.NULL_VALUE
 
 
@@ -31,19 +30,6 @@ def from_proto(value: pb.Value, field: str) -> SqlValue:
     if kind == "real" and math.isnan(value.real):
         raise InvalidArgument("NaN cannot be stored: SQLite turns it into NULL", field=field)
     return result
-
-
-def to_proto(value: SqlValue) -> pb.Value:
-    """The proto Value of a value SQLite returned."""
-    if value is None:
-        return _NULL
-    if isinstance(value, int):
-        return pb.Value(integer=value)
-    if isinstance(value, float):
-        return pb.Value(real=value)
-    if isinstance(value, str):
-        return pb.Value(text=value)
-    return pb.Value(blob=bytes(value))
 
 
 def add_rows(target: Any, rows: Iterable[Sequence[SqlValue]]) -> None:
@@ -78,11 +64,6 @@ def _other(value: SqlValue) -> dict[str, SqlValue]:
         if isinstance(value, base):
             return {kind: base(value)}
     return {"blob": bytes(value)}  # type: ignore[arg-type]
-
-
-def rows_to_proto(rows: Iterable[Sequence[SqlValue]]) -> list[pb.Row]:
-    """SQLite rows as proto Rows."""
-    return [pb.Row(values=[to_proto(v) for v in row]) for row in rows]
 
 
 def rows_from_proto(rows: Sequence[pb.Row], field: str) -> list[SqlRow]:

@@ -1,11 +1,11 @@
-"""Rows -> QueryResponse: the in-place encoder gives the same messages as building them."""
+"""Rows -> QueryResponse: the in-place encoder gives the messages built by hand."""
 
 from __future__ import annotations
 
 from google.protobuf import struct_pb2
 
 from dataaccess.v1 import data_access_pb2 as pb
-from service.api.codec import add_rows, rows_to_proto
+from service.api.codec import add_rows
 from service.values import SqlValue
 
 
@@ -21,7 +21,30 @@ def test_every_storage_class_is_encoded_as_the_built_messages_are() -> None:
         (2**63 - 1, -(2**63), "", b"", -0.0),
         (),
     ]
-    assert _added(rows) == pb.QueryResponse(rows=rows_to_proto(rows))
+    built = pb.QueryResponse(
+        rows=[
+            pb.Row(
+                values=[
+                    pb.Value(integer=1),
+                    pb.Value(real=2.5),
+                    pb.Value(text="text"),
+                    pb.Value(blob=b"\x00blob"),
+                    pb.Value(null=struct_pb2.NULL_VALUE),
+                ]
+            ),
+            pb.Row(
+                values=[
+                    pb.Value(integer=2**63 - 1),
+                    pb.Value(integer=-(2**63)),
+                    pb.Value(text=""),
+                    pb.Value(blob=b""),
+                    pb.Value(real=-0.0),
+                ]
+            ),
+            pb.Row(),
+        ]
+    )
+    assert _added(rows) == built
     assert _added(rows).rows[0].values[4].WhichOneof("kind") == "null"
     assert _added(rows).rows[0].values[4].null == struct_pb2.NULL_VALUE
 

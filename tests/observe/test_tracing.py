@@ -55,13 +55,17 @@ async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
         await server.stop(0)
 
 
-async def _traced_service(start: Any, document: dict[str, Any], receiver_port: int) -> Any:
-    """``python -m service`` exporting its spans to the receiver, quickly."""
+async def _traced_service(
+    start: Any, document: dict[str, Any], receiver_port: int, **otel: str
+) -> Any:
+    """``python -m service`` exporting its spans to the receiver, quickly (``otel``: more
+    ``OTEL_*`` variables)."""
     env = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver_port}",
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
         "OTEL_BSP_SCHEDULE_DELAY": "50",
         "OTEL_SERVICE_NAME": "dataaccess-test",
+        **otel,
     }
     return await asyncio.to_thread(start, document, env)
 
@@ -317,14 +321,13 @@ async def test_with_ratio_sampling_calls_without_a_caller_are_dropped_and_sample
     tmp_path: Path, document: dict[str, Any], receiver: tuple[Receiver, int], service_process: Any
 ) -> None:
     found, port = receiver
-    env = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-        "OTEL_EXPORTER_OTLP_INSECURE": "true",
-        "OTEL_BSP_SCHEDULE_DELAY": "50",
-        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-        "OTEL_TRACES_SAMPLER_ARG": "0",
-    }
-    server = await asyncio.to_thread(service_process, document, env)
+    server = await _traced_service(
+        service_process,
+        document,
+        port,
+        OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+        OTEL_TRACES_SAMPLER_ARG="0",
+    )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.DataAccessStub(channel)
         for n in range(20):
