@@ -43,8 +43,9 @@ from service.hot_reads import HotRead, HotReads
 from service.observe.health import HealthReport
 from service.observe.statements import StatementTimings
 from service.observe.stats_report import KeyFigures, StatsReport, stats_report
+from service.routing.archival import Archiver
 from service.routing.fan_out import combine, fetch_all
-from service.routing.router import Router, pick_member
+from service.routing.router import Router
 from service.scopes import ANYONE, Principal, Scopes
 from service.tags import ALL_TAG, database_tag, invalidated, read_tags, table_tags, write_tags
 from service.values import SqlRow
@@ -80,6 +81,7 @@ class DataAccess:
         tracer: trace.Tracer | None = None,
         on_query: Callable[[str, float], None] | None = None,
         warm: Sequence[WarmQuery] = (),
+        archive_pause_after: str | None = None,
     ) -> None:
         self._router = router
         self._scopes = Scopes(router)
@@ -94,6 +96,7 @@ class DataAccess:
         # As many as L1 holds, and no fewer than MIN_HOT_READS: with L1 off, Redis hits too
         # are answered from the request bytes without decoding and keying them again.
         self._hot = HotReads(max(cache.local.max_entries, MIN_HOT_READS))
+        self.archiver = Archiver(router, write_tags, archive_pause_after)
         self.warmer = Warmer(
             warm, self.cached, self.query, cache_ttl, limits.default_deadline_seconds
         )
@@ -127,7 +130,9 @@ class DataAccess:
             try:
                 return await self._through_cache(members, request, deadline, identity, tagged)
             except _Rekeyed:
-                continue  # another process changed the schema: learn the lookups again
+                # Another process changed the schema (learn the lookups again), or archival
+                # moved the routed member's rows (pick the members again).
+                members = self._readable(request, caller)
         result = await self._read(members, request, deadline, replica=True)
         return EncodedRead(self._encode(result), CacheStatus.BYPASS)
 
@@ -146,7 +151,8 @@ class DataAccess:
             if not all(shape.current() for shape in tagged.shapes):
                 raise _Rekeyed
             self.keys.loaded(tagged.keyed)
-            return self._encode(replace(await self._read(members, request, deadline), tags=tags))
+            result = await self._read(members, request, deadline, exact=True)
+            return self._encode(replace(result, tags=tags))
 
         policy = EntryPolicy(
             ttl=request.ttl_seconds or self._cache_ttl,
@@ -201,9 +207,29 @@ class DataAccess:
         request: ReadRequest,
         deadline: float,
         replica: bool = False,
+        exact: bool = False,
     ) -> ReadResult:
         """Run a read on its databases, within the row and byte limits; on read replicas
-        that caught up with the caller's token when ``replica`` (never for the cache)."""
+        that caught up with the caller's token when ``replica`` (never for the cache).
+
+        A group whose rows archival moves is read under its barrier, on the members its
+        stored bounds name now; ``exact`` (the members are in the cache's key and tags):
+        other members than ``members`` raise _Rekeyed instead.
+        """
+        barrier = self._router.barriers.get(request.database)
+        if barrier is None:
+            return await self._read_members(members, request, deadline, replica)
+        async with barrier.reading(deadline):
+            now = self._router.members(request.database, request.route_key, request.routed)
+            if [db.name for db in now] != [db.name for db in members]:
+                if exact:
+                    raise _Rekeyed
+                members = now
+            return await self._read_members(members, request, deadline, replica)
+
+    async def _read_members(
+        self, members: Sequence[Database], request: ReadRequest, deadline: float, replica: bool
+    ) -> ReadResult:
         limit = self._limits.max_rows
         cap = min(request.max_rows or limit, limit)
         max_bytes = self._limits.max_result_bytes
@@ -308,7 +334,7 @@ class DataAccess:
         at = lowered.index(column.lower())
         by_member: dict[str, list[SqlRow]] = {}
         for row in request.rows:
-            by_member.setdefault(pick_member(self._router.groups[group], row[at]), []).append(row)
+            by_member.setdefault(self._router.pick(group, row[at]), []).append(row)
         if not by_member:
             return WriteResult((0,), 0, [])
         databases, parts = [], []
@@ -388,7 +414,7 @@ class DataAccess:
         """Cache, pool, statement and write figures; ``reset`` clears them after reading."""
         databases = list(self._router.databases.values())
         report = await stats_report(databases, self._cache, self.statements, self.keys, reset)
-        return replace(report, warm=self.warmer.figures())
+        return replace(report, warm=self.warmer.figures(), archive=self.archiver.figures())
 
     def _check_batch(self, rows: int, field_name: str) -> None:
         if rows > self._limits.max_batch_rows:

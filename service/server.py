@@ -95,10 +95,14 @@ class DataAccessServer:
             if isinstance(exc, CertificateError):
                 raise StartError(str(exc)) from exc
             raise StartError(bind_failure(self.config.listen)) from exc
-        await self.access.warmer.load_all()  # before the first caller: warm reads are hits
+        # Before the first caller: a slice a stop left half-moved is finished, and warm
+        # reads are hits.
+        await self.access.archiver.recover()
+        await self.access.warmer.load_all()
         await server.start()
         self._server = server
         self._warming = asyncio.ensure_future(self.access.warmer.run())
+        self.access.archiver.start()
         if self.metrics is not None and config.metrics_listen:
             self.metrics.watch(self.router, self.cache)
             self.metrics_port = self._serve_metrics(self.metrics, config.metrics_listen)
@@ -139,6 +143,7 @@ class DataAccessServer:
             self.telemetry.tracer,
             self.metrics.observe_query if self.metrics is not None else None,
             config.cache.warm,
+            config.archive_pause_after,
         )
         self.access = access
         auth = Authenticator(config.auth_tokens)
@@ -241,6 +246,8 @@ class DataAccessServer:
         if self._warming is not None:
             await stop_task(self._warming)
             self._warming = None
+        if self._servicer is not None:
+            await self.access.archiver.stop()
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)

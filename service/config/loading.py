@@ -18,6 +18,7 @@ import yaml
 
 from service.config.model import (
     AnyDatabaseConfig,
+    ArchiveRule,
     CacheConfig,
     Config,
     ConfigError,
@@ -81,7 +82,8 @@ POSTGRES_KEYS = {
     "replicas",
     "replica_wait_seconds",
 }
-GROUP_KEYS = {"name", "members", "route"}
+GROUP_KEYS = {"name", "members", "route", "archive"}
+ARCHIVE_KEYS = set(ArchiveRule.__dataclass_fields__)
 ROUTE_KEYS = {"kind", "column", "bounds"}
 BOUND_KEYS = {"member", "below"}
 
@@ -101,6 +103,7 @@ def _build(document: dict[str, Any] | None, environ: Mapping[str, str], config_d
         )
     return Config(
         listen=environ.get("DATAACCESS_LISTEN") or str(doc.get("listen", Config.listen)),
+        archive_pause_after=environ.get("DATAACCESS_ARCHIVE_PAUSE_AFTER") or None,
         listen_reuse_port=_flag("listen_reuse_port", doc.get("listen_reuse_port", False)),
         workers=_workers(environ.get("DATAACCESS_WORKERS"), doc.get("workers")),
         data_dir=data_dir,
@@ -308,11 +311,29 @@ def _group(index: int, raw: Any) -> GroupConfig:
     if not isinstance(members, list) or not members:
         raise ConfigError(f"{where}.members: expected a non-empty list of database names")
     route = raw.get("route")
+    archive = raw.get("archive") or []
+    if not isinstance(archive, list):
+        raise ConfigError(f"{where}.archive: expected a list of rules")
     return GroupConfig(
         name=_name(where, raw),
         members=tuple(str(m) for m in members),
         route=_route(f"{where}.route", route) if route is not None else None,
+        archive=tuple(_archive_rule(f"{where}.archive[{i}]", r) for i, r in enumerate(archive)),
     )
+
+
+def _archive_rule(where: str, raw: Any) -> ArchiveRule:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    _reject_unknown(where, raw, ARCHIVE_KEYS)
+    required = ("table", "source", "target", "date_column", "age_days")
+    missing = [key for key in required if key not in raw]
+    if missing:
+        raise ConfigError(f"{where}: {missing[0]} is required")
+    try:
+        return ArchiveRule(**raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def _route(where: str, raw: Any) -> RouteConfig:

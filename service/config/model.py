@@ -25,6 +25,9 @@ __all__ = [
     "AnyDatabaseConfig",
     "Limits",
     "ReplicationConfig",
+    "ARCHIVE_DATES",
+    "ARCHIVE_STEPS",
+    "ArchiveRule",
     "RouteBound",
     "RouteConfig",
     "SqliteSettings",
@@ -320,6 +323,56 @@ class RouteConfig:
     bounds: tuple[RouteBound, ...] = ()
 
 
+ARCHIVE_DATES = ("text", "unix_seconds")
+ARCHIVE_STEPS = ("begin", "copy", "delete", "finish")
+
+
+@dataclass(frozen=True)
+class ArchiveRule:
+    """Rows of ``table`` in ``source`` whose ``date_column`` is older than ``age_days`` move
+    to ``target`` (YAML ``groups[].archive``), ``slice_rows`` at a time, a pass every
+    ``interval_seconds``. ``dates``: ``text`` (ISO 8601, compared as text) or
+    ``unix_seconds`` (integers); the cutoff is a whole UTC day. ``keep_ids``: copies keep
+    their INTEGER PRIMARY KEY (False: the target numbers them, when its ids are its own)."""
+
+    table: str
+    source: str
+    target: str
+    date_column: str
+    age_days: float
+    dates: str = "text"
+    slice_rows: int = 500
+    interval_seconds: float = 300.0
+    keep_ids: bool = True  # False: the target gives moved rows new INTEGER PRIMARY KEYs
+
+    def __post_init__(self) -> None:
+        for key in ("table", "date_column"):
+            value = getattr(self, key)
+            if not isinstance(value, str) or not value.isidentifier():
+                raise ConfigError(f"{key}: expected a name, got {value!r}")
+        if not isinstance(self.source, str) or not isinstance(self.target, str):
+            raise ConfigError("source, target: expected database names")
+        if self.source == self.target:
+            raise ConfigError(f"source and target are both {self.source!r}")
+        for key in ("age_days", "interval_seconds"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{key}: expected a number")
+        _require_non_negative("age_days", self.age_days)
+        _require_positive("interval_seconds", self.interval_seconds)
+        if self.dates not in ARCHIVE_DATES:
+            raise ConfigError(f"dates: expected one of {', '.join(ARCHIVE_DATES)}")
+        if isinstance(self.slice_rows, bool) or not isinstance(self.slice_rows, int):
+            raise ConfigError("slice_rows: expected a whole number")
+        if not 1 <= self.slice_rows <= 10_000:
+            raise ConfigError("slice_rows: expected 1 to 10000")
+
+    @property
+    def key(self) -> str:
+        """The rule's name in the journals of both files."""
+        return f"{self.table}:{self.source}>{self.target}"
+
+
 @dataclass(frozen=True)
 class GroupConfig:
     """A named set of databases queried together."""
@@ -327,6 +380,37 @@ class GroupConfig:
     name: str
     members: tuple[str, ...]
     route: RouteConfig | None = None
+    archive: tuple[ArchiveRule, ...] = ()
+
+    def __post_init__(self) -> None:
+        for rule in self.archive:
+            for member in (rule.source, rule.target):
+                if member not in self.members:
+                    raise ConfigError(
+                        f"groups.{self.name}.archive: {member!r} is not a member of the group"
+                    )
+        if self.archive and self.route is not None:
+            _check_archive_route(self)
+
+
+def _check_archive_route(group: GroupConfig) -> None:
+    """A routed group's stored boundary is its route's: one rule, and a range step from
+    the rule's target to its source."""
+    where = f"groups.{group.name}.archive"
+    route = group.route
+    assert route is not None
+    if len(group.archive) > 1:
+        raise ConfigError(f"{where}: a group with a route takes one archive rule")
+    if route.kind != "range":
+        raise ConfigError(f"{where}: archiving by age needs a range route, not {route.kind}")
+    rule = group.archive[0]
+    steps = [bound.member for bound in route.bounds]
+    at = steps.index(rule.target) if rule.target in steps else -1
+    if at < 0 or at + 1 >= len(steps) or steps[at + 1] != rule.source:
+        raise ConfigError(
+            f"{where}: the route needs a bound for {rule.target!r} followed by one for "
+            f"{rule.source!r} (the boundary archival moves)"
+        )
 
 
 @dataclass(frozen=True)
@@ -361,6 +445,9 @@ class Config:
     auth_tokens: tuple[TokenConfig, ...] = ()  # none: auth is off
     tls: TlsConfig | None = None  # none: plaintext (loopback, or a mesh that encrypts)
     replication: ReplicationConfig | None = None  # none: the service checkpoints itself
+    # Fault injection for the crash tests (DATAACCESS_ARCHIVE_PAUSE_AFTER): archival stops
+    # for good after this step commits (begin, copy, delete or finish), to be killed there.
+    archive_pause_after: str | None = None
 
     def __post_init__(self) -> None:
         _require_non_negative("l1_max_entries", self.l1_max_entries)
@@ -376,6 +463,11 @@ class Config:
         if not self.databases:
             raise ConfigError("databases: at least one database is needed")
         _check_names(self.databases, self.groups)
+        _check_archive(self)
+        if self.archive_pause_after not in (None, *ARCHIVE_STEPS):
+            raise ConfigError(
+                f"DATAACCESS_ARCHIVE_PAUSE_AFTER: expected one of {', '.join(ARCHIVE_STEPS)}"
+            )
         _check_warm(
             self.cache.warm, {db.name for db in self.databases} | {g.name for g in self.groups}
         )
@@ -421,6 +513,24 @@ def _check_names(databases: tuple[AnyDatabaseConfig, ...], groups: tuple[GroupCo
         for member in members:
             if member not in database_names:
                 raise ConfigError(f"groups.{group.name}: unknown member {member!r}")
+
+
+def _check_archive(config: Config) -> None:
+    """Archival moves rows between SQLite files, under one process's group barrier."""
+    for group in config.groups:
+        for rule in group.archive:
+            for member in (rule.source, rule.target):
+                if not isinstance(config.database(member), DatabaseConfig):
+                    raise ConfigError(
+                        f"groups.{group.name}.archive: {member!r} is not a SQLite database "
+                        "(archival moves rows between SQLite files)"
+                    )
+            if config.workers is not None and config.workers > 1:
+                # Group reads wait for a slice's swap in this process only.
+                raise ConfigError(
+                    f"groups.{group.name}.archive: archival needs workers: 1 "
+                    f"(the group's reads are held while a slice moves, in one process)"
+                )
 
 
 def _check_warm(warm: tuple[WarmQuery, ...], targets: set[str]) -> None:

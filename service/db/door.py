@@ -16,8 +16,9 @@ from enum import StrEnum
 from typing import Protocol
 
 from service import errors
+from service.config import ArchiveRule
 from service.domain import InsertRequest, WriteOptions, WriteSnapshot
-from service.values import Params, SqlRow
+from service.values import Params, SqlRow, SqlValue
 
 Column = tuple[str, str]  # (name, declared type)
 Statements = Sequence[tuple[str, Sequence[SqlRow]]]  # (sql, parameter sets), as BatchUpdate
@@ -130,6 +131,8 @@ class WriteOutcome:
 
 # After the COMMIT and before the caller is answered: the tags a write bumps.
 TagsOfWrite = Callable[[WriteOutcome], Sequence[str]]
+# The tags a committed write bumps on the database it names.
+TagsOfWriteOn = Callable[[str, WriteOutcome], Sequence[str]]
 # After each COMMIT: the tags it changed, and a receipt to call once they were delivered.
 AfterCommit = Callable[[list[str], Callable[[], None] | None], Awaitable[None]]
 
@@ -198,6 +201,71 @@ class Finding:
     severity: Severity
     message: str
     duration_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class ArchiveMark:
+    """Where a rule's rows are, as its source file stores it: every row dated below
+    ``boundary`` is in the target; rows below ``moving_below`` may be in either member
+    (a pass is moving them); the rest are in the source. None: no such bound yet."""
+
+    boundary: SqlValue = None
+    moving_below: SqlValue = None
+
+
+@dataclass(frozen=True)
+class ArchiveSlice:
+    """Rows of the source picked to move together: their rowids, columns and values."""
+
+    id: str
+    columns: tuple[str, ...]
+    rowids: tuple[int, ...]
+    rows: tuple[SqlRow, ...]
+
+
+@dataclass(frozen=True)
+class SliceEnd:
+    """How a slice ended: rows moved, rows left in the source (changed after their copy,
+    or gone), and the mark after it."""
+
+    moved: int
+    kept: int
+    mark: ArchiveMark
+
+
+class SliceMover(Protocol):
+    """One archive rule's steps between its source and target, each a transaction of
+    one file, each recorded in that file so that a stop between two is completed."""
+
+    async def mark(self) -> ArchiveMark:
+        """The rule's stored bounds."""
+        ...
+
+    async def begin_pass(self, cutoff: SqlValue) -> ArchiveMark:
+        """Store that rows below ``cutoff`` are moving, before any of them moves."""
+        ...
+
+    async def pick(self, cutoff: SqlValue) -> ArchiveSlice | None:
+        """The next rows below ``cutoff`` to move (None: no row is left below it)."""
+        ...
+
+    async def copy(self, rows: ArchiveSlice) -> None:
+        """Copy the slice into the target, with its journal entry, in one transaction."""
+        ...
+
+    async def delete(self, rows: ArchiveSlice, cutoff: SqlValue) -> None:
+        """Delete from the source the rows still as they were copied, recording which, in
+        one transaction; the boundary moves to ``cutoff`` in it when none is left below."""
+        ...
+
+    async def finish(self) -> list[SliceEnd]:
+        """Complete every slice the target's journal holds unfinished: drop the copies of
+        rows the source kept (all of them when its delete never committed)."""
+        ...
+
+    async def pending(self, cutoff: SqlValue) -> tuple[int, SqlValue, SqlValue]:
+        """Rows below ``cutoff`` in the source now, and their oldest and newest dates."""
+        ...
 
 
 class Database(Protocol):
@@ -286,4 +354,8 @@ class Database(Protocol):
     def undelivered(self) -> tuple[list[str], Callable[[], None]]:
         """Tags a previous run committed but may not have bumped, and how to mark them
         delivered."""
+        ...
+
+    def mover(self, rule: ArchiveRule, target: Database, tags_of: TagsOfWriteOn) -> SliceMover:
+        """The steps moving ``rule``'s rows from this database to ``target``."""
         ...

@@ -25,6 +25,7 @@ from service.observe.statements import (
 )
 
 if TYPE_CHECKING:
+    from service.routing.archival import ArchiveFigures
     from service.warming import WarmFigures
 
 _EXPLAIN_SECONDS = 2.0
@@ -83,6 +84,7 @@ class StatsReport:
     slowest: Sequence[SlowStatement] = ()
     advisories: Sequence[Advisory] = ()
     warm: Sequence[WarmFigures] = ()
+    archive: Sequence[ArchiveFigures] = ()
 
 
 async def stats_report(

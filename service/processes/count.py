@@ -27,6 +27,9 @@ def worker_count(config: Config, cpus: Callable[[], int] = available_cpus) -> in
     """The number of server processes to run for ``config``."""
     if config.workers is not None:
         count = config.workers
+    elif any(group.archive for group in config.groups):
+        log.info("one worker: archival holds a group's reads while a slice moves, in one process")
+        count = 1
     elif config.redis_url is None:
         available = cpus()
         if available > 1:

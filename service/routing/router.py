@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from service import errors
 from service.config import Config, GroupConfig, RouteConfig
-from service.db.door import Database
+from service.db.door import ArchiveMark, Database
+from service.routing.barrier import GroupBarrier
 from service.values import SqlValue
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,10 @@ class Router:
     def __init__(self, config: Config, databases: Mapping[str, Database]) -> None:
         self.databases = dict(databases)
         self.groups = {group.name: group for group in config.groups}
+        # Groups whose rows archival moves: their reads share a barrier with its swaps.
+        self.barriers = {g.name: GroupBarrier(g.name) for g in config.groups if g.archive}
+        # Routed groups' stored archive bounds (service.routing.archival keeps them).
+        self._marks: dict[str, ArchiveMark] = {}
         # With auth on, a caller is not told the names of databases it may not know of.
         self._list_known = not config.auth_tokens
 
@@ -51,9 +57,26 @@ class Router:
         group = self.groups.get(name)
         if group is None:
             return [self.database(name)]
-        if routed:
-            return [self.database(pick_member(group, route_key))]
-        return [self.database(member) for member in group.members]
+        if not routed:
+            return [self.database(member) for member in group.members]
+        if group.archive and _in_both(group, self._marks.get(name, ArchiveMark()), route_key):
+            rule = group.archive[0]  # a routed group has one rule (the Config says so)
+            both = (rule.source, rule.target)
+            return [self.database(member) for member in group.members if member in both]
+        return [self.database(self.pick(name, route_key))]
+
+    def pick(self, name: str, key: SqlValue) -> str:
+        """The one member of group ``name`` that takes a row keyed ``key``."""
+        group = self.groups[name]
+        mark = self._marks.get(name)
+        if mark is not None and mark.boundary is not None and group.route is not None:
+            group = replace(group, route=_moved(group.route, group.archive[0].target, mark))
+        return pick_member(group, key)
+
+    def set_mark(self, name: str, mark: ArchiveMark) -> None:
+        """Group ``name``'s archive bounds, as its source file now stores them."""
+        if self.groups[name].route is not None:
+            self._marks[name] = mark
 
     def route_column(self, name: str) -> str:
         """The column whose value routes a row inserted into group ``name``."""
@@ -77,6 +100,38 @@ class Router:
         """Close every database, checkpointing its WAL."""
         for database in self.databases.values():
             await database.close()
+
+
+def _in_both(group: GroupConfig, mark: ArchiveMark, key: SqlValue) -> bool:
+    """Whether rows keyed ``key`` may be in the archive rule's source and its target.
+
+    Below the stored boundary every row that was there is in the target, but a
+    row dated so old may still be written to the source afterwards (late data,
+    a backfill), and only the next pass moves it; below ``moving_below`` a
+    pass is moving them. Above both, and above the route's own bound for the
+    target, rows are only in the source.
+    """
+    assert group.route is not None
+    target = group.archive[0].target
+    static = next((b.below for b in group.route.bounds if b.member == target), None)
+    for bound in (mark.moving_below, mark.boundary, static):
+        below = _bound(bound)
+        if below is not None and _below(key, below):
+            return True
+    return False
+
+
+def _moved(route: RouteConfig, target: str, mark: ArchiveMark) -> RouteConfig:
+    """``route`` with ``target``'s bound at the stored boundary."""
+    bounds = tuple(
+        replace(bound, below=_bound(mark.boundary)) if bound.member == target else bound
+        for bound in route.bounds
+    )
+    return replace(route, bounds=bounds)
+
+
+def _bound(value: SqlValue) -> str | int | float | None:
+    return None if isinstance(value, bytes) else value
 
 
 def pick_member(group: GroupConfig, key: SqlValue) -> str:

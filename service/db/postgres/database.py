@@ -22,18 +22,21 @@ import asyncpg
 from opentelemetry import trace
 
 from service import errors
-from service.config import Limits, PostgresDatabaseConfig
+from service.config import ArchiveRule, Limits, PostgresDatabaseConfig
 from service.db.door import (
     PRIMARY,
     AfterCommit,
+    Database,
     DatabaseFigures,
     Finding,
     Freshness,
     KeyTracking,
     QueryPlan,
     Rows,
+    SliceMover,
     Statements,
     TagsOfWrite,
+    TagsOfWriteOn,
     WriteOutcome,
 )
 from service.db.postgres import health
@@ -288,6 +291,10 @@ class PostgresDatabase:
                 writer.delivered(rows)
 
         return tags, delivered
+
+    def mover(self, rule: ArchiveRule, target: Database, tags_of: TagsOfWriteOn) -> SliceMover:
+        """Archival moves rows between SQLite files only (the Config refuses it here)."""
+        raise errors.FailedPrecondition(f"archive: {self.name} is not a SQLite database")
 
     # Opening and closing
 

@@ -19,11 +19,12 @@ from dataclasses import replace
 from opentelemetry import trace
 
 from service import errors
-from service.config import DatabaseConfig, Limits, ReplicationConfig, SqliteSettings
+from service.config import ArchiveRule, DatabaseConfig, Limits, ReplicationConfig, SqliteSettings
 from service.db.door import (
     PRIMARY,
     AfterCommit,
     Column,
+    Database,
     DatabaseFigures,
     Finding,
     Freshness,
@@ -31,11 +32,14 @@ from service.db.door import (
     QueryPlan,
     Rows,
     Severity,
+    SliceMover,
     Statements,
     TagsOfWrite,
+    TagsOfWriteOn,
     WriteOutcome,
 )
 from service.db.sqlite import commit_counter, idempotency, outbox, probe
+from service.db.sqlite.archiving import SqliteSliceMover
 from service.db.sqlite.connection import SqliteConnection, open_connection
 from service.db.sqlite.group_commit import WriteBatcher
 from service.db.sqlite.guard import ShapeMemo
@@ -251,6 +255,13 @@ class SqliteDatabase:
         """Run DML statements in one transaction; the tags are bumped after the COMMIT."""
         return await self._submit(StatementPlan(statements), write, deadline, tags_of)
 
+    async def submit_own(
+        self, plan: WritePlan, write: WriteOptions, deadline: float, tags_of: TagsOfWrite
+    ) -> WriteOutcome:
+        """The service's own write (archival): queued and committed as a caller's is, its
+        tags bumped after the COMMIT; the plan itself runs its statements past the guard."""
+        return await self._submit(plan, write, deadline, tags_of)
+
     async def _submit(
         self, plan: WritePlan, write: WriteOptions, deadline: float, tags_of: TagsOfWrite
     ) -> WriteOutcome:
@@ -320,6 +331,12 @@ class SqliteDatabase:
                 writer.delivered(rows)
 
         return tags, delivered
+
+    def mover(self, rule: ArchiveRule, target: Database, tags_of: TagsOfWriteOn) -> SliceMover:
+        """The steps moving ``rule``'s rows from this file to ``target`` (SQLite too)."""
+        if not isinstance(target, SqliteDatabase):
+            raise errors.FailedPrecondition(f"archive: {target.name} is not a SQLite database")
+        return SqliteSliceMover(rule, self, target, tags_of)
 
     # Opening and closing
 

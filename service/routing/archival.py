@@ -1,0 +1,240 @@
+"""Archival: each group's archive rules move rows past their age from source to target.
+
+At start, before the server takes calls, ``recover`` completes every rule's
+unfinished slice (see ``service.db.sqlite.archiving``) and hands its stored
+bounds to the router. Then ``run`` makes a pass of each rule every
+``interval_seconds``: the cutoff is the start of the UTC day ``age_days``
+back; under the group's barrier the source first stores that rows below it
+are moving (routed reads of them read both members from then on), then slice
+by slice: the rows are picked (a read, outside the barrier), and with the
+barrier held alone they are copied, deleted and finished, and the router
+takes the new bounds. A step that fails ends the pass (logged once, tried
+again at the next); a slice left half-moved is finished before the barrier
+lets reads go, and if that cannot be done the group's reads are refused
+until a restart finishes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from service import errors
+from service.config import ArchiveRule, GroupConfig
+from service.db.door import ArchiveMark, ArchiveSlice, SliceMover, TagsOfWriteOn
+from service.routing.barrier import GroupBarrier
+from service.routing.router import Router
+from service.values import SqlValue
+
+log = logging.getLogger(__name__)
+FINISH_RETRY_SECONDS = 1.0
+FINISH_ATTEMPTS = 5
+STOP_WAIT_SECONDS = 5.0
+DAY = 86_400
+
+
+@dataclass
+class ArchiveFigures:
+    """One archive rule as Stats shows it."""
+
+    group: str
+    table: str
+    source: str
+    target: str
+    boundary: SqlValue = None  # every row dated below it is in the target
+    moving_below: SqlValue = None  # a pass is moving rows below it
+    cutoff: SqlValue = None  # the current pass's (or the next's) cutoff
+    passes: int = 0
+    slices: int = 0
+    rows_moved: int = 0
+    rows_kept: int = 0  # changed or deleted in the source after their copy: left there
+    last_pass: float = 0.0  # wall clock of the last pass that ended without error
+    last_error: str = ""
+
+
+def cutoff_of(rule: ArchiveRule, now: float) -> SqlValue:
+    """The start of the UTC day ``age_days`` before ``now``: text ``YYYY-MM-DD`` or seconds."""
+    day = math.floor((now - rule.age_days * DAY) / DAY) * DAY
+    if rule.dates == "unix_seconds":
+        return day
+    return datetime.fromtimestamp(day, UTC).date().isoformat()
+
+
+@dataclass
+class _Rule:
+    group: GroupConfig
+    rule: ArchiveRule
+    mover: SliceMover
+    barrier: GroupBarrier
+    figures: ArchiveFigures
+    due: float = 0.0  # monotonic: the next pass
+    logged: str = field(default="", repr=False)
+
+
+class Archiver:
+    """Moves every configured group's old rows to their archive member."""
+
+    def __init__(
+        self, router: Router, tags_of: TagsOfWriteOn, pause_after: str | None = None
+    ) -> None:
+        self._router = router
+        self._pause_after = pause_after  # fault injection: see Config.archive_pause_after
+        self._rules: list[_Rule] = []
+        for group in router.groups.values():
+            for rule in group.archive:
+                source = router.databases[rule.source]
+                target = router.databases[rule.target]
+                figures = ArchiveFigures(group.name, rule.table, rule.source, rule.target)
+                mover = source.mover(rule, target, tags_of)
+                barrier = router.barriers[group.name]
+                self._rules.append(_Rule(group, rule, mover, barrier, figures))
+        self._stopping = False
+        self._runner: asyncio.Task[None] | None = None
+
+    def figures(self) -> list[ArchiveFigures]:
+        """Every rule's figures now."""
+        return [rule.figures for rule in self._rules]
+
+    async def recover(self) -> None:
+        """Finish every slice a stop left half-moved; the router takes the stored bounds."""
+        for rule in self._rules:
+            if self._unserved(rule):
+                continue
+            try:
+                await self._recover(rule)
+            except errors.DataAccessError as exc:
+                log.error("archive %s: cannot finish a slice: %s", rule.rule.key, exc.message)
+                rule.figures.last_error = exc.message
+                rule.barrier.seal(
+                    f"{rule.group.name}: an archive slice of {rule.rule.table} could not be "
+                    f"finished at start ({exc.message})"
+                )
+
+    async def _recover(self, rule: _Rule) -> None:
+        ends = await rule.mover.finish()
+        for end in ends:
+            rule.figures.rows_moved += end.moved
+            rule.figures.rows_kept += end.kept
+        if ends:
+            log.info(
+                "archive %s: finished %d slice(s) a stop left half-moved",
+                rule.rule.key,
+                len(ends),
+            )
+        self._take(rule, await rule.mover.mark())
+
+    def start(self) -> None:
+        """Run the passes in the background."""
+        if self._rules:
+            self._runner = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        """Let a slice that is moving finish, then stop."""
+        self._stopping = True
+        if self._runner is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._runner), STOP_WAIT_SECONDS)
+        except TimeoutError:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            for rule in self._rules:
+                if self._stopping:
+                    return
+                if time.monotonic() >= rule.due and not self._unserved(rule):
+                    rule.due = time.monotonic() + rule.rule.interval_seconds
+                    await self.run_pass(rule)
+            await asyncio.sleep(min(0.2, *(r.rule.interval_seconds for r in self._rules)))
+
+    def _unserved(self, rule: _Rule) -> bool:
+        names = (rule.rule.source, rule.rule.target)
+        return any(self._router.databases[n].failure is not None for n in names)
+
+    async def run_pass(self, rule: _Rule) -> None:
+        """Move the rule's rows below today's cutoff, a slice at a time."""
+        cutoff = cutoff_of(rule.rule, time.time())
+        rule.figures.cutoff = cutoff
+        try:
+            async with rule.barrier.swapping():
+                mark = await rule.mover.begin_pass(cutoff)
+                await self._paused("begin")
+                self._take(rule, mark)
+            while mark.moving_below is not None and not self._stopping:
+                picked = await rule.mover.pick(cutoff)
+                if picked is None:  # what was left went another way: the boundary is due
+                    async with rule.barrier.swapping():
+                        self._take(rule, await rule.mover.begin_pass(cutoff))
+                    break
+                moved = rule.figures.rows_moved
+                mark = await self._swap(rule, picked, cutoff)
+                if rule.figures.rows_moved == moved:  # every row changed under it: next pass
+                    break
+        except errors.DataAccessError as exc:
+            self._failed(rule, exc.message)
+            return
+        rule.figures.passes += 1
+        rule.figures.last_pass = time.time()
+        rule.figures.last_error = ""
+        rule.logged = ""
+
+    async def _swap(self, rule: _Rule, picked: ArchiveSlice, cutoff: SqlValue) -> ArchiveMark:
+        """Copy, delete and finish one slice with the group's reads held."""
+        async with rule.barrier.swapping():
+            try:
+                await rule.mover.copy(picked)
+                await self._paused("copy")
+                await rule.mover.delete(picked, cutoff)
+                await self._paused("delete")
+            finally:
+                # Whatever committed (a failed step may have committed before it failed),
+                # the journals say how to leave each row in one member.
+                await self._finish(rule)
+            await self._paused("finish")
+            return await self._mark(rule)
+
+    async def _paused(self, step: str) -> None:
+        if step == self._pause_after:
+            log.warning("archive: paused for good after the %s step (fault injection)", step)
+            await asyncio.Event().wait()
+
+    async def _mark(self, rule: _Rule) -> ArchiveMark:
+        mark = await rule.mover.mark()
+        self._take(rule, mark)
+        return mark
+
+    async def _finish(self, rule: _Rule) -> None:
+        """Finish the half-moved slice before any read may see it; refuse the group's reads
+        if that cannot be done (a restart finishes it)."""
+        for attempt in range(FINISH_ATTEMPTS):
+            try:
+                for end in await rule.mover.finish():
+                    rule.figures.slices += 1
+                    rule.figures.rows_moved += end.moved
+                    rule.figures.rows_kept += end.kept
+                return
+            except errors.DataAccessError as exc:
+                log.warning("archive %s: finishing a slice failed: %s", rule.rule.key, exc.message)
+                if attempt + 1 < FINISH_ATTEMPTS:
+                    await asyncio.sleep(FINISH_RETRY_SECONDS)
+        rule.barrier.seal(
+            f"{rule.group.name}: an archive slice of {rule.rule.table} could not be finished; "
+            "restart the service to finish it"
+        )
+
+    def _take(self, rule: _Rule, mark: ArchiveMark) -> None:
+        rule.figures.boundary = mark.boundary
+        rule.figures.moving_below = mark.moving_below
+        self._router.set_mark(rule.group.name, mark)
+
+    def _failed(self, rule: _Rule, message: str) -> None:
+        rule.figures.last_error = message
+        if message != rule.logged:
+            log.error("archive %s: the pass stopped: %s", rule.rule.key, message)
+            rule.logged = message

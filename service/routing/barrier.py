@@ -1,0 +1,113 @@
+"""A group's read barrier: group reads share it, an archive slice's swap holds it alone.
+
+A slice's rows are in both members from its copy's commit until its delete's,
+and two files never commit together: a group read running then would count
+them twice, and a routed read that picked its member before the bounds moved
+could miss them. So a swap waits for the group reads running to end, holds new
+ones back (each until its own deadline) for the three commits it takes, and
+lets them go. Reads of one member by its own name never wait: they see that
+member as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import TracebackType
+
+from service import errors
+
+
+class GroupBarrier:
+    """Shared by a group's reads, held alone by its archive swaps (which go first)."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self._reads = 0
+        self._open = asyncio.Event()  # set: reads may start
+        self._open.set()
+        self._drained = asyncio.Event()  # set: no read is running
+        self._drained.set()
+        self.held_reads = 0  # reads that waited for a swap (for tests and figures)
+        self._sealed = ""
+
+    def reading(self, deadline: float) -> _Reading:
+        """Hold the barrier shared for one read (waiting, up to ``deadline``, for a swap)."""
+        return _Reading(self, deadline)
+
+    def seal(self, reason: str) -> None:
+        """Refuse the group's reads from now on: a slice could not be finished."""
+        self._sealed = reason
+        self._open.clear()
+
+    async def _enter(self, deadline: float) -> None:
+        if not self._open.is_set():
+            self.held_reads += 1
+        # Checked again after each wake: another swap may have closed it since.
+        while not self._open.is_set():
+            if self._sealed:
+                raise errors.Unavailable(self._sealed)
+            try:
+                await asyncio.wait_for(self._open.wait(), max(deadline - time.monotonic(), 0))
+            except TimeoutError:
+                raise errors.DeadlineExceeded(
+                    f"{self.group}: the deadline passed while an archive slice moved"
+                ) from None
+        self._reads += 1
+        self._drained.clear()
+
+    def _leave(self) -> None:
+        self._reads -= 1
+        if not self._reads:
+            self._drained.set()
+
+    def swapping(self) -> _Swapping:
+        """Hold the barrier alone: new reads wait, running ones end first."""
+        return _Swapping(self)
+
+    async def _close(self) -> None:
+        while not self._open.is_set():  # one swap at a time
+            await self._open.wait()
+        self._open.clear()
+        await self._drained.wait()
+
+    def _reopen(self) -> None:
+        if not self._sealed:
+            self._open.set()
+
+
+class _Reading:
+    def __init__(self, barrier: GroupBarrier, deadline: float) -> None:
+        self._barrier = barrier
+        self._deadline = deadline
+
+    async def __aenter__(self) -> None:
+        await self._barrier._enter(self._deadline)
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._barrier._leave()
+
+
+class _Swapping:
+    def __init__(self, barrier: GroupBarrier) -> None:
+        self._barrier = barrier
+
+    async def __aenter__(self) -> None:
+        try:
+            await self._barrier._close()
+        except BaseException:
+            self._barrier._reopen()
+            raise
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._barrier._reopen()

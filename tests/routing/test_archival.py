@@ -1,0 +1,346 @@
+"""Archival from live to archive: rows past their age move in slices, a group read never
+counts one twice or misses one while they move, a row changed after its copy stays, the
+stored route boundary moves with the data, and a SIGKILL at any step leaves every row in
+exactly one member once the service started again."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import signal
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from dataaccess.v1 import data_access_pb2 as pb
+from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
+from service.config import ArchiveRule
+from service.routing.archival import cutoff_of
+from tests.conftest import Running, plain_rows, started, value
+
+OLD_DAYS = [f"2020-01-{day:02d}" for day in range(1, 29)]
+SCHEMA = """
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY,
+    day TEXT NOT NULL,
+    ref TEXT NOT NULL UNIQUE,
+    n INTEGER NOT NULL
+);
+CREATE INDEX events_day ON events (day);
+"""
+TOTALS = "SELECT count(*), sum(n) FROM events"
+
+
+def _today() -> str:
+    return datetime.datetime.now(datetime.UTC).date().isoformat()
+
+
+def _document(tmp_path: Path, **rule: Any) -> dict[str, Any]:
+    for name in ("hot", "cold"):
+        folder = tmp_path / "migrations" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "0001_events.sql").write_text(SCHEMA)
+    return {
+        "listen": "127.0.0.1:0",
+        "data_dir": str(tmp_path / "data"),
+        "databases": [
+            {"name": "hot", "path": "hot.db", "migrations": str(tmp_path / "migrations/hot")},
+            {"name": "cold", "path": "cold.db", "migrations": str(tmp_path / "migrations/cold")},
+        ],
+        "groups": [
+            {
+                "name": "events_all",
+                "members": ["cold", "hot"],
+                "route": {
+                    "kind": "range",
+                    "column": "day",
+                    "bounds": [{"member": "cold", "below": "2000-01-01"}, {"member": "hot"}],
+                },
+                "archive": [
+                    {
+                        "table": "events",
+                        "source": "hot",
+                        "target": "cold",
+                        "date_column": "day",
+                        "age_days": 30,
+                        "slice_rows": 7,
+                        "interval_seconds": 0.2,
+                        **rule,
+                    }
+                ],
+            }
+        ],
+        "limits": {"readers_per_database": 2},
+        "shutdown_grace_seconds": 2,
+    }
+
+
+def _refs(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return sorted(ref for (ref,) in conn.execute("SELECT ref FROM events"))
+
+
+async def _insert(running: Running, rows: list[tuple[str, str, int]]) -> None:
+    await running.stub.BatchInsert(
+        pb.BatchInsertRequest(
+            database="hot",
+            table="events",
+            columns=["day", "ref", "n"],
+            rows=[pb.Row(values=[value(v) for v in r]) for r in rows],
+        )
+    )
+
+
+def _old_and_new(old: int = 56, recent: int = 10) -> list[tuple[str, str, int]]:
+    return [(OLD_DAYS[i % len(OLD_DAYS)], f"old-{i}", i) for i in range(old)] + [
+        (_today(), f"new-{i}", 1000 + i) for i in range(recent)
+    ]
+
+
+async def _totals(running: Running, mode: int = pb.CACHE_MODE_BYPASS) -> tuple[Any, ...]:
+    answer = await running.stub.Query(
+        pb.QueryRequest(database="events_all", sql=TOTALS, cache=pb.CacheOptions(mode=mode))
+    )
+    rows = plain_rows(answer)
+    return (sum(r[0] for r in rows), sum(r[1] or 0 for r in rows))
+
+
+async def _wait_archived(running: Running, timeout: float = 20) -> None:
+    archiver = running.server.access.archiver
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        figures = archiver.figures()[0]
+        if figures.boundary is not None and figures.boundary == figures.cutoff:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not archived: {archiver.figures()}")
+
+
+@pytest.mark.unit
+def test_the_cutoff_is_a_whole_utc_day_back() -> None:
+    now = datetime.datetime(2026, 3, 10, 15, 30, tzinfo=datetime.UTC).timestamp()
+    text = ArchiveRule("t", "a", "b", "day", age_days=30)
+    seconds = ArchiveRule("t", "a", "b", "day", age_days=1, dates="unix_seconds")
+    assert cutoff_of(text, now) == "2026-02-08"
+    assert cutoff_of(seconds, now) == datetime.datetime(2026, 3, 9, tzinfo=datetime.UTC).timestamp()
+
+
+async def test_old_rows_move_and_the_route_boundary_moves_with_them(tmp_path: Path) -> None:
+    document = _document(tmp_path, interval_seconds=3600)
+    async with started(tmp_path, document) as running:
+        await _insert(running, _old_and_new())
+        before = await _totals(running, pb.CACHE_MODE_USE)
+        archiver = running.server.access.archiver
+        rule = archiver._rules[0]  # noqa: SLF001 - one pass now, not at the next interval
+        await archiver.run_pass(rule)
+        figures = archiver.figures()[0]
+        cutoff = cutoff_of(rule.rule, time.time())
+        assert (figures.boundary, figures.moving_below, figures.rows_moved) == (cutoff, None, 56)
+        assert figures.slices == 8  # 56 rows, 7 a slice
+        data = running.data_dir
+        assert _refs(data / "hot.db") == sorted(f"new-{i}" for i in range(10))
+        assert _refs(data / "cold.db") == sorted(f"old-{i}" for i in range(56))
+        # Cached before the move: the moves bumped both members' tags, so not served again.
+        assert await _totals(running, pb.CACHE_MODE_USE) == before
+        answer = await running.stub.Query(
+            pb.QueryRequest(
+                database="events_all",
+                sql="SELECT count(*) FROM events WHERE day = ?",
+                params=[value("2020-01-05")],
+                route_key=value("2020-01-05"),
+            )
+        )
+        # Below the boundary a late row may still be written to hot: both are read.
+        assert sorted(answer.databases) == ["cold", "hot"]
+        assert sum(r[0] for r in plain_rows(answer)) == 2
+        answer = await running.stub.Query(
+            pb.QueryRequest(database="events_all", sql=TOTALS, route_key=value(_today()))
+        )
+        assert list(answer.databases) == ["hot"] and plain_rows(answer)[0][0] == 10
+        # A row routed below the stored boundary goes to the archive member.
+        await running.stub.BatchInsert(
+            pb.BatchInsertRequest(
+                database="events_all",
+                table="events",
+                columns=["day", "ref", "n"],
+                rows=[pb.Row(values=[value("2020-02-02"), value("late"), value(1)])],
+            )
+        )
+        assert "late" in _refs(data / "cold.db")
+        with sqlite3.connect(data / "hot.db") as conn:
+            stored = conn.execute("SELECT boundary FROM _dataaccess_archive_marks").fetchall()
+        assert stored == [(cutoff,)]
+
+
+async def test_a_routed_read_of_a_moving_day_reads_both_members(tmp_path: Path) -> None:
+    document = _document(tmp_path, interval_seconds=3600, slice_rows=3)
+    async with started(tmp_path, document) as running:
+        await _insert(running, _old_and_new())
+        archiver = running.server.access.archiver
+        rule = archiver._rules[0]  # noqa: SLF001
+        cutoff = cutoff_of(rule.rule, time.time())
+        mark = await rule.mover.begin_pass(cutoff)
+        archiver._take(rule, mark)  # noqa: SLF001
+        picked = await rule.mover.pick(cutoff)
+        assert picked is not None
+        await archiver._swap(rule, picked, cutoff)  # noqa: SLF001 - one slice of several
+        for day in ("2020-01-01", "2020-01-02"):
+            answer = await running.stub.Query(
+                pb.QueryRequest(
+                    database="events_all",
+                    sql="SELECT count(*) FROM events WHERE day = ?",
+                    params=[value(day)],
+                    route_key=value(day),
+                )
+            )
+            assert sorted(answer.databases) == ["cold", "hot"]
+            assert sum(r[0] for r in plain_rows(answer)) == 2
+
+
+async def test_group_reads_never_double_count_or_miss_while_slices_move(tmp_path: Path) -> None:
+    document = _document(tmp_path, slice_rows=2, interval_seconds=3600)
+    async with started(tmp_path, document) as running:
+        await _insert(running, _old_and_new(old=200))
+        expected = await _totals(running)
+        archiver = running.server.access.archiver
+        moving = asyncio.ensure_future(archiver.run_pass(archiver._rules[0]))  # noqa: SLF001
+        seen: list[tuple[Any, ...]] = []
+        deadline = time.monotonic() + 60
+        while not moving.done() and time.monotonic() < deadline:
+            reads = [_totals(running) for _ in range(4)]
+            reads += [_totals(running, pb.CACHE_MODE_USE) for _ in range(2)]
+            seen += await asyncio.gather(*reads)
+        await moving
+        assert archiver.figures()[0].rows_moved == 200
+        assert len(seen) > 20
+        assert set(seen) == {expected}
+        assert running.server.router.barriers["events_all"].held_reads > 0
+
+
+async def test_a_row_changed_after_its_copy_stays_in_the_source(tmp_path: Path) -> None:
+    document = _document(tmp_path, interval_seconds=3600, slice_rows=100)
+    async with started(tmp_path, document) as running:
+        await _insert(running, _old_and_new(old=5, recent=0))
+        archiver = running.server.access.archiver
+        rule = archiver._rules[0]  # noqa: SLF001
+        cutoff = cutoff_of(rule.rule, time.time())
+        archiver._take(rule, await rule.mover.begin_pass(cutoff))  # noqa: SLF001
+        picked = await rule.mover.pick(cutoff)
+        assert picked is not None and len(picked.rows) == 5
+        await rule.mover.copy(picked)
+        statements = [
+            pb.Statement(
+                sql="UPDATE events SET n = 99 WHERE ref = ?",
+                param_sets=[pb.Row(values=[value("old-1")])],
+            ),
+            pb.Statement(
+                sql="DELETE FROM events WHERE ref = ?",
+                param_sets=[pb.Row(values=[value("old-2")])],
+            ),
+        ]
+        await running.stub.BatchUpdate(pb.BatchUpdateRequest(database="hot", statements=statements))
+        await rule.mover.delete(picked, cutoff)
+        ends = await rule.mover.finish()
+        assert [(e.moved, e.kept) for e in ends] == [(3, 2)]
+        data = running.data_dir
+        assert _refs(data / "hot.db") == ["old-1"]
+        assert _refs(data / "cold.db") == ["old-0", "old-3", "old-4"]
+        with sqlite3.connect(data / "hot.db") as conn:
+            assert conn.execute("SELECT n FROM events").fetchall() == [(99,)]
+        mark = await rule.mover.mark()
+        assert mark.moving_below == cutoff  # old-1 is still below it: the pass goes on
+
+
+async def test_a_row_another_table_points_at_stays(tmp_path: Path) -> None:
+    document = _document(tmp_path, interval_seconds=3600)
+    extra = "CREATE TABLE notes (id INTEGER PRIMARY KEY, event INTEGER REFERENCES events (id));\n"
+    (tmp_path / "migrations/hot/0002_notes.sql").write_text(extra)
+    (tmp_path / "migrations/cold/0002_notes.sql").write_text(extra)
+    async with started(tmp_path, document) as running:
+        await _insert(running, _old_and_new(old=4, recent=0))
+        with running.sqlite("hot") as conn:
+            first = conn.execute("SELECT id FROM events WHERE ref = 'old-0'").fetchone()[0]
+        await running.stub.BatchInsert(
+            pb.BatchInsertRequest(
+                database="hot",
+                table="notes",
+                columns=["event"],
+                rows=[pb.Row(values=[value(first)])],
+            )
+        )
+        archiver = running.server.access.archiver
+        await archiver.run_pass(archiver._rules[0])  # noqa: SLF001
+        assert _refs(running.data_dir / "hot.db") == ["old-0"]
+        figures = archiver.figures()[0]
+        assert figures.moving_below == figures.cutoff  # the boundary waits for that row
+
+
+async def test_archival_config_errors_are_one_line(tmp_path: Path) -> None:
+    from service.config import ConfigError
+    from tests.conftest import build_config
+
+    document = _document(tmp_path)
+    document["groups"][0]["route"]["kind"] = "hash"
+    with pytest.raises(ConfigError, match="needs a range route"):
+        build_config(tmp_path, document)
+    document = _document(tmp_path, target="nowhere")
+    with pytest.raises(ConfigError, match="not a member"):
+        build_config(tmp_path, document)
+    document = _document(tmp_path)
+    document["workers"] = 2
+    document["redis_url"] = "redis://127.0.0.1:1"
+    with pytest.raises(ConfigError, match="workers: 1"):
+        build_config(tmp_path, document)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", ["begin", "copy", "delete", "finish"])
+def test_sigkill_at_each_step_leaves_every_row_in_exactly_one_member(
+    tmp_path: Path, service_process: Any, step: str
+) -> None:
+    rows = _old_and_new(old=23, recent=4)
+    everyone = sorted(ref for _, ref, _ in rows)
+    # The rows go in while nothing is old enough to move.
+    loading = service_process(_document(tmp_path, age_days=100_000))
+    with grpc.insecure_channel(f"127.0.0.1:{loading.port}") as channel:
+        pb_grpc_stub(channel).BatchInsert(
+            pb.BatchInsertRequest(
+                database="hot",
+                table="events",
+                columns=["day", "ref", "n"],
+                rows=[pb.Row(values=[value(v) for v in r]) for r in rows],
+            )
+        )
+    loading.process.send_signal(signal.SIGTERM)
+    assert loading.process.wait(10) == 0
+    document = _document(tmp_path, slice_rows=5)
+    data = Path(document["data_dir"])
+    paused = service_process(document, {"DATAACCESS_ARCHIVE_PAUSE_AFTER": step})
+    deadline = time.monotonic() + 20
+    while "paused for good" not in paused.log.read_text():
+        assert time.monotonic() < deadline, paused.log.read_text()
+        time.sleep(0.05)
+    paused.process.send_signal(signal.SIGKILL)
+    paused.process.wait(5)
+    if step == "copy":  # killed with a slice in both files
+        assert len(_refs(data / "hot.db") + _refs(data / "cold.db")) == len(rows) + 5
+    again = service_process(document)
+    hot, cold = _refs(data / "hot.db"), _refs(data / "cold.db")
+    assert sorted(hot + cold) == everyone, (step, hot, cold)
+    with grpc.insecure_channel(f"127.0.0.1:{again.port}") as channel:
+        answer = pb_grpc_stub(channel).Query(pb.QueryRequest(database="events_all", sql=TOTALS))
+        assert sum(r[0] for r in plain_rows(answer)) == len(rows)
+    old = sorted(r for r in everyone if r.startswith("old"))
+    deadline = time.monotonic() + 20
+    while _refs(data / "cold.db") != old:
+        assert time.monotonic() < deadline, _refs(data / "cold.db")
+        time.sleep(0.1)
+    assert _refs(data / "hot.db") == sorted(r for r in everyone if r.startswith("new"))
+
+
+def pb_grpc_stub(channel: grpc.Channel) -> Any:
+    return pb_grpc.DataAccessStub(channel)
