@@ -233,3 +233,28 @@ def run_stats(client: Client, args: argparse.Namespace, out: Output) -> None:
 def run_invalidate(client: Client, args: argparse.Namespace, out: Output) -> None:
     tags = client.invalidate(tags=args.tag or (), databases=args.database or (), all=args.all)
     out.show({"invalidated_tags": tags}, f"invalidated: {', '.join(tags) or 'nothing'}")
+
+
+def run_archive(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """Each archive rule's bounds and figures; with ``--dry-run``, what its next pass
+    would move (rows of the source dated below the cutoff, read now, nothing moved)."""
+    rules = [_render.archive_rule(entry) for entry in client.stats().archive]
+    if args.dry_run:
+        for rule in rules:
+            rule["would_move"] = _would_move(client, rule)
+    lines = [_render.archive_line(rule, args.dry_run) for rule in rules]
+    out.show({"archive": rules}, *(lines or ["no archive rules are configured"]))
+
+
+def _would_move(client: Client, rule: dict[str, object]) -> dict[str, object]:
+    date, table = _quoted(str(rule["date_column"])), _quoted(str(rule["table"]))
+    sql = f"SELECT count(*), min({date}), max({date}) FROM {table} WHERE {date} < ?"
+    cutoff = rule["cutoff"]
+    assert cutoff is None or isinstance(cutoff, int | float | str)
+    result = client.query(str(rule["source"]), sql, [cutoff], cache_mode="bypass")
+    rows, oldest, newest = result.rows[0]
+    return {"rows": rows, "oldest": oldest, "newest": newest}
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

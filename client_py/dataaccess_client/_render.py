@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dataaccess.v1 import data_access_pb2 as pb
+from dataaccess_client._convert import from_value
 from dataaccess_client._models import HealthResult, QueryResult, SqlValue
 
 _BLOB_PREVIEW_BYTES = 16
@@ -238,6 +239,8 @@ def _plain_fields(message: Message) -> dict[str, Any]:
 
 def _plain_value(message: Message, name: str) -> Any:
     value = getattr(message, name)
+    if isinstance(value, pb.Value):  # an archive bound: a date as text, or unix seconds
+        return from_value(value)
     if isinstance(value, timestamp_pb2.Timestamp):
         return value.ToDatetime(tzinfo=UTC).isoformat() if message.HasField(name) else None
     enum_type = message.DESCRIPTOR.fields_by_name[name].enum_type
@@ -248,3 +251,31 @@ def _plain_value(message: Message, name: str) -> Any:
     known = enum_type.values_by_number.get(value)
     # A newer server may send a value this client's stubs do not name yet.
     return known.name.removeprefix(prefix).lower() if known else str(value)
+
+
+def archive_rule(entry: pb.ArchiveStats) -> dict[str, Any]:
+    """One archive rule of Stats as plain values."""
+    return _plain_fields(entry)
+
+
+def archive_line(rule: dict[str, Any], dry_run: bool) -> str:
+    """One archive rule for a person: where its rows go, its bounds, and what it did."""
+    head = (
+        f"{rule['group']}: {rule['table']} rows {rule['age_days']:g} days old by "
+        f"{rule['date_column']} move {rule['source']} -> {rule['target']}"
+    )
+    bounds = f"  moved below: {rule['boundary'] or '-'}"
+    if rule["moving_below"] is not None:
+        bounds += f", moving below: {rule['moving_below']}"
+    done = (
+        f"  since start: {rule['rows_moved']} rows in {rule['slices']} slices, "
+        f"{rule['rows_kept']} left (changed after their copy)"
+    )
+    lines = [head, bounds, done]
+    if rule["last_error"]:
+        lines.append(f"  last pass stopped: {rule['last_error']}")
+    if dry_run:
+        would = rule["would_move"]
+        span = f" ({would['oldest']} .. {would['newest']})" if would["rows"] else ""
+        lines.append(f"  dry run: {would['rows']} rows dated below {rule['cutoff']}{span}")
+    return "\n".join(lines)

@@ -194,6 +194,11 @@ def _small_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     invalidate.add_argument("--database", action="append", help="everything cached from it")
     invalidate.add_argument("--all", action="store_true", help="the whole cache")
     invalidate.set_defaults(run=_commands.run_invalidate)
+    archive = commands.add_parser("archive", help="archive rules: bounds, figures, next move")
+    archive.add_argument(
+        "--dry-run", action="store_true", help="show what the next pass would move (moves nothing)"
+    )
+    archive.set_defaults(run=_commands.run_archive)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -58,6 +58,23 @@ def add_rows(target: Any, rows: Iterable[Sequence[SqlValue]]) -> None:
                 add(**_other(value))
 
 
+def to_value(value: SqlValue) -> pb.Value:
+    """One SQLite value as a ``Value`` message."""
+    row = pb.Row()
+    add_rows(_OneRow(row), [(value,)])
+    return row.values[0]
+
+
+class _OneRow:
+    """``add_rows``' view of one Row: its ``add`` hands back the Row itself."""
+
+    def __init__(self, row: pb.Row) -> None:
+        self._row = row
+
+    def add(self) -> pb.Row:
+        return self._row
+
+
 def _other(value: SqlValue) -> dict[str, SqlValue]:
     """A subclass of int, float or str (bool, ...) as its base; anything else as a blob."""
     for base, kind in ((int, "integer"), (float, "real"), (str, "text")):

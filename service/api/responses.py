@@ -10,7 +10,7 @@ from __future__ import annotations
 from google.protobuf import timestamp_pb2
 
 from dataaccess.v1 import data_access_pb2 as pb
-from service.api.codec import add_rows
+from service.api.codec import add_rows, to_value
 from service.domain import CacheStatus, ReadResult
 from service.observe.health import HealthReport
 from service.observe.statements import SlowStatement
@@ -105,6 +105,26 @@ def stats_response(report: StatsReport) -> pb.StatsResponse:
                 last_error=w.last_error,
             )
             for w in report.warm
+        ],
+        archive=[
+            pb.ArchiveStats(
+                group=a.group,
+                table=a.table,
+                source=a.source,
+                target=a.target,
+                boundary=to_value(a.boundary),
+                moving_below=to_value(a.moving_below),
+                cutoff=to_value(a.cutoff),
+                passes=a.passes,
+                slices=a.slices,
+                rows_moved=a.rows_moved,
+                rows_kept=a.rows_kept,
+                last_pass_unix_seconds=a.last_pass,
+                last_error=a.last_error,
+                date_column=a.date_column,
+                age_days=a.age_days,
+            )
+            for a in report.archive
         ],
         statements=[pb.StatementStats(**vars(s)) for s in report.statements],
         slow_queries=[_slow_query(s) for s in report.slowest],

@@ -45,9 +45,11 @@ class ArchiveFigures:
     table: str
     source: str
     target: str
+    date_column: str
+    age_days: float
     boundary: SqlValue = None  # every row dated below it is in the target
     moving_below: SqlValue = None  # a pass is moving rows below it
-    cutoff: SqlValue = None  # the current pass's (or the next's) cutoff
+    cutoff: SqlValue = None  # the start of the UTC day age_days back: the next pass's cutoff
     passes: int = 0
     slices: int = 0
     rows_moved: int = 0
@@ -88,7 +90,14 @@ class Archiver:
             for rule in group.archive:
                 source = router.databases[rule.source]
                 target = router.databases[rule.target]
-                figures = ArchiveFigures(group.name, rule.table, rule.source, rule.target)
+                figures = ArchiveFigures(
+                    group.name,
+                    rule.table,
+                    rule.source,
+                    rule.target,
+                    rule.date_column,
+                    rule.age_days,
+                )
                 mover = source.mover(rule, target, tags_of)
                 barrier = router.barriers[group.name]
                 self._rules.append(_Rule(group, rule, mover, barrier, figures))
@@ -97,6 +106,9 @@ class Archiver:
 
     def figures(self) -> list[ArchiveFigures]:
         """Every rule's figures now."""
+        now = time.time()
+        for rule in self._rules:
+            rule.figures.cutoff = cutoff_of(rule.rule, now)
         return [rule.figures for rule in self._rules]
 
     async def recover(self) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import itertools
+import json
 import signal
 import sqlite3
 import time
@@ -18,6 +20,7 @@ import pytest
 
 from dataaccess.v1 import data_access_pb2 as pb
 from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
+from dataaccess_client.cli import main
 from service.config import ArchiveRule
 from service.routing.archival import cutoff_of
 from tests.conftest import Running, plain_rows, started, value
@@ -101,7 +104,9 @@ def _old_and_new(old: int = 56, recent: int = 10) -> list[tuple[str, str, int]]:
     ]
 
 
-async def _totals(running: Running, mode: int = pb.CACHE_MODE_BYPASS) -> tuple[Any, ...]:
+async def _totals(
+    running: Running, mode: pb.CacheMode.ValueType = pb.CACHE_MODE_BYPASS
+) -> tuple[Any, ...]:
     answer = await running.stub.Query(
         pb.QueryRequest(database="events_all", sql=TOTALS, cache=pb.CacheOptions(mode=mode))
     )
@@ -255,6 +260,48 @@ async def test_a_row_changed_after_its_copy_stays_in_the_source(tmp_path: Path) 
         assert mark.moving_below == cutoff  # old-1 is still below it: the pass goes on
 
 
+async def test_updates_racing_the_slices_are_never_lost(tmp_path: Path) -> None:
+    document = _document(tmp_path, interval_seconds=3600, slice_rows=3)
+    async with started(tmp_path, document) as running:
+        await _insert(running, _old_and_new(old=120, recent=0))
+        archiver = running.server.access.archiver
+        rule = archiver._rules[0]  # noqa: SLF001
+        acknowledged: dict[str, int] = {}
+
+        async def update(writer: int, passing: asyncio.Future[None]) -> None:
+            refs = [f"old-{i}" for i in range(writer, 120, 4)]  # each writer its own rows
+            for step in itertools.count():
+                if passing.done():
+                    return
+                ref = refs[step % len(refs)]
+                answer = await running.stub.BatchUpdate(
+                    pb.BatchUpdateRequest(
+                        database="hot",
+                        statements=[
+                            pb.Statement(
+                                sql="UPDATE events SET n = ? WHERE ref = ?",
+                                param_sets=[pb.Row(values=[value(10_000 + step), value(ref)])],
+                            )
+                        ],
+                    )
+                )
+                if answer.rows_affected[0] == 1:  # acknowledged as written in hot
+                    acknowledged[ref] = 10_000 + step
+
+        for _ in range(5):
+            passing = asyncio.ensure_future(archiver.run_pass(rule))
+            await asyncio.gather(passing, *(update(w, passing) for w in range(4)))
+            if archiver.figures()[0].rows_moved == 120:
+                break
+        figures = archiver.figures()[0]
+        assert figures.rows_moved == 120 and figures.rows_kept > 0
+        assert acknowledged
+        with sqlite3.connect(running.data_dir / "cold.db") as conn:
+            cold = dict(conn.execute("SELECT ref, n FROM events").fetchall())
+        assert _refs(running.data_dir / "hot.db") == [] and len(cold) == 120
+        assert {ref: cold[ref] for ref in acknowledged} == acknowledged
+
+
 async def test_a_row_another_table_points_at_stays(tmp_path: Path) -> None:
     document = _document(tmp_path, interval_seconds=3600)
     extra = "CREATE TABLE notes (id INTEGER PRIMARY KEY, event INTEGER REFERENCES events (id));\n"
@@ -277,6 +324,29 @@ async def test_a_row_another_table_points_at_stays(tmp_path: Path) -> None:
         assert _refs(running.data_dir / "hot.db") == ["old-0"]
         figures = archiver.figures()[0]
         assert figures.moving_below == figures.cutoff  # the boundary waits for that row
+
+
+async def test_the_archive_command_shows_each_rule_and_what_would_move(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = _document(tmp_path, interval_seconds=3600)
+    async with started(tmp_path, document) as running:
+        await _insert(running, _old_and_new())
+        target = ["--target", f"127.0.0.1:{running.port}"]
+        capsys.readouterr()
+        assert await asyncio.to_thread(main, [*target, "archive", "--dry-run"]) == 0
+        printed = capsys.readouterr().out
+        assert "events_all: events rows 30 days old by day move hot -> cold" in printed
+        cutoff = cutoff_of(running.server.access.archiver._rules[0].rule, time.time())  # noqa: SLF001
+        assert isinstance(cutoff, str)
+        assert f"dry run: 56 rows dated below {cutoff} (2020-01-01 .. 2020-01-28)" in printed
+        assert len(_refs(running.data_dir / "hot.db")) == 66  # a dry run moves nothing
+        archiver = running.server.access.archiver
+        await archiver.run_pass(archiver._rules[0])  # noqa: SLF001
+        assert await asyncio.to_thread(main, [*target, "archive", "--json"]) == 0
+        (rule,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["archive"]
+        assert (rule["rows_moved"], rule["slices"], rule["boundary"]) == (56, 8, cutoff)
+        assert rule["moving_below"] is None and rule["last_error"] == ""
 
 
 async def test_archival_config_errors_are_one_line(tmp_path: Path) -> None:

@@ -1373,6 +1373,7 @@ class StatsResponse(_message.Message):
     ADVISORIES_FIELD_NUMBER: _builtins.int
     WRITES_FIELD_NUMBER: _builtins.int
     WARM_FIELD_NUMBER: _builtins.int
+    ARCHIVE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def cache(self) -> _containers.RepeatedCompositeFieldContainer[Global___CacheTierStats]:
         """cache has one entry per cache tier."""
@@ -1401,6 +1402,10 @@ class StatsResponse(_message.Message):
     def warm(self) -> _containers.RepeatedCompositeFieldContainer[Global___WarmStats]:
         """warm has one entry per read of cache.warm, kept cached ahead of callers."""
 
+    @_builtins.property
+    def archive(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArchiveStats]:
+        """archive has one entry per archive rule of a group (groups[].archive)."""
+
     def __init__(
         self,
         *,
@@ -1411,14 +1416,101 @@ class StatsResponse(_message.Message):
         advisories: _abc.Iterable[Global___Advisory] | None = ...,
         writes: _abc.Iterable[Global___WriteStats] | None = ...,
         warm: _abc.Iterable[Global___WarmStats] | None = ...,
+        archive: _abc.Iterable[Global___ArchiveStats] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["advisories", b"advisories", "cache", b"cache", "pools", b"pools", "slow_queries", b"slow_queries", "statements", b"statements", "warm", b"warm", "writes", b"writes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advisories", b"advisories", "archive", b"archive", "cache", b"cache", "pools", b"pools", "slow_queries", b"slow_queries", "statements", b"statements", "warm", b"warm", "writes", b"writes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatsResponse: _TypeAlias = StatsResponse  # noqa: Y015
+
+@_typing.final
+class ArchiveStats(_message.Message):
+    """ArchiveStats is one archive rule: rows of table past their age move from source
+    to target. Bounds are the date column's values (text dates or unix seconds).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    BOUNDARY_FIELD_NUMBER: _builtins.int
+    MOVING_BELOW_FIELD_NUMBER: _builtins.int
+    CUTOFF_FIELD_NUMBER: _builtins.int
+    PASSES_FIELD_NUMBER: _builtins.int
+    SLICES_FIELD_NUMBER: _builtins.int
+    ROWS_MOVED_FIELD_NUMBER: _builtins.int
+    ROWS_KEPT_FIELD_NUMBER: _builtins.int
+    LAST_PASS_UNIX_SECONDS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    DATE_COLUMN_FIELD_NUMBER: _builtins.int
+    AGE_DAYS_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """group is the group whose members the rows move between."""
+    table: _builtins.str
+    """table is the table whose rows move."""
+    source: _builtins.str
+    """source is the member rows move from (live)."""
+    target: _builtins.str
+    """target is the member rows move to (archive)."""
+    passes: _builtins.int
+    """passes counts the passes that ended without error since start."""
+    slices: _builtins.int
+    """slices counts the slices moved since start."""
+    rows_moved: _builtins.int
+    """rows_moved counts the rows moved since start."""
+    rows_kept: _builtins.int
+    """rows_kept counts the rows left in source because they changed after their copy."""
+    last_pass_unix_seconds: _builtins.float
+    """last_pass_unix_seconds is when the last pass ended without error; 0 if never."""
+    last_error: _builtins.str
+    """last_error is why the last pass stopped; empty once one ends without error."""
+    date_column: _builtins.str
+    """date_column is the column whose age decides (rows below cutoff move)."""
+    age_days: _builtins.float
+    """age_days is how old a row is when it moves."""
+    @_builtins.property
+    def boundary(self) -> Global___Value:
+        """boundary: every row dated below it was moved (null: no pass has ended yet)."""
+
+    @_builtins.property
+    def moving_below(self) -> Global___Value:
+        """moving_below: a pass is moving the rows dated below it (null: none is)."""
+
+    @_builtins.property
+    def cutoff(self) -> Global___Value:
+        """cutoff is the start of the UTC day age_days back now: the next pass moves rows below it."""
+
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        table: _builtins.str = ...,
+        source: _builtins.str = ...,
+        target: _builtins.str = ...,
+        boundary: Global___Value | None = ...,
+        moving_below: Global___Value | None = ...,
+        cutoff: Global___Value | None = ...,
+        passes: _builtins.int = ...,
+        slices: _builtins.int = ...,
+        rows_moved: _builtins.int = ...,
+        rows_kept: _builtins.int = ...,
+        last_pass_unix_seconds: _builtins.float = ...,
+        last_error: _builtins.str = ...,
+        date_column: _builtins.str = ...,
+        age_days: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["boundary", b"boundary", "cutoff", b"cutoff", "moving_below", b"moving_below"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_days", b"age_days", "boundary", b"boundary", "cutoff", b"cutoff", "date_column", b"date_column", "group", b"group", "last_error", b"last_error", "last_pass_unix_seconds", b"last_pass_unix_seconds", "moving_below", b"moving_below", "passes", b"passes", "rows_kept", b"rows_kept", "rows_moved", b"rows_moved", "slices", b"slices", "source", b"source", "table", b"table", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArchiveStats: _TypeAlias = ArchiveStats  # noqa: Y015
 
 @_typing.final
 class WarmStats(_message.Message):
