@@ -87,6 +87,7 @@ class DataAccessServer:
         config = self.config
         checker = HealthChecker(self.router, self.cache, config.health_deep_interval_seconds)
         server = self._grpc_server(checker)
+        checker.archival = self.access.archiver
         try:
             self.port = self._bind(server)
         except (RuntimeError, OSError, CertificateError) as exc:
@@ -104,7 +105,7 @@ class DataAccessServer:
         self._warming = asyncio.ensure_future(self.access.warmer.run())
         self.access.archiver.start()
         if self.metrics is not None and config.metrics_listen:
-            self.metrics.watch(self.router, self.cache)
+            self.metrics.watch(self.router, self.cache, self.access.archiver)
             self.metrics_port = self._serve_metrics(self.metrics, config.metrics_listen)
         await self._set_serving(True)
         self._watcher = asyncio.ensure_future(

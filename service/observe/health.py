@@ -6,7 +6,8 @@ on a reader, ``foreign_keys`` on, WAL mode, the indexes its migrations
 create, the free disk space beside it, the last run of each scheduled
 maintenance task, and, when asked deeply, ``PRAGMA quick_check`` and ``PRAGMA
 foreign_key_check`` (orphaned rows degrade). Redis, when configured:
-reachability and latency.
+reachability and latency. Each archive rule: its boundary, or why its last
+pass stopped (DEGRADED).
 
 A database is as healthy as its worst check. The service is CRITICAL when no
 database can serve, DEGRADED when anything is short of healthy (a broken
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 
 from service.cache.tagged import TagCache
 from service.db.door import Database, Finding
+from service.routing.archival import Archiver
 from service.routing.router import Router
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ class HealthChecker:
         self._deep_interval = deep_interval
         self._deep: tuple[float, HealthReport] | None = None
         self._deep_lock = asyncio.Lock()
+        self.archival: Archiver | None = None  # set once the server built it
 
     async def report(self, deep: bool = False) -> HealthReport:
         """Every check now (the deep report is reused within ``deep_interval``)."""
@@ -95,6 +98,8 @@ class HealthChecker:
         redis = await self._redis()
         if redis is not None:
             checks.append(redis)
+        if self.archival is not None:
+            checks += [Check(n, s.value, m, 0.0) for n, s, m in self.archival.findings()]
         worst = [max((_RANK[c.status] for c in group), default=0) for group in per_database]
         if worst and all(rank == _RANK[CRITICAL] for rank in worst):
             status = CRITICAL

@@ -20,7 +20,9 @@ query latency, and the cache, pool and write-queue figures at scrape time.
   ``dataaccess_redis_breaker_open`` (1 while the Redis breaker is open or
   invalidations are held, so reads bypass Redis; only with Redis); and
   ``dataaccess_replication_lag_seconds`` by PostgreSQL database, as its
-  last health probe found it.
+  last health probe found it; with archive rules,
+  ``dataaccess_archive_rows_moved_total``, ``dataaccess_archive_pass_failing``
+  and ``dataaccess_archive_last_pass_timestamp_seconds`` by group and table.
 
 Counters follow Stats: a Stats ``reset`` restarts them, which Prometheus
 reads as a counter reset.
@@ -36,6 +38,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from service.cache.tagged import TagCache
+from service.routing.archival import Archiver
 from service.routing.router import Router
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -74,9 +77,9 @@ class Metrics:
         """Count one read a database ran, and how long it took."""
         self.query_seconds.labels(database).observe(seconds)
 
-    def watch(self, router: Router, cache: TagCache) -> None:
-        """Report the cache, pool and write-queue figures of ``router`` and ``cache``."""
-        self.registry.register(_StateCollector(router, cache))
+    def watch(self, router: Router, cache: TagCache, archiver: Archiver | None = None) -> None:
+        """Report the cache, pool, write-queue and archival figures."""
+        self.registry.register(_StateCollector(router, cache, archiver))
 
     def serve(self, listen: str) -> int:
         """Serve ``/metrics`` over HTTP on ``listen`` (host:port); the port bound."""
@@ -104,15 +107,18 @@ def _counter(registry: CollectorRegistry) -> Callable[[str, str, list[str]], Any
 class _StateCollector(Collector):
     """The cache, pool and write figures, read when Prometheus scrapes."""
 
-    def __init__(self, router: Router, cache: TagCache) -> None:
+    def __init__(self, router: Router, cache: TagCache, archiver: Archiver | None) -> None:
         self._router = router
         self._cache = cache
+        self._archiver = archiver
 
     def collect(self) -> Iterator[Any]:
         yield from self._cache_families()
         yield from self._pool_families()
         yield from self._maintenance_families()
         yield from self._redis_families()
+        if self._archiver is not None and self._archiver.figures():
+            yield from _archive_families(self._archiver)
 
     def _redis_families(self) -> Iterator[Any]:
         for tier in self._cache.tiers():
@@ -190,6 +196,30 @@ class _StateCollector(Collector):
                 if task.last_run:
                     last.add_metric([database.name, task.task], task.last_run)
         yield from (runs, last)
+
+
+def _archive_families(archiver: Archiver) -> Iterator[Any]:
+    labels = ["group", "table"]
+    moved = CounterMetricFamily(
+        "dataaccess_archive_rows_moved", "Rows archival moved to the archive member.", labels=labels
+    )
+    failing = GaugeMetricFamily(
+        "dataaccess_archive_pass_failing",
+        "1 while the archive rule's last pass stopped on an error.",
+        labels=labels,
+    )
+    last = GaugeMetricFamily(
+        "dataaccess_archive_last_pass_timestamp_seconds",
+        "When the archive rule's last pass ended without error (Unix time).",
+        labels=labels,
+    )
+    for figures in archiver.figures():
+        names = [figures.group, figures.table]
+        moved.add_metric(names, figures.rows_moved)
+        failing.add_metric(names, 1 if figures.last_error else 0)
+        if figures.last_pass:
+            last.add_metric(names, figures.last_pass)
+    yield from (moved, failing, last)
 
 
 def _family(kind: Any, name: str, doc: str, label: str, sources: dict[str, Any], attr: str) -> Any:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 
 from service import errors
 from service.config import ArchiveRule, GroupConfig
-from service.db.door import ArchiveMark, ArchiveSlice, SliceMover, TagsOfWriteOn
+from service.db.door import ArchiveMark, ArchiveSlice, Severity, SliceMover, TagsOfWriteOn
 from service.routing.barrier import GroupBarrier
 from service.routing.router import Router
 from service.values import SqlValue
@@ -103,6 +103,23 @@ class Archiver:
                 self._rules.append(_Rule(group, rule, mover, barrier, figures))
         self._stopping = False
         self._runner: asyncio.Task[None] | None = None
+
+    def findings(self) -> list[tuple[str, Severity, str]]:
+        """Each rule's health: (check name, severity, message)."""
+        found = []
+        for rule in self._rules:
+            figures = rule.figures
+            name = f"archive:{rule.group.name}.{rule.rule.table}"
+            if rule.barrier.sealed:
+                found.append((name, Severity.DEGRADED, rule.barrier.sealed))
+            elif figures.last_error:
+                found.append((name, Severity.DEGRADED, f"last pass stopped: {figures.last_error}"))
+            else:
+                moved = f"{figures.rows_moved} rows moved since start"
+                below = f"every row dated below {str(figures.boundary)} is in {rule.rule.target}"
+                state = below if figures.boundary is not None else "no pass has ended yet"
+                found.append((name, Severity.HEALTHY, f"{state}; {moved}"))
+        return found
 
     def figures(self) -> list[ArchiveFigures]:
         """Every rule's figures now."""

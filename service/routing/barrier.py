@@ -29,7 +29,7 @@ class GroupBarrier:
         self._drained = asyncio.Event()  # set: no read is running
         self._drained.set()
         self.held_reads = 0  # reads that waited for a swap (for tests and figures)
-        self._sealed = ""
+        self.sealed = ""  # why the group's reads are refused for good ("": they are not)
 
     def reading(self, deadline: float) -> _Reading:
         """Hold the barrier shared for one read (waiting, up to ``deadline``, for a swap)."""
@@ -37,7 +37,7 @@ class GroupBarrier:
 
     def seal(self, reason: str) -> None:
         """Refuse the group's reads from now on: a slice could not be finished."""
-        self._sealed = reason
+        self.sealed = reason
         self._open.clear()
 
     async def _enter(self, deadline: float) -> None:
@@ -45,8 +45,8 @@ class GroupBarrier:
             self.held_reads += 1
         # Checked again after each wake: another swap may have closed it since.
         while not self._open.is_set():
-            if self._sealed:
-                raise errors.Unavailable(self._sealed)
+            if self.sealed:
+                raise errors.Unavailable(self.sealed)
             try:
                 await asyncio.wait_for(self._open.wait(), max(deadline - time.monotonic(), 0))
             except TimeoutError:
@@ -72,7 +72,7 @@ class GroupBarrier:
         await self._drained.wait()
 
     def _reopen(self) -> None:
-        if not self._sealed:
+        if not self.sealed:
             self._open.set()
 
 

@@ -12,6 +12,7 @@ import json
 import signal
 import sqlite3
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
 from dataaccess_client.cli import main
 from service.config import ArchiveRule
 from service.routing.archival import cutoff_of
-from tests.conftest import Running, plain_rows, started, value
+from tests.conftest import Running, free_port, plain_rows, started, value
 
 OLD_DAYS = [f"2020-01-{day:02d}" for day in range(1, 29)]
 SCHEMA = """
@@ -347,6 +348,44 @@ async def test_the_archive_command_shows_each_rule_and_what_would_move(
         (rule,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["archive"]
         assert (rule["rows_moved"], rule["slices"], rule["boundary"]) == (56, 8, cutoff)
         assert rule["moving_below"] is None and rule["last_error"] == ""
+
+
+async def test_health_and_metrics_show_each_rule(tmp_path: Path) -> None:
+    document = _document(tmp_path, interval_seconds=3600)
+    document["metrics_listen"] = f"127.0.0.1:{free_port()}"
+    async with started(tmp_path, document) as running:
+        await _insert(running, _old_and_new())
+        archiver = running.server.access.archiver
+        await archiver.run_pass(archiver._rules[0])  # noqa: SLF001
+        report = await running.stub.Health(pb.HealthRequest())
+        (check,) = [c for c in report.checks if c.name == "archive:events_all.events"]
+        cutoff = archiver.figures()[0].cutoff
+        assert check.status == pb.HEALTH_STATUS_HEALTHY
+        assert (
+            check.message == f"every row dated below {cutoff} is in cold; 56 rows moved since start"
+        )
+        url = f"http://127.0.0.1:{running.server.metrics_port}/metrics"
+        text = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(url, timeout=5).read().decode()
+        )
+        labels = '{group="events_all",table="events"}'
+        assert f"dataaccess_archive_rows_moved_total{labels} 56.0" in text
+        assert f"dataaccess_archive_pass_failing{labels} 0.0" in text
+        assert f"dataaccess_archive_last_pass_timestamp_seconds{labels}" in text
+        # A pass that stops on an error says so in both.
+        with running.sqlite("cold") as conn:
+            conn.execute("DROP TABLE events")
+        await _insert(running, [("2020-03-01", "late", 1)])
+        await archiver.run_pass(archiver._rules[0])  # noqa: SLF001
+        report = await running.stub.Health(pb.HealthRequest())
+        (check,) = [c for c in report.checks if c.name == "archive:events_all.events"]
+        assert check.status == pb.HEALTH_STATUS_DEGRADED
+        assert check.message.startswith("last pass stopped:") and "events" in check.message
+        text = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(url, timeout=5).read().decode()
+        )
+        assert f"dataaccess_archive_pass_failing{labels} 1.0" in text
+        assert "late" in _refs(running.data_dir / "hot.db")  # nothing moved, nothing lost
 
 
 async def test_archival_config_errors_are_one_line(tmp_path: Path) -> None:
