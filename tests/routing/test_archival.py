@@ -360,6 +360,7 @@ async def test_health_and_metrics_show_each_rule(tmp_path: Path) -> None:
         report = await running.stub.Health(pb.HealthRequest())
         (check,) = [c for c in report.checks if c.name == "archive:events_all.events"]
         cutoff = archiver.figures()[0].cutoff
+        assert isinstance(cutoff, str)
         assert check.status == pb.HEALTH_STATUS_HEALTHY
         assert (
             check.message == f"every row dated below {cutoff} is in cold; 56 rows moved since start"
