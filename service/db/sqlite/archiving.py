@@ -127,6 +127,7 @@ class _Copy:
         sql = f"INSERT INTO {_name(self.rule.table)} ({columns}) VALUES ({marks})"
         pairs = []
         with _Trusted(guard):
+            _require_rowid(raw, self.rule.table)
             for rowid, row in zip(self.rows.rowids, self.rows.rows, strict=True):
                 cursor = raw.execute(sql, row)
                 pairs.append((rowid, cursor.lastrowid))
@@ -230,10 +231,14 @@ def _any_below(raw: sqlite3.Connection, rule: ArchiveRule, cutoff: SqlValue) -> 
 
 
 def _move_boundary(raw: sqlite3.Connection, rule: ArchiveRule, cutoff: SqlValue) -> None:
+    """No row below ``cutoff`` is left in the source: the boundary is at least there. A
+    window of an earlier pass reaching past it (a longer age since) stays open."""
     raw.execute(
         "INSERT INTO _dataaccess_archive_marks (rule, boundary) VALUES (?, ?)"
-        " ON CONFLICT (rule) DO UPDATE SET boundary = max(coalesce(boundary, excluded.boundary),"
-        " excluded.boundary), moving_below = NULL",
+        " ON CONFLICT (rule) DO UPDATE SET"
+        " boundary = max(coalesce(boundary, excluded.boundary), excluded.boundary),"
+        " moving_below = CASE WHEN moving_below > max(coalesce(boundary, excluded.boundary),"
+        " excluded.boundary) THEN moving_below END",
         (rule.key, cutoff),
     )
 
@@ -257,6 +262,7 @@ def _pick(
     info = raw.execute(f"PRAGMA table_xinfo({_name(rule.table)})").fetchall()
     if not info:
         raise errors.FailedPrecondition(f"archive: no table {rule.table!r}")
+    _require_rowid(raw, rule.table)
     columns = tuple(
         str(row[1])
         for row in info
@@ -272,6 +278,15 @@ def _pick(
         f"{unreferenced} ORDER BY {date}, rowid LIMIT ?"
     )
     return columns, raw.execute(sql, (cutoff, rule.slice_rows)).fetchall()
+
+
+def _require_rowid(raw: sqlite3.Connection, table: str) -> None:
+    """Slices name their rows by rowid in both files' journals."""
+    found = raw.execute("SELECT wr FROM pragma_table_list(?)", (table,)).fetchone()
+    if found is not None and found[0]:
+        raise errors.FailedPrecondition(
+            f"archive: {table} is a WITHOUT ROWID table; archival moves rowid tables only"
+        )
 
 
 def _is_rowid_alias(raw: sqlite3.Connection, table: str, column: tuple[object, ...]) -> bool:
