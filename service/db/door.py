@@ -237,6 +237,15 @@ class SliceMover(Protocol):
     """One archive rule's steps between its source and target, each a transaction of
     one file, each recorded in that file so that a stop between two is completed."""
 
+    def claim(self) -> bool:
+        """Take the rule's files for this process (kept until ``release``): False while
+        another process archives them. Only the claimant may finish or move slices."""
+        ...
+
+    def release(self) -> None:
+        """Let another process claim the rule's files."""
+        ...
+
     async def mark(self) -> ArchiveMark:
         """The rule's stored bounds."""
         ...

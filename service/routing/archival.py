@@ -74,6 +74,7 @@ class _Rule:
     barrier: GroupBarrier
     figures: ArchiveFigures
     due: float = 0.0  # monotonic: the next pass
+    passing: asyncio.Lock = field(default_factory=asyncio.Lock)  # one pass of a rule at a time
     logged: str = field(default="", repr=False)
 
 
@@ -143,7 +144,17 @@ class Archiver:
                     f"finished at start ({exc.message})"
                 )
 
+    def _claimed(self, rule: _Rule) -> bool:
+        """Whether this process may move the rule's rows (no other process does)."""
+        if rule.mover.claim():
+            return True
+        message = "another process archives these rows (it holds their archive lock)"
+        self._failed(rule, message)
+        return False
+
     async def _recover(self, rule: _Rule) -> None:
+        if not self._claimed(rule):
+            return  # the process that holds it finishes its own slice
         ends = await rule.mover.finish()
         for end in ends:
             rule.figures.rows_moved += end.moved
@@ -164,13 +175,14 @@ class Archiver:
     async def stop(self) -> None:
         """Let a slice that is moving finish, then stop."""
         self._stopping = True
-        if self._runner is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._runner), STOP_WAIT_SECONDS)
-        except TimeoutError:
-            self._runner.cancel()
-            await asyncio.gather(self._runner, return_exceptions=True)
+        if self._runner is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._runner), STOP_WAIT_SECONDS)
+            except TimeoutError:
+                self._runner.cancel()
+                await asyncio.gather(self._runner, return_exceptions=True)
+        for rule in self._rules:
+            rule.mover.release()
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -188,10 +200,17 @@ class Archiver:
 
     async def run_pass(self, rule: _Rule) -> None:
         """Move the rule's rows below today's cutoff, a slice at a time."""
+        async with rule.passing:
+            if self._claimed(rule):
+                await self._pass(rule)
+
+    async def _pass(self, rule: _Rule) -> None:
         cutoff = cutoff_of(rule.rule, time.time())
         rule.figures.cutoff = cutoff
         try:
             async with rule.barrier.swapping():
+                # A slice another process left half-moved when it died (it held the claim).
+                await self._finish(rule)
                 mark = await rule.mover.begin_pass(cutoff)
                 await self._paused("begin")
                 self._take(rule, mark)

@@ -89,6 +89,13 @@ def _refs(path: Path) -> list[str]:
 
 
 async def _insert(running: Running, rows: list[tuple[str, str, int]]) -> None:
+    """Insert ``rows`` into hot, once the pass the server made at start has ended (the
+    tests then make each pass themselves: their rules' next one is an hour away)."""
+    archiver = running.server.access.archiver
+    deadline = time.monotonic() + 10
+    while not archiver.figures()[0].passes:
+        assert time.monotonic() < deadline, archiver.figures()
+        await asyncio.sleep(0.01)
     await running.stub.BatchInsert(
         pb.BatchInsertRequest(
             database="hot",

@@ -22,7 +22,9 @@ and keys' cache tags are bumped after each commit.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -340,6 +342,30 @@ class SqliteSliceMover:
         self._target = target
         self._tags_of = tags_of
         self._ready = False
+        self._lock: int | None = None
+        path = source.config.path
+        self.lock_path = path.with_name(f"{path.name}.archive-{rule.table}.lock")
+
+    def claim(self) -> bool:
+        """Hold ``lock_path`` (flock, dropped with the process, SIGKILL included): another
+        process finishing this process's slice between its copy and its delete would drop
+        the copies of rows about to be deleted."""
+        if self._lock is not None:
+            return True
+        descriptor = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            return False
+        self._lock = descriptor
+        return True
+
+    def release(self) -> None:
+        """Drop the claim (a file of its own: SQLite's locks on the database stay)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     async def _write(self, database: SqliteDatabase, plan: WritePlan) -> WriteOutcome:
         deadline = time.monotonic() + STEP_SECONDS
