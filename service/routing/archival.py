@@ -154,7 +154,10 @@ class Archiver:
 
     async def _recover(self, rule: _Rule) -> None:
         if not self._claimed(rule):
-            return  # the process that holds it finishes its own slice
+            # The process that holds it finishes its own slice; routed reads here still
+            # follow the bounds stored so far.
+            self._take(rule, await rule.mover.mark())
+            return
         ends = await rule.mover.finish()
         for end in ends:
             rule.figures.rows_moved += end.moved
@@ -211,6 +214,8 @@ class Archiver:
             async with rule.barrier.swapping():
                 # A slice another process left half-moved when it died (it held the claim).
                 await self._finish(rule)
+                if rule.barrier.sealed:
+                    raise errors.Unavailable(rule.barrier.sealed)
                 mark = await rule.mover.begin_pass(cutoff)
                 await self._paused("begin")
                 self._take(rule, mark)
@@ -220,6 +225,8 @@ class Archiver:
                     async with rule.barrier.swapping():
                         self._take(rule, await rule.mover.begin_pass(cutoff))
                     break
+                if rule.barrier.sealed:
+                    raise errors.Unavailable(rule.barrier.sealed)
                 moved = rule.figures.rows_moved
                 mark = await self._swap(rule, picked, cutoff)
                 if rule.figures.rows_moved == moved:  # every row changed under it: next pass
@@ -240,10 +247,21 @@ class Archiver:
                 await self._paused("copy")
                 await rule.mover.delete(picked, cutoff)
                 await self._paused("delete")
-            finally:
-                # Whatever committed (a failed step may have committed before it failed),
-                # the journals say how to leave each row in one member.
+            except errors.DataAccessError:
+                # The step's job has settled (its error is its answer): whatever committed
+                # before it, the journals say how to leave each row in one member.
                 await self._finish(rule)
+                raise
+            except BaseException:
+                # Cancelled (a stop): a step's job may still commit after this, so finishing
+                # now could drop the copies of rows its delete then takes. The slice is left
+                # to the next start, and the group's reads here are refused until then.
+                rule.barrier.seal(
+                    f"{rule.group.name}: archival stopped while a slice of {rule.rule.table} "
+                    "moved; the next start finishes it"
+                )
+                raise
+            await self._finish(rule)
             await self._paused("finish")
             return await self._mark(rule)
 

@@ -67,6 +67,8 @@ class GroupBarrier:
 
     async def _close(self) -> None:
         while not self._open.is_set():  # one swap at a time
+            if self.sealed:
+                raise errors.Unavailable(self.sealed)
             await self._open.wait()
         self._open.clear()
         await self._drained.wait()

@@ -113,7 +113,12 @@ def _in_both(group: GroupConfig, mark: ArchiveMark, key: SqlValue) -> bool:
     """
     assert group.route is not None
     target = group.archive[0].target
-    static = next((b.below for b in group.route.bounds if b.member == target), None)
+    bounds = group.route.bounds
+    at = next(i for i, b in enumerate(bounds) if b.member == target)
+    before = _bound(bounds[at - 1].below) if at else None
+    if before is not None and _below(key, before):
+        return False  # an older member's range: the route's own pick
+    static = bounds[at].below
     for bound in (mark.moving_below, mark.boundary, static):
         below = _bound(bound)
         if below is not None and _below(key, below):

@@ -32,7 +32,9 @@ CREATE TABLE events (
     id INTEGER PRIMARY KEY,
     day TEXT NOT NULL,
     ref TEXT NOT NULL UNIQUE,
-    n INTEGER NOT NULL
+    n INTEGER NOT NULL,
+    label TEXT COLLATE NOCASE NOT NULL DEFAULT 'x',
+    extra
 );
 CREATE INDEX events_day ON events (day);
 """
@@ -257,16 +259,26 @@ async def test_a_row_changed_after_its_copy_stays_in_the_source(tmp_path: Path) 
                 sql="DELETE FROM events WHERE ref = ?",
                 param_sets=[pb.Row(values=[value("old-2")])],
             ),
+            # Equal to what was copied only to a NOCASE column, or only as a number.
+            pb.Statement(
+                sql="UPDATE events SET label = 'X' WHERE ref = ?",
+                param_sets=[pb.Row(values=[value("old-3")])],
+            ),
+            pb.Statement(
+                sql="UPDATE events SET extra = 1.0 WHERE ref = ?",
+                param_sets=[pb.Row(values=[value("old-4")])],
+            ),
         ]
         await running.stub.BatchUpdate(pb.BatchUpdateRequest(database="hot", statements=statements))
         await rule.mover.delete(picked, cutoff)
         ends = await rule.mover.finish()
-        assert [(e.moved, e.kept) for e in ends] == [(3, 2)]
+        assert [(e.moved, e.kept) for e in ends] == [(1, 4)]
         data = running.data_dir
-        assert _refs(data / "hot.db") == ["old-1"]
-        assert _refs(data / "cold.db") == ["old-0", "old-3", "old-4"]
+        assert _refs(data / "hot.db") == ["old-1", "old-3", "old-4"]
+        assert _refs(data / "cold.db") == ["old-0"]
         with sqlite3.connect(data / "hot.db") as conn:
-            assert conn.execute("SELECT n FROM events").fetchall() == [(99,)]
+            kept = conn.execute("SELECT n, label, typeof(extra) FROM events ORDER BY ref")
+            assert kept.fetchall() == [(99, "x", "null"), (3, "X", "null"), (4, "x", "real")]
         mark = await rule.mover.mark()
         assert mark.moving_below == cutoff  # old-1 is still below it: the pass goes on
 
@@ -397,6 +409,103 @@ async def test_health_and_metrics_show_each_rule(tmp_path: Path) -> None:
         )
         assert f"dataaccess_archive_pass_failing{labels} 1.0" in text
         assert "late" in _refs(running.data_dir / "hot.db")  # nothing moved, nothing lost
+
+
+async def test_a_reference_added_after_the_pick_keeps_its_row(tmp_path: Path) -> None:
+    document = _document(tmp_path, interval_seconds=3600)
+    extra = (
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY,"
+        " event INTEGER REFERENCES events (id) ON DELETE CASCADE);\n"
+    )
+    (tmp_path / "migrations/hot/0002_notes.sql").write_text(extra)
+    (tmp_path / "migrations/cold/0002_notes.sql").write_text(extra)
+    async with started(tmp_path, document) as running:
+        await _insert(running, _old_and_new(old=3, recent=0))
+        archiver = running.server.access.archiver
+        rule = archiver._rules[0]  # noqa: SLF001
+        cutoff = cutoff_of(rule.rule, time.time())
+        archiver._take(rule, await rule.mover.begin_pass(cutoff))  # noqa: SLF001
+        picked = await rule.mover.pick(cutoff)
+        assert picked is not None and len(picked.rows) == 3
+        await rule.mover.copy(picked)
+        with running.sqlite("hot") as conn:
+            first = conn.execute("SELECT id FROM events WHERE ref = 'old-0'").fetchone()[0]
+        await running.stub.BatchInsert(
+            pb.BatchInsertRequest(
+                database="hot",
+                table="notes",
+                columns=["event"],
+                rows=[pb.Row(values=[value(first)])],
+            )
+        )
+        await rule.mover.delete(picked, cutoff)
+        await rule.mover.finish()
+        assert _refs(running.data_dir / "hot.db") == ["old-0"]
+        assert _refs(running.data_dir / "cold.db") == ["old-1", "old-2"]
+        with running.sqlite("hot") as conn:
+            assert conn.execute("SELECT event FROM notes").fetchall() == [(first,)]
+
+
+async def test_a_stop_while_a_slice_moves_leaves_it_to_the_next_start(tmp_path: Path) -> None:
+    document = _document(tmp_path, interval_seconds=3600, slice_rows=5)
+    async with started(tmp_path, document) as running:
+        await _insert(running, _old_and_new(old=12, recent=2))
+        archiver = running.server.access.archiver
+        archiver._pause_after = "copy"  # noqa: SLF001 - parked between copy and delete
+        passing = asyncio.ensure_future(archiver.run_pass(archiver._rules[0]))  # noqa: SLF001
+        deadline = time.monotonic() + 10
+        while len(_refs(running.data_dir / "cold.db")) < 5:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        passing.cancel()
+        await asyncio.gather(passing, return_exceptions=True)
+        # Not finished here (a cancelled step could still commit): the group is refused.
+        assert len(_refs(running.data_dir / "hot.db")) == 14
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await _totals(running)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        report = await running.stub.Health(pb.HealthRequest())
+        (check,) = [c for c in report.checks if c.name == "archive:events_all.events"]
+        assert check.status == pb.HEALTH_STATUS_DEGRADED
+    async with started(tmp_path, document) as running:
+        hot, cold = _refs(running.data_dir / "hot.db"), _refs(running.data_dir / "cold.db")
+        assert len(hot) + len(cold) == 14 and not set(hot) & set(cold)
+        assert await _totals(running) == (14, sum(range(12)) + 1000 + 1001)
+
+
+@pytest.mark.unit
+def test_a_routed_key_older_than_the_targets_range_reads_its_own_member(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from service.db.door import ArchiveMark
+    from service.routing.router import Router
+    from tests.conftest import build_config
+
+    document = _document(tmp_path)
+    document["databases"].append({"name": "oldest", "path": "oldest.db"})
+    group = document["groups"][0]
+    group["members"] = ["oldest", "cold", "hot"]
+    group["route"]["bounds"] = [
+        {"member": "oldest", "below": "1990-01-01"},
+        {"member": "cold", "below": "2000-01-01"},
+        {"member": "hot"},
+    ]
+    (tmp_path / "data").mkdir(exist_ok=True)
+    config = build_config(tmp_path, document)
+    databases = {
+        name: SimpleNamespace(name=name, failure=None) for name in ("oldest", "cold", "hot")
+    }
+    router = Router(config, databases)
+    router.set_mark("events_all", ArchiveMark(boundary="2026-01-01"))
+
+    def names(key: str) -> list[str]:
+        return [db.name for db in router.members("events_all", key, routed=True)]
+
+    assert names("1985-06-01") == ["oldest"]
+    assert names("1995-06-01") == ["cold", "hot"]  # below the stored boundary: both
+    assert names("2026-06-01") == ["hot"]
+    assert router.pick("events_all", "1995-06-01") == "cold"
+    assert router.pick("events_all", "2020-06-01") == "cold"  # the boundary moved past it
 
 
 async def test_archival_config_errors_are_one_line(tmp_path: Path) -> None:

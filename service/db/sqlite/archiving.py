@@ -151,12 +151,21 @@ class _Delete:
     replaces = False
 
     def run(self, raw: sqlite3.Connection, guard: Guard) -> WriteOutcome:
-        same = " AND ".join(f"{_name(c)} IS ?" for c in self.rows.columns)
-        sql = f"DELETE FROM {_name(self.rule.table)} WHERE rowid = ? AND {same}"
-        deleted = []
+        # The same value: binary (a NOCASE column's 'A' IS 'a') and of the same type
+        # (1 IS 1.0); and still no row of another table pointing at it (added since the
+        # pick: deleting it would cascade to a row that does not move).
+        same = " AND ".join(
+            f"{_name(c)} IS ? COLLATE BINARY AND typeof({_name(c)}) = typeof(?)"
+            for c in self.rows.columns
+        )
         with _Trusted(guard):
+            info = raw.execute(f"PRAGMA table_xinfo({_name(self.rule.table)})").fetchall()
+            free = "".join(f" AND {c}" for c in _references(raw, self.rule.table, info))
+            sql = f"DELETE FROM {_name(self.rule.table)} AS moving WHERE rowid = ? AND {same}{free}"
+            deleted = []
             for rowid, row in zip(self.rows.rowids, self.rows.rows, strict=True):
-                if raw.execute(sql, (rowid, *row)).rowcount:
+                doubled = [value for value in row for _ in range(2)]
+                if raw.execute(sql, (rowid, *doubled)).rowcount:
                     deleted.append(rowid)
             raw.execute(
                 "INSERT INTO _dataaccess_archive_deleted (slice, rule, rowids) VALUES (?, ?, ?)",
@@ -344,7 +353,8 @@ class SqliteSliceMover:
         self._ready = False
         self._lock: int | None = None
         path = source.config.path
-        self.lock_path = path.with_name(f"{path.name}.archive-{rule.table}.lock")
+        name = f"{path.name}.archive-{rule.table.lower()}-to-{rule.target}.lock"
+        self.lock_path = path.with_name(name)
 
     def claim(self) -> bool:
         """Hold ``lock_path`` (flock, dropped with the process, SIGKILL included): another
