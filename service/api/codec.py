@@ -60,19 +60,9 @@ def add_rows(target: Any, rows: Iterable[Sequence[SqlValue]]) -> None:
 
 def to_value(value: SqlValue) -> pb.Value:
     """One SQLite value as a ``Value`` message."""
-    row = pb.Row()
-    add_rows(_OneRow(row), [(value,)])
-    return row.values[0]
-
-
-class _OneRow:
-    """``add_rows``' view of one Row: its ``add`` hands back the Row itself."""
-
-    def __init__(self, row: pb.Row) -> None:
-        self._row = row
-
-    def add(self) -> pb.Row:
-        return self._row
+    rows = pb.QueryResponse().rows
+    add_rows(rows, [(value,)])
+    return rows[0].values[0]
 
 
 def _other(value: SqlValue) -> dict[str, SqlValue]:

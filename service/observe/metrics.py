@@ -38,7 +38,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from service.cache.tagged import TagCache
-from service.routing.archival import Archiver
+from service.routing.archival import ArchiveFigures, Archiver
 from service.routing.router import Router
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -117,8 +117,9 @@ class _StateCollector(Collector):
         yield from self._pool_families()
         yield from self._maintenance_families()
         yield from self._redis_families()
-        if self._archiver is not None and self._archiver.figures():
-            yield from _archive_families(self._archiver)
+        rules = self._archiver.figures() if self._archiver is not None else []
+        if rules:
+            yield from _archive_families(rules)
 
     def _redis_families(self) -> Iterator[Any]:
         for tier in self._cache.tiers():
@@ -198,7 +199,7 @@ class _StateCollector(Collector):
         yield from (runs, last)
 
 
-def _archive_families(archiver: Archiver) -> Iterator[Any]:
+def _archive_families(rules: list[ArchiveFigures]) -> Iterator[Any]:
     labels = ["group", "table"]
     moved = CounterMetricFamily(
         "dataaccess_archive_rows_moved", "Rows archival moved to the archive member.", labels=labels
@@ -213,7 +214,7 @@ def _archive_families(archiver: Archiver) -> Iterator[Any]:
         "When the archive rule's last pass ended without error (Unix time).",
         labels=labels,
     )
-    for figures in archiver.figures():
+    for figures in rules:
         names = [figures.group, figures.table]
         moved.add_metric(names, figures.rows_moved)
         failing.add_metric(names, 1 if figures.last_error else 0)
