@@ -238,6 +238,7 @@ def service_process(tmp_path: Path) -> Iterator[Any]:
             )
         processes.append(process)
         _wait_serving(port, process, log)
+        _wait_answering(port, process, log)
         return Subprocess(process, port, log)
 
     yield start
@@ -245,6 +246,27 @@ def service_process(tmp_path: Path) -> Iterator[Any]:
         if process.poll() is None:
             process.kill()
             process.wait(5)
+
+
+def _wait_answering(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Wait until the server answers a gRPC call: the port is bound (and accepts) before
+    the start's last steps, such as finishing a half-moved archive slice."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + 20
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        checker = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(f"server exited: {log.read_text()}")
+            try:
+                checker.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                return
+            except grpc.RpcError as exc:
+                waiting = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+                if exc.code() not in waiting:
+                    return  # it answered, with a status of its own
+    raise AssertionError(f"server did not answer: {log.read_text()}")
 
 
 def _wait_serving(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
