@@ -11,7 +11,10 @@ barrier held alone they are copied, deleted and finished, and the router
 takes the new bounds. A step that fails ends the pass (logged once, tried
 again at the next); a slice left half-moved is finished before the barrier
 lets reads go, and if that cannot be done the group's reads are refused
-until a restart finishes it.
+until a restart finishes it. One process moves a rule's rows (it holds the
+rule's claim); in another, the group's reads are refused (its barrier cannot
+hold that process's swaps) until it takes the claim over, when that process
+has stopped, and finishes the slice it may have left.
 """
 
 from __future__ import annotations
@@ -111,8 +114,9 @@ class Archiver:
         for rule in self._rules:
             figures = rule.figures
             name = f"archive:{rule.group.name}.{rule.rule.table}"
-            if rule.barrier.sealed:
-                found.append((name, Severity.DEGRADED, rule.barrier.sealed))
+            if rule.barrier.sealed or rule.barrier.refused:
+                reason = rule.barrier.sealed or rule.barrier.refused
+                found.append((name, Severity.DEGRADED, reason))
             elif figures.last_error:
                 found.append((name, Severity.DEGRADED, f"last pass stopped: {figures.last_error}"))
             else:
@@ -145,18 +149,39 @@ class Archiver:
                 )
 
     def _claimed(self, rule: _Rule) -> bool:
-        """Whether this process may move the rule's rows (no other process does)."""
+        """Whether this process may move the rule's rows (no other process does); if not,
+        the group's reads here are refused until it may."""
         if rule.mover.claim():
             return True
-        message = "another process archives these rows (it holds their archive lock)"
-        self._failed(rule, message)
+        if not rule.barrier.refused:
+            message = (
+                f"{rule.group.name}: another process archives its {rule.rule.table} rows (it "
+                "holds their archive lock), and this one cannot see when they move: read the "
+                "group there, or its members by name"
+            )
+            log.warning("archive %s: %s", rule.rule.key, message)
+            rule.barrier.refuse(message)
+            rule.figures.last_error = message
         return False
+
+    async def _take_over(self, rule: _Rule) -> None:
+        """Take the claim another process held (it stopped): finish its slice, then serve
+        the group's reads here."""
+        if not self._claimed(rule):
+            return
+        try:
+            await self._recover(rule)
+        except errors.DataAccessError as exc:
+            rule.mover.release()  # tried again in a moment (or by another process)
+            log.warning("archive %s: cannot finish a slice: %s", rule.rule.key, exc.message)
+            return
+        rule.barrier.admit()
+        rule.figures.last_error = ""
+        log.info("archive %s: this process moves the rows now", rule.rule.key)
 
     async def _recover(self, rule: _Rule) -> None:
         if not self._claimed(rule):
-            # The process that holds it finishes its own slice; routed reads here still
-            # follow the bounds stored so far.
-            self._take(rule, await rule.mover.mark())
+            self._take(rule, await rule.mover.mark())  # for the figures
             return
         ends = await rule.mover.finish()
         for end in ends:
@@ -192,7 +217,11 @@ class Archiver:
             for rule in self._rules:
                 if self._stopping:
                     return
-                if time.monotonic() >= rule.due and not self._unserved(rule):
+                if self._unserved(rule):
+                    continue
+                if rule.barrier.refused:
+                    await self._take_over(rule)
+                elif time.monotonic() >= rule.due:
                     rule.due = time.monotonic() + rule.rule.interval_seconds
                     await self.run_pass(rule)
             await asyncio.sleep(min(0.2, *(r.rule.interval_seconds for r in self._rules)))

@@ -7,6 +7,10 @@ could miss them. So a swap waits for the group reads running to end, holds new
 ones back (each until its own deadline) for the three commits it takes, and
 lets them go. Reads of one member by its own name never wait: they see that
 member as it is.
+
+The barrier is in this process only. While another process holds a rule's
+claim (it moves the rows, and this one cannot see when), the group's reads
+here are refused (``refuse``) until this process takes the claim over.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class GroupBarrier:
         self._drained.set()
         self.held_reads = 0  # reads that waited for a swap (for tests and figures)
         self.sealed = ""  # why the group's reads are refused for good ("": they are not)
+        self.refused = ""  # why they are refused for now: another process moves the rows
 
     def reading(self, deadline: float) -> _Reading:
         """Hold the barrier shared for one read (waiting, up to ``deadline``, for a swap)."""
@@ -40,7 +45,17 @@ class GroupBarrier:
         self.sealed = reason
         self._open.clear()
 
+    def refuse(self, reason: str) -> None:
+        """Refuse the group's reads until ``admit``: another process moves its rows."""
+        self.refused = reason
+
+    def admit(self) -> None:
+        """Serve the group's reads again (this process moves its rows now)."""
+        self.refused = ""
+
     async def _enter(self, deadline: float) -> None:
+        if self.refused:
+            raise errors.Unavailable(self.refused)
         if not self._open.is_set():
             self.held_reads += 1
         # Checked again after each wake: another swap may have closed it since.

@@ -533,19 +533,7 @@ def test_sigkill_at_each_step_leaves_every_row_in_exactly_one_member(
 ) -> None:
     rows = _old_and_new(old=23, recent=4)
     everyone = sorted(ref for _, ref, _ in rows)
-    # The rows go in while nothing is old enough to move.
-    loading = service_process(_document(tmp_path, age_days=100_000))
-    with grpc.insecure_channel(f"127.0.0.1:{loading.port}") as channel:
-        pb_grpc_stub(channel).BatchInsert(
-            pb.BatchInsertRequest(
-                database="hot",
-                table="events",
-                columns=["day", "ref", "n"],
-                rows=[pb.Row(values=[value(v) for v in r]) for r in rows],
-            )
-        )
-    loading.process.send_signal(signal.SIGTERM)
-    assert loading.process.wait(10) == 0
+    _load(service_process, tmp_path, rows)
     document = _document(tmp_path, slice_rows=5)
     data = Path(document["data_dir"])
     paused = service_process(document, {"DATAACCESS_ARCHIVE_PAUSE_AFTER": step})
@@ -578,3 +566,77 @@ def test_sigkill_at_each_step_leaves_every_row_in_exactly_one_member(
 
 def pb_grpc_stub(channel: grpc.Channel) -> Any:
     return pb_grpc.DataAccessStub(channel)
+
+
+def _load(service_process: Any, tmp_path: Path, rows: list[tuple[str, str, int]]) -> None:
+    """Put ``rows`` in hot through a service that moves nothing (none is old enough)."""
+    loading = service_process(_document(tmp_path, age_days=100_000))
+    with grpc.insecure_channel(f"127.0.0.1:{loading.port}") as channel:
+        pb_grpc_stub(channel).BatchInsert(
+            pb.BatchInsertRequest(
+                database="hot",
+                table="events",
+                columns=["day", "ref", "n"],
+                rows=[pb.Row(values=[value(v) for v in r]) for r in rows],
+            )
+        )
+    loading.process.send_signal(signal.SIGTERM)
+    assert loading.process.wait(10) == 0
+
+
+@pytest.mark.slow
+def test_a_second_process_refuses_group_reads_until_the_mover_is_gone(
+    tmp_path: Path, service_process: Any
+) -> None:
+    """Two service processes on the same files: the first holds the rule's claim and sits
+    with a slice in both files; the second cannot see its swaps, so it refuses the group's
+    reads (members by name still answer) until the first is SIGKILLed, then takes the claim
+    over, finishes the slice, counts every row once and moves the rest."""
+    rows = _old_and_new(old=23, recent=4)
+    everyone = sorted(ref for _, ref, _ in rows)
+    _load(service_process, tmp_path, rows)
+    document = _document(tmp_path, slice_rows=5)
+    data = Path(document["data_dir"])
+    first = service_process(document, {"DATAACCESS_ARCHIVE_PAUSE_AFTER": "copy"})
+    deadline = time.monotonic() + 20
+    while "paused for good" not in first.log.read_text():
+        assert time.monotonic() < deadline, first.log.read_text()
+        time.sleep(0.05)
+    assert len(_refs(data / "hot.db") + _refs(data / "cold.db")) == len(rows) + 5
+    second = service_process(document)
+    with grpc.insecure_channel(f"127.0.0.1:{second.port}") as channel:
+        stub = pb_grpc_stub(channel)
+        group = pb.QueryRequest(database="events_all", sql=TOTALS)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Query(group, timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "another process archives" in (refused.value.details() or "")
+        hot = stub.Query(pb.QueryRequest(database="hot", sql=TOTALS), timeout=5)
+        assert plain_rows(hot)[0][0] == len(rows)
+        report = stub.Health(pb.HealthRequest(), timeout=5)
+        (check,) = [c for c in report.checks if c.name == "archive:events_all.events"]
+        assert check.status == pb.HEALTH_STATUS_DEGRADED
+        assert "another process archives" in check.message
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(5)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                answer = stub.Query(group, timeout=5)
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                assert time.monotonic() < deadline, second.log.read_text()
+                time.sleep(0.1)
+        assert sum(r[0] for r in plain_rows(answer)) == len(rows)
+        old = sorted(r for r in everyone if r.startswith("old"))
+        deadline = time.monotonic() + 20
+        while _refs(data / "cold.db") != old:
+            assert time.monotonic() < deadline, (_refs(data / "cold.db"), second.log.read_text())
+            time.sleep(0.1)
+        assert _refs(data / "hot.db") == sorted(r for r in everyone if r.startswith("new"))
+        answer = stub.Query(group, timeout=5)
+        assert sum(r[0] for r in plain_rows(answer)) == len(rows)
+        report = stub.Health(pb.HealthRequest(), timeout=5)
+        (check,) = [c for c in report.checks if c.name == "archive:events_all.events"]
+        assert check.status == pb.HEALTH_STATUS_HEALTHY, check.message
