@@ -24,6 +24,7 @@ from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
 from dataaccess_client.cli import main
 from service.config import ArchiveRule
 from service.routing.archival import cutoff_of
+from service.values import SqlValue
 from tests.conftest import Running, free_port, plain_rows, started, value
 
 OLD_DAYS = [f"2020-01-{day:02d}" for day in range(1, 29)]
@@ -281,6 +282,49 @@ async def test_a_row_changed_after_its_copy_stays_in_the_source(tmp_path: Path) 
             assert kept.fetchall() == [(99, "x", "null"), (3, "X", "null"), (4, "x", "real")]
         mark = await rule.mover.mark()
         assert mark.moving_below == cutoff  # old-1 is still below it: the pass goes on
+
+
+@pytest.mark.parametrize(
+    ("declared", "stored", "kept"),
+    [
+        ("INTEGER", "007", "'007' (text) as 7 (integer)"),
+        ("NUMERIC", 2.0, "2.0 (real) as 2 (integer)"),
+    ],
+)
+async def test_a_value_the_archive_would_change_is_not_moved(
+    tmp_path: Path, declared: str, stored: SqlValue, kept: str
+) -> None:
+    """The archive's column converts the value (its type's affinity): the copy rolls back,
+    the pass stops and says which column, and every row is still in live as it was."""
+    document = _document(tmp_path, interval_seconds=3600)
+    target = SCHEMA.replace("    extra\n", f"    extra {declared}\n")
+    (tmp_path / "migrations/cold/0001_events.sql").write_text(target)
+    async with started(tmp_path, document) as running:
+        rows = _old_and_new(old=10, recent=2)
+        await _insert(running, rows)
+        update = pb.Statement(
+            sql="UPDATE events SET extra = ? WHERE ref = ?",
+            param_sets=[pb.Row(values=[value(stored), value("old-3")])],
+        )
+        await running.stub.BatchUpdate(pb.BatchUpdateRequest(database="hot", statements=[update]))
+        archiver = running.server.access.archiver
+        await archiver.run_pass(archiver._rules[0])  # noqa: SLF001
+        report = await running.stub.Health(pb.HealthRequest())
+        (check,) = [c for c in report.checks if c.name == "archive:events_all.events"]
+        assert check.status == pb.HEALTH_STATUS_DEGRADED
+        assert f"cold.events.extra would keep {kept}" in check.message
+        data = running.data_dir
+        assert "old-3" in _refs(data / "hot.db")
+        assert len(_refs(data / "hot.db") + _refs(data / "cold.db")) == len(rows)
+        with sqlite3.connect(data / "hot.db") as conn:
+            (again,) = conn.execute("SELECT extra FROM events WHERE ref = 'old-3'").fetchone()
+            assert type(again) is type(stored) and again == stored
+        with sqlite3.connect(data / "cold.db") as conn:
+            assert not conn.execute("SELECT count(*) FROM events").fetchone()[0]
+            assert not conn.execute(
+                "SELECT count(*) FROM _dataaccess_archive_slices WHERE state = 'copied'"
+            ).fetchone()[0]
+        assert await _totals(running) == (len(rows), sum(n for _, _, n in rows))
 
 
 async def test_updates_racing_the_slices_are_never_lost(tmp_path: Path) -> None:

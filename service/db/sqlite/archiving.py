@@ -127,11 +127,13 @@ class _Copy:
         columns = ", ".join(_name(c) for c in self.rows.columns)
         marks = ", ".join("?" * len(self.rows.columns))
         sql = f"INSERT INTO {_name(self.rule.table)} ({columns}) VALUES ({marks})"
+        back = f"SELECT {columns} FROM {_name(self.rule.table)} WHERE rowid = ?"
         pairs = []
         with _Trusted(guard):
             _require_rowid(raw, self.rule.table)
             for rowid, row in zip(self.rows.rowids, self.rows.rows, strict=True):
                 cursor = raw.execute(sql, row)
+                self._check_stored(row, raw.execute(back, (cursor.lastrowid,)).fetchone())
                 pairs.append((rowid, cursor.lastrowid))
             raw.execute(
                 "INSERT INTO _dataaccess_archive_slices (slice, rule, pairs, state, at)"
@@ -139,6 +141,25 @@ class _Copy:
                 (self.rows.id, self.rule.key, json.dumps(pairs), time.time()),
             )
             return WriteOutcome((len(pairs),), 0, _declared(raw, self.rule.table))
+
+    def _check_stored(self, row: Sequence[SqlValue], stored: Sequence[SqlValue]) -> None:
+        """Refuse (the copy rolls back) a row the target would keep as another value: a
+        column type there converting it (TEXT '007' into an INTEGER column is 7), or a
+        trigger or default changing it."""
+        for column, sent, kept in zip(self.rows.columns, row, stored, strict=True):
+            if type(sent) is not type(kept) or sent != kept:
+                raise errors.FailedPrecondition(
+                    f"archive: {self.rule.target}.{self.rule.table}.{column} would keep "
+                    f"{_shown(sent)} as {_shown(kept)}; give the archive's table the "
+                    "source's column types"
+                )
+
+
+def _shown(value: SqlValue) -> str:
+    """A value and its SQLite type, short, for a message."""
+    kind = {int: "integer", float: "real", str: "text", bytes: "blob"}.get(type(value), "null")
+    text = repr(value)
+    return f"{text[:40]}{'...' if len(text) > 40 else ''} ({kind})"
 
 
 @dataclass
