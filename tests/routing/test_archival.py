@@ -327,6 +327,94 @@ async def test_a_value_the_archive_would_change_is_not_moved(
         assert await _totals(running) == (len(rows), sum(n for _, _, n in rows))
 
 
+AUDIT = "CREATE TABLE audit (ref TEXT);\n"
+TRIGGERS = {
+    "source audits deletes": (
+        "hot",
+        AUDIT + "CREATE TRIGGER a AFTER DELETE ON events BEGIN"
+        " INSERT INTO audit VALUES (old.ref); END;",
+    ),
+    "source deletes children": (
+        "hot",
+        "CREATE TABLE notes (ref TEXT);\n"
+        "INSERT INTO notes VALUES ('old-0'), ('old-1');\n"
+        "CREATE TRIGGER c AFTER DELETE ON events BEGIN"
+        " DELETE FROM notes WHERE ref = old.ref; END;",
+    ),
+    "target audits inserts": (
+        "cold",
+        AUDIT + "CREATE TRIGGER a AFTER INSERT ON events BEGIN"
+        " INSERT INTO audit VALUES (new.ref); END;",
+    ),
+    "target ignores inserts": (
+        "cold",
+        "CREATE TRIGGER i BEFORE INSERT ON events BEGIN SELECT RAISE(IGNORE); END;",
+    ),
+    "target refuses inserts": (
+        "cold",
+        "CREATE TRIGGER r BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'read only'); END;",
+    ),
+    "target audits deletes": (
+        "cold",
+        AUDIT + "CREATE TRIGGER a AFTER DELETE ON events BEGIN"
+        " INSERT INTO audit VALUES (old.ref); END;",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRIGGERS))
+async def test_a_trigger_that_writes_stops_the_move_and_harms_nothing(
+    tmp_path: Path, case: str
+) -> None:
+    """Archival's insert or delete firing a trigger that writes elsewhere (or skips or
+    refuses the row) would be more than a move, e.g. deleting child rows that stay: the
+    step rolls back, the pass stops and says why, and every row and side table is as it
+    was."""
+    side, ddl = TRIGGERS[case]
+    document = _document(tmp_path, interval_seconds=3600)
+    (tmp_path / f"migrations/{side}/0002_trigger.sql").write_text(ddl)
+    async with started(tmp_path, document) as running:
+        rows = _old_and_new(old=10, recent=2)
+        await _insert(running, rows)
+        with running.sqlite(side) as conn:
+            tables = sorted(n for (n,) in conn.execute("SELECT name FROM sqlite_schema"))
+            before = {
+                t: conn.execute(f"SELECT * FROM {t}").fetchall()
+                for t in tables
+                if t in ("audit", "notes")
+            }
+        archiver = running.server.access.archiver
+        await archiver.run_pass(archiver._rules[0])  # noqa: SLF001
+        report = await running.stub.Health(pb.HealthRequest())
+        (check,) = [c for c in report.checks if c.name == "archive:events_all.events"]
+        assert check.status == pb.HEALTH_STATUS_DEGRADED, check.message
+        assert "archive:" in check.message and "events" in check.message
+        data = running.data_dir
+        assert _refs(data / "hot.db") == sorted(ref for _, ref, _ in rows)
+        assert _refs(data / "cold.db") == []
+        with running.sqlite(side) as conn:
+            after = {t: conn.execute(f"SELECT * FROM {t}").fetchall() for t in before}
+        assert after == before
+        assert await _totals(running) == (len(rows), sum(n for _, _, n in rows))
+
+
+async def test_a_trigger_archival_does_not_fire_lets_rows_move(tmp_path: Path) -> None:
+    """An UPDATE trigger (an ``updated`` stamp, say) never fires on a move: rows move."""
+    document = _document(tmp_path, interval_seconds=3600)
+    stamp = (
+        AUDIT + "CREATE TRIGGER u AFTER UPDATE ON events BEGIN"
+        " INSERT INTO audit VALUES (new.ref); END;"
+    )
+    for side in ("hot", "cold"):
+        (tmp_path / f"migrations/{side}/0002_trigger.sql").write_text(stamp)
+    async with started(tmp_path, document) as running:
+        await _insert(running, _old_and_new(old=10, recent=2))
+        archiver = running.server.access.archiver
+        await archiver.run_pass(archiver._rules[0])  # noqa: SLF001
+        assert archiver.figures()[0].last_error == ""
+        assert len(_refs(running.data_dir / "cold.db")) == 10
+
+
 async def test_updates_racing_the_slices_are_never_lost(tmp_path: Path) -> None:
     document = _document(tmp_path, interval_seconds=3600, slice_rows=3)
     async with started(tmp_path, document) as running:

@@ -132,15 +132,27 @@ class _Copy:
         with _Trusted(guard):
             _require_rowid(raw, self.rule.table)
             for rowid, row in zip(self.rows.rowids, self.rows.rows, strict=True):
-                cursor = raw.execute(sql, row)
-                self._check_stored(row, raw.execute(back, (cursor.lastrowid,)).fetchone())
-                pairs.append((rowid, cursor.lastrowid))
+                copied = _alone(raw, sql, row, f"inserting into {self._where}")
+                self._check_stored(row, raw.execute(back, (copied,)).fetchone())
+                pairs.append((rowid, copied))
+            if pairs:  # finishing drops copies: that delete must not write elsewhere either
+                raw.execute("SAVEPOINT archive_probe")
+                try:
+                    drop = f"DELETE FROM {_name(self.rule.table)} WHERE rowid = ?"
+                    _alone(raw, drop, (pairs[0][1],), f"deleting from {self._where}")
+                finally:
+                    raw.execute("ROLLBACK TO archive_probe")
+                    raw.execute("RELEASE archive_probe")
             raw.execute(
                 "INSERT INTO _dataaccess_archive_slices (slice, rule, pairs, state, at)"
                 " VALUES (?, ?, ?, 'copied', ?)",
                 (self.rows.id, self.rule.key, json.dumps(pairs), time.time()),
             )
             return WriteOutcome((len(pairs),), 0, _declared(raw, self.rule.table))
+
+    @property
+    def _where(self) -> str:
+        return f"{self.rule.target}.{self.rule.table}"
 
     def _check_stored(self, row: Sequence[SqlValue], stored: Sequence[SqlValue]) -> None:
         """Refuse (the copy rolls back) a row the target would keep as another value: a
@@ -153,6 +165,23 @@ class _Copy:
                     f"{_shown(sent)} as {_shown(kept)}; give the archive's table the "
                     "source's column types"
                 )
+
+
+def _alone(raw: sqlite3.Connection, sql: str, params: Sequence[SqlValue], doing: str) -> int:
+    """Run a one-row INSERT or DELETE that must change that row and nothing else; the
+    row's rowid. A trigger that writes elsewhere (an audit table, child rows), skips the
+    row or refuses it would turn a move into something else: the step rolls back."""
+    before = raw.total_changes
+    try:
+        cursor = raw.execute(sql, params)
+    except sqlite3.IntegrityError as exc:  # a constraint, or a trigger's RAISE
+        raise errors.FailedPrecondition(f"archive: {doing} failed: {exc}") from exc
+    if cursor.rowcount != 1 or raw.total_changes - before != 1:
+        raise errors.FailedPrecondition(
+            f"archive: {doing} changes {raw.total_changes - before} rows for one (a trigger "
+            "on the table); archival moves rows of tables whose triggers do not write"
+        )
+    return cast(int, cursor.lastrowid)
 
 
 def _shown(value: SqlValue) -> str:
@@ -186,7 +215,15 @@ class _Delete:
             deleted = []
             for rowid, row in zip(self.rows.rowids, self.rows.rows, strict=True):
                 doubled = [value for value in row for _ in range(2)]
-                if raw.execute(sql, (rowid, *doubled)).rowcount:
+                before = raw.total_changes
+                gone = raw.execute(sql, (rowid, *doubled)).rowcount
+                if raw.total_changes - before != gone:
+                    raise errors.FailedPrecondition(
+                        f"archive: deleting from {self.rule.source}.{self.rule.table} changes "
+                        f"{raw.total_changes - before} rows for {gone} (a trigger on the "
+                        "table); archival moves rows of tables whose triggers do not write"
+                    )
+                if gone:
                     deleted.append(rowid)
             raw.execute(
                 "INSERT INTO _dataaccess_archive_deleted (slice, rule, rowids) VALUES (?, ?, ?)",
