@@ -359,6 +359,18 @@ TRIGGERS = {
         AUDIT + "CREATE TRIGGER a AFTER DELETE ON events BEGIN"
         " INSERT INTO audit VALUES (old.ref); END;",
     ),
+    "target rolls back deletes": (
+        "cold",
+        "CREATE TRIGGER r BEFORE DELETE ON events BEGIN SELECT RAISE(ROLLBACK, 'kept'); END;",
+    ),
+    "source ignores deletes": (
+        "hot",
+        "CREATE TRIGGER i BEFORE DELETE ON events BEGIN SELECT RAISE(IGNORE); END;",
+    ),
+    "source refuses deletes": (
+        "hot",
+        "CREATE TRIGGER r BEFORE DELETE ON events BEGIN SELECT RAISE(ABORT, 'kept'); END;",
+    ),
 }
 
 
@@ -396,6 +408,97 @@ async def test_a_trigger_that_writes_stops_the_move_and_harms_nothing(
             after = {t: conn.execute(f"SELECT * FROM {t}").fetchall() for t in before}
         assert after == before
         assert await _totals(running) == (len(rows), sum(n for _, _, n in rows))
+
+
+async def test_an_archive_that_replaces_on_conflict_keeps_every_row(tmp_path: Path) -> None:
+    """The archive's ON CONFLICT REPLACE would drop an archived row to make room for a
+    copy (SQLite counts no change for it): the copy aborts instead, and both rows stay."""
+    document = _document(tmp_path, interval_seconds=3600, slice_rows=100, keep_ids=False)
+    schema = SCHEMA.replace(
+        "ref TEXT NOT NULL UNIQUE", "ref TEXT NOT NULL UNIQUE ON CONFLICT REPLACE"
+    )
+    (tmp_path / "migrations/cold/0001_events.sql").write_text(schema)
+    async with started(tmp_path, document) as running:
+        await _insert(running, [("2020-01-01", "dup", 1)])
+        archiver = running.server.access.archiver
+        await archiver.run_pass(archiver._rules[0])  # noqa: SLF001
+        assert _refs(running.data_dir / "cold.db") == ["dup"]
+        await _insert(running, [("2020-01-02", "dup", 2)])  # a late row with the same ref
+        await archiver.run_pass(archiver._rules[0])  # noqa: SLF001
+        assert "UNIQUE constraint failed: events.ref" in archiver.figures()[0].last_error
+        assert _refs(running.data_dir / "hot.db") == ["dup"]
+        assert _refs(running.data_dir / "cold.db") == ["dup"]
+        assert await _totals(running) == (2, 3)
+
+
+async def test_a_conditional_trigger_at_the_finish_keeps_the_group_whole(tmp_path: Path) -> None:
+    """A row changed after its copy stays in live, so the finish drops its copy; an
+    archive trigger that skips that one delete (its WHEN passed the copy's probe) would
+    leave the row in both: the finish fails (the archiver then refuses the group's
+    reads), and no copy is dropped half-way."""
+    document = _document(tmp_path, interval_seconds=3600, slice_rows=100)
+    skip = (
+        "CREATE TRIGGER s BEFORE DELETE ON events WHEN old.ref = 'old-1'"
+        " BEGIN SELECT RAISE(IGNORE); END;"
+    )
+    (tmp_path / "migrations/cold/0002_trigger.sql").write_text(skip)
+    async with started(tmp_path, document) as running:
+        rows = _old_and_new(old=3, recent=0)
+        await _insert(running, rows)
+        archiver = running.server.access.archiver
+        rule = archiver._rules[0]  # noqa: SLF001
+        cutoff = cutoff_of(rule.rule, time.time())
+        archiver._take(rule, await rule.mover.begin_pass(cutoff))  # noqa: SLF001
+        picked = await rule.mover.pick(cutoff)
+        assert picked is not None
+        await rule.mover.copy(picked)  # the probe deleted old-0's copy: allowed
+        change = pb.Statement(
+            sql="UPDATE events SET n = 99 WHERE ref = 'old-1'", param_sets=[pb.Row()]
+        )
+        await running.stub.BatchUpdate(pb.BatchUpdateRequest(database="hot", statements=[change]))
+        await rule.mover.delete(picked, cutoff)
+        with pytest.raises(Exception, match="skipped"):
+            await rule.mover.finish()
+        assert sorted(_refs(running.data_dir / "cold.db")) == ["old-0", "old-1", "old-2"]
+        assert _refs(running.data_dir / "hot.db") == ["old-1"]
+
+
+@pytest.mark.parametrize(
+    ("declared", "stored"),
+    [
+        ("REAL", 2.0),
+        ("REAL", -0.5),
+        ("INTEGER", 2**62),
+        ("INTEGER", -(2**63)),
+        ("BLOB", b"\x00\xff"),
+        ("BLOB", b""),
+        ("TEXT", ""),
+        ("TEXT", "\u00e9\U0001f600"),
+        ("", None),
+        ("", 1.5),
+        ("", "007"),
+    ],
+)
+async def test_values_move_exactly_when_the_types_match(
+    tmp_path: Path, declared: str, stored: SqlValue
+) -> None:
+    document = _document(tmp_path, interval_seconds=3600)
+    for side in ("hot", "cold"):
+        schema = SCHEMA.replace("    extra\n", f"    extra {declared}\n")
+        (tmp_path / f"migrations/{side}/0001_events.sql").write_text(schema)
+    async with started(tmp_path, document) as running:
+        await _insert(running, [("2020-01-01", "one", 1)])
+        update = pb.Statement(
+            sql="UPDATE events SET extra = ? WHERE ref = 'one'",
+            param_sets=[pb.Row(values=[value(stored)])],
+        )
+        await running.stub.BatchUpdate(pb.BatchUpdateRequest(database="hot", statements=[update]))
+        archiver = running.server.access.archiver
+        await archiver.run_pass(archiver._rules[0])  # noqa: SLF001
+        assert archiver.figures()[0].last_error == ""
+        with sqlite3.connect(running.data_dir / "cold.db") as conn:
+            (moved,) = conn.execute("SELECT extra FROM events WHERE ref = 'one'").fetchone()
+        assert type(moved) is type(stored) and moved == stored
 
 
 async def test_a_trigger_archival_does_not_fire_lets_rows_move(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import sqlite3
 import time
@@ -126,7 +127,9 @@ class _Copy:
     def run(self, raw: sqlite3.Connection, guard: Guard) -> WriteOutcome:
         columns = ", ".join(_name(c) for c in self.rows.columns)
         marks = ", ".join("?" * len(self.rows.columns))
-        sql = f"INSERT INTO {_name(self.rule.table)} ({columns}) VALUES ({marks})"
+        # OR ABORT: a table's ON CONFLICT REPLACE would drop an archived row (unseen by
+        # total_changes) to make room for the copy.
+        sql = f"INSERT OR ABORT INTO {_name(self.rule.table)} ({columns}) VALUES ({marks})"
         back = f"SELECT {columns} FROM {_name(self.rule.table)} WHERE rowid = ?"
         pairs = []
         with _Trusted(guard):
@@ -141,8 +144,9 @@ class _Copy:
                     drop = f"DELETE FROM {_name(self.rule.table)} WHERE rowid = ?"
                     _alone(raw, drop, (pairs[0][1],), f"deleting from {self._where}")
                 finally:
-                    raw.execute("ROLLBACK TO archive_probe")
-                    raw.execute("RELEASE archive_probe")
+                    if raw.in_transaction:  # a trigger's RAISE(ROLLBACK) ended it all
+                        raw.execute("ROLLBACK TO archive_probe")
+                        raw.execute("RELEASE archive_probe")
             raw.execute(
                 "INSERT INTO _dataaccess_archive_slices (slice, rule, pairs, state, at)"
                 " VALUES (?, ?, ?, 'copied', ?)",
@@ -159,7 +163,7 @@ class _Copy:
         column type there converting it (TEXT '007' into an INTEGER column is 7), or a
         trigger or default changing it."""
         for column, sent, kept in zip(self.rows.columns, row, stored, strict=True):
-            if type(sent) is not type(kept) or sent != kept:
+            if type(sent) is not type(kept) or sent != kept or _signs_differ(sent, kept):
                 raise errors.FailedPrecondition(
                     f"archive: {self.rule.target}.{self.rule.table}.{column} would keep "
                     f"{_shown(sent)} as {_shown(kept)}; give the archive's table the "
@@ -171,17 +175,40 @@ def _alone(raw: sqlite3.Connection, sql: str, params: Sequence[SqlValue], doing:
     """Run a one-row INSERT or DELETE that must change that row and nothing else; the
     row's rowid. A trigger that writes elsewhere (an audit table, child rows), skips the
     row or refuses it would turn a move into something else: the step rolls back."""
+    cursor = _only(raw, sql, params, doing)
+    if cursor.rowcount != 1:
+        raise errors.FailedPrecondition(
+            f"archive: {doing} changed no row (a trigger on the table skipped it); "
+            "archival moves rows of tables whose triggers do not skip or write"
+        )
+    return cast(int, cursor.lastrowid)
+
+
+def _only(
+    raw: sqlite3.Connection, sql: str, params: Sequence[SqlValue], doing: str
+) -> sqlite3.Cursor:
+    """Run a statement that must change only the rows it names (its ``rowcount``): no
+    trigger or foreign-key action may write elsewhere."""
     before = raw.total_changes
     try:
         cursor = raw.execute(sql, params)
     except sqlite3.IntegrityError as exc:  # a constraint, or a trigger's RAISE
         raise errors.FailedPrecondition(f"archive: {doing} failed: {exc}") from exc
-    if cursor.rowcount != 1 or raw.total_changes - before != 1:
+    changed = raw.total_changes - before
+    if changed != cursor.rowcount:
         raise errors.FailedPrecondition(
-            f"archive: {doing} changes {raw.total_changes - before} rows for one (a trigger "
-            "on the table); archival moves rows of tables whose triggers do not write"
+            f"archive: {doing} changes {changed} rows for {cursor.rowcount} (a trigger or a "
+            "foreign key's action on the table); archival moves rows of tables whose "
+            "triggers do not skip or write"
         )
-    return cast(int, cursor.lastrowid)
+    return cursor
+
+
+def _signs_differ(sent: SqlValue, kept: SqlValue) -> bool:
+    """-0.0 and 0.0 are equal, and not the same value."""
+    if isinstance(sent, float) and isinstance(kept, float):
+        return math.copysign(1.0, sent) != math.copysign(1.0, kept)
+    return False
 
 
 def _shown(value: SqlValue) -> str:
@@ -213,18 +240,15 @@ class _Delete:
             free = "".join(f" AND {c}" for c in _references(raw, self.rule.table, info))
             sql = f"DELETE FROM {_name(self.rule.table)} AS moving WHERE rowid = ? AND {same}{free}"
             deleted = []
+            still = f"SELECT 1 FROM {_name(self.rule.table)} AS moving WHERE rowid = ? AND "
+            still += f"{same}{free}"
+            doing = f"deleting from {self.rule.source}.{self.rule.table}"
             for rowid, row in zip(self.rows.rowids, self.rows.rows, strict=True):
-                doubled = [value for value in row for _ in range(2)]
-                before = raw.total_changes
-                gone = raw.execute(sql, (rowid, *doubled)).rowcount
-                if raw.total_changes - before != gone:
-                    raise errors.FailedPrecondition(
-                        f"archive: deleting from {self.rule.source}.{self.rule.table} changes "
-                        f"{raw.total_changes - before} rows for {gone} (a trigger on the "
-                        "table); archival moves rows of tables whose triggers do not write"
-                    )
-                if gone:
+                params = (rowid, *(value for value in row for _ in range(2)))
+                if _only(raw, sql, params, doing).rowcount:
                     deleted.append(rowid)
+                elif raw.execute(still, params).fetchone() is not None:
+                    _alone(raw, sql, params, doing)  # a trigger skipped it: raises
             raw.execute(
                 "INSERT INTO _dataaccess_archive_deleted (slice, rule, rowids) VALUES (?, ?, ?)",
                 (self.rows.id, self.rule.key, json.dumps(deleted)),
@@ -249,9 +273,18 @@ class _Finish:
         sql = f"DELETE FROM {_name(self.rule.table)} WHERE rowid = ?"
         deleted = self.deleted or frozenset()
         kept = [target for source, target in self.pairs if source not in deleted]
+        doing = f"dropping a copy from {self.rule.target}.{self.rule.table}"
         with _Trusted(guard):
             for rowid in kept:
-                raw.execute(sql, (rowid,))
+                # No row: already gone (a write by the member's name). Else it must go,
+                # alone: a copy left would be counted twice.
+                if (
+                    not _only(raw, sql, (rowid,), doing).rowcount
+                    and raw.execute(
+                        f"SELECT 1 FROM {_name(self.rule.table)} WHERE rowid = ?", (rowid,)
+                    ).fetchone()
+                ):
+                    _alone(raw, sql, (rowid,), doing)  # a trigger skipped it: raises
             moved = len(self.pairs) - len(kept)
             raw.execute(
                 "UPDATE _dataaccess_archive_slices SET state = 'done', pairs = NULL,"
