@@ -254,6 +254,8 @@ class DataAccessServer:
             await self._server.stop(grace)
             self._server = None
         await self.router.close()
+        if self._servicer is not None:
+            self.access.archiver.release()
         await self.cache.close()
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.close)  # waits out the HTTP server's poll

@@ -517,8 +517,17 @@ def _check_names(databases: tuple[AnyDatabaseConfig, ...], groups: tuple[GroupCo
 
 def _check_archive(config: Config) -> None:
     """Archival moves rows between SQLite files, under one process's group barrier."""
+    moved: dict[tuple[str, str], str] = {}
     for group in config.groups:
         for rule in group.archive:
+            # Two rules picking the same rows would move them twice (or fight over them).
+            table = (rule.source, rule.table.casefold())
+            if table in moved:
+                raise ConfigError(
+                    f"groups.{group.name}.archive: {rule.source}.{rule.table} is already "
+                    f"archived by groups.{moved[table]}"
+                )
+            moved[table] = group.name
             for member in (rule.source, rule.target):
                 if not isinstance(config.database(member), DatabaseConfig):
                     raise ConfigError(

@@ -78,6 +78,7 @@ class _Rule:
     figures: ArchiveFigures
     due: float = 0.0  # monotonic: the next pass
     passing: asyncio.Lock = field(default_factory=asyncio.Lock)  # one pass of a rule at a time
+    refused: bool = False  # another process holds the rule's claim
     logged: str = field(default="", repr=False)
 
 
@@ -114,8 +115,8 @@ class Archiver:
         for rule in self._rules:
             figures = rule.figures
             name = f"archive:{rule.group.name}.{rule.rule.table}"
-            if rule.barrier.sealed or rule.barrier.refused:
-                reason = rule.barrier.sealed or rule.barrier.refused
+            if rule.barrier.sealed or rule.refused:
+                reason = rule.barrier.sealed or figures.last_error
                 found.append((name, Severity.DEGRADED, reason))
             elif figures.last_error:
                 found.append((name, Severity.DEGRADED, f"last pass stopped: {figures.last_error}"))
@@ -153,14 +154,15 @@ class Archiver:
         the group's reads here are refused until it may."""
         if rule.mover.claim():
             return True
-        if not rule.barrier.refused:
+        if not rule.refused:
             message = (
                 f"{rule.group.name}: another process archives its {rule.rule.table} rows (it "
                 "holds their archive lock), and this one cannot see when they move: read the "
                 "group there, or its members by name"
             )
             log.warning("archive %s: %s", rule.rule.key, message)
-            rule.barrier.refuse(message)
+            rule.refused = True
+            rule.barrier.refuse(rule.rule.key, message)
             rule.figures.last_error = message
         return False
 
@@ -175,7 +177,8 @@ class Archiver:
             rule.mover.release()  # tried again in a moment (or by another process)
             log.warning("archive %s: cannot finish a slice: %s", rule.rule.key, exc.message)
             return
-        rule.barrier.admit()
+        rule.refused = False
+        rule.barrier.admit(rule.rule.key)
         rule.figures.last_error = ""
         log.info("archive %s: this process moves the rows now", rule.rule.key)
 
@@ -209,6 +212,11 @@ class Archiver:
             except TimeoutError:
                 self._runner.cancel()
                 await asyncio.gather(self._runner, return_exceptions=True)
+
+    def release(self) -> None:
+        """Drop the claims, once the databases are closed: until then a cancelled step may
+        still commit and this process's group reads still run, so another process taking
+        a claim over now could finish a slice under them."""
         for rule in self._rules:
             rule.mover.release()
 
@@ -217,14 +225,24 @@ class Archiver:
             for rule in self._rules:
                 if self._stopping:
                     return
-                if self._unserved(rule):
-                    continue
-                if rule.barrier.refused:
-                    await self._take_over(rule)
-                elif time.monotonic() >= rule.due:
-                    rule.due = time.monotonic() + rule.rule.interval_seconds
-                    await self.run_pass(rule)
+                try:
+                    await self._step(rule)
+                except Exception as exc:  # noqa: BLE001 - one rule's fault must not end archival
+                    message = f"unexpected failure: {exc!r}"
+                    if message != rule.logged:
+                        log.exception("archive %s: %s", rule.rule.key, message)
+                        rule.logged = message
+                    rule.figures.last_error = message
             await asyncio.sleep(min(0.2, *(r.rule.interval_seconds for r in self._rules)))
+
+    async def _step(self, rule: _Rule) -> None:
+        if self._unserved(rule):
+            return
+        if rule.refused:
+            await self._take_over(rule)
+        elif time.monotonic() >= rule.due:
+            rule.due = time.monotonic() + rule.rule.interval_seconds
+            await self.run_pass(rule)
 
     def _unserved(self, rule: _Rule) -> bool:
         names = (rule.rule.source, rule.rule.target)

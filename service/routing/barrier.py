@@ -34,7 +34,7 @@ class GroupBarrier:
         self._drained.set()
         self.held_reads = 0  # reads that waited for a swap (for tests and figures)
         self.sealed = ""  # why the group's reads are refused for good ("": they are not)
-        self.refused = ""  # why they are refused for now: another process moves the rows
+        self._refusals: dict[str, str] = {}  # rule: why, while another process moves its rows
 
     def reading(self, deadline: float) -> _Reading:
         """Hold the barrier shared for one read (waiting, up to ``deadline``, for a swap)."""
@@ -45,13 +45,19 @@ class GroupBarrier:
         self.sealed = reason
         self._open.clear()
 
-    def refuse(self, reason: str) -> None:
-        """Refuse the group's reads until ``admit``: another process moves its rows."""
-        self.refused = reason
+    @property
+    def refused(self) -> str:
+        """Why the group's reads are refused for now ("": they are not)."""
+        return next(iter(self._refusals.values()), "")
 
-    def admit(self) -> None:
-        """Serve the group's reads again (this process moves its rows now)."""
-        self.refused = ""
+    def refuse(self, rule: str, reason: str) -> None:
+        """Refuse the group's reads until every refusing rule is admitted: another process
+        moves that rule's rows."""
+        self._refusals[rule] = reason
+
+    def admit(self, rule: str) -> None:
+        """This process moves ``rule``'s rows now."""
+        self._refusals.pop(rule, None)
 
     async def _enter(self, deadline: float) -> None:
         if self.refused:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import fcntl
 import itertools
 import json
+import os
 import signal
 import sqlite3
 import time
@@ -22,6 +24,7 @@ import pytest
 from dataaccess.v1 import data_access_pb2 as pb
 from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
 from dataaccess_client.cli import main
+from service import errors
 from service.config import ArchiveRule
 from service.routing.archival import cutoff_of
 from service.values import SqlValue
@@ -875,3 +878,65 @@ def test_a_second_process_refuses_group_reads_until_the_mover_is_gone(
         report = stub.Health(pb.HealthRequest(), timeout=5)
         (check,) = [c for c in report.checks if c.name == "archive:events_all.events"]
         assert check.status == pb.HEALTH_STATUS_HEALTHY, check.message
+
+
+def _claim_is_free(lock: Path) -> bool:
+    """Whether another process could take the rule's claim now."""
+    descriptor = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(descriptor)  # drops the probe's own lock too
+    return True
+
+
+async def test_a_stopping_server_keeps_the_claim_until_its_databases_are_closed(
+    tmp_path: Path,
+) -> None:
+    """A stop ends the passes first, but a cancelled step may still commit and group
+    reads still run through the grace: another process must not take the claim over
+    (and finish the slice under them) before the databases are closed."""
+    document = _document(tmp_path, interval_seconds=3600)
+    lock = tmp_path / "data" / "hot.db.archive-events-to-cold.lock"
+    async with started(tmp_path, document) as running:
+        assert not _claim_is_free(lock)
+        await running.server.access.archiver.stop()
+        assert not _claim_is_free(lock)
+        assert await _totals(running) == (0, 0)  # group reads still answer
+    assert _claim_is_free(lock)
+
+
+@pytest.mark.unit
+async def test_a_group_is_refused_until_every_rule_of_it_is_claimed_here() -> None:
+    from service.routing.barrier import GroupBarrier
+
+    barrier = GroupBarrier("events_all")
+    barrier.refuse("a", "another process archives a")
+    barrier.refuse("b", "another process archives b")
+    barrier.admit("b")
+    with pytest.raises(errors.Unavailable, match="archives a"):
+        async with barrier.reading(time.monotonic() + 1):
+            pass
+    barrier.admit("a")
+    async with barrier.reading(time.monotonic() + 1):
+        assert barrier.refused == ""
+
+
+async def test_two_rules_moving_one_table_are_refused(tmp_path: Path) -> None:
+    from service.config import ConfigError
+    from tests.conftest import build_config
+
+    document = _document(tmp_path)
+    group = document["groups"][0]
+    second = {
+        **group,
+        "name": "events_again",
+        "route": None,
+        "archive": [{**group["archive"][0], "table": "EVENTS"}],
+    }
+    del second["route"]
+    document["groups"].append(second)
+    with pytest.raises(ConfigError, match="hot.EVENTS is already archived by groups.events_all"):
+        build_config(tmp_path, document)
