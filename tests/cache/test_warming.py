@@ -123,3 +123,56 @@ def test_bad_warm_entries_stop_the_start_with_one_line(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         build_config(tmp_path, {**document, "cache": {"warm": warm}})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("redis_rolls_back", [False, True], ids=["frozen", "from-snapshot"])
+def test_a_write_acknowledged_before_a_sigkill_is_in_the_first_warm_answer_after_it(
+    tmp_path: Path,
+    document: dict[str, Any],
+    redis_server: RedisProcess,
+    service_process: Any,
+    redis_rolls_back: bool,
+) -> None:
+    """The server is SIGKILLed right after acknowledging a write, while Redis still holds
+    the warm answer from before it: Redis frozen through the write (what the server sent
+    it may still land when it wakes), or restarted from a snapshot taken before the write
+    (whatever was delivered is gone). The restarted server's answers, warm-loaded before
+    it serves, count the write."""
+    import signal
+
+    import grpc
+
+    from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
+
+    config = _warm({**document, "redis_url": redis_server.url})
+    request = pb.QueryRequest(database="kitchen", sql=COUNT, params=[pb.Value(integer=1)])
+    insert = pb.BatchInsertRequest(
+        database="kitchen", table="items", columns=["qty"], rows=[row(2)]
+    )
+    first = service_process(config)
+    with grpc.insecure_channel(f"127.0.0.1:{first.port}") as channel:
+        stub = pb_grpc.DataAccessStub(channel)
+        assert stub.Query(request, timeout=5).rows[0].values[0].integer == 0
+        if redis_rolls_back:
+            redis_server.save()
+            stub.BatchInsert(insert, timeout=20)
+            first.process.send_signal(signal.SIGKILL)
+            first.process.wait(5)
+            redis_server.kill()
+            redis_server.start()  # from the snapshot: the answer and tags from before
+        else:
+            redis_server.signal(signal.SIGSTOP)
+            try:
+                stub.BatchInsert(insert, timeout=20)
+                first.process.send_signal(signal.SIGKILL)
+                first.process.wait(5)
+            finally:
+                redis_server.signal(signal.SIGCONT)
+    again = service_process(config)
+    with grpc.insecure_channel(f"127.0.0.1:{again.port}") as channel:
+        stub = pb_grpc.DataAccessStub(channel)
+        for _ in range(20):
+            answer = stub.Query(request, timeout=5)
+            assert answer.rows[0].values[0].integer == 1, answer.cache_status
+        assert answer.cache_status in (pb.CACHE_STATUS_HIT_LOCAL, pb.CACHE_STATUS_HIT_REDIS)
