@@ -368,9 +368,18 @@ class ArchiveRule:
             raise ConfigError("slice_rows: expected 1 to 10000")
 
     @property
+    def folded_table(self) -> str:
+        """The table's name as SQLite compares it: ASCII letters in any case are one."""
+        return self.table.translate(_ASCII_LOWER)
+
+    @property
     def key(self) -> str:
-        """The rule's name in the journals of both files."""
-        return f"{self.table}:{self.source}>{self.target}"
+        """The rule's name in the journals of both files (``Events`` and ``events`` are
+        one table: a config that changes the case still finds its half-moved slice)."""
+        return f"{self.folded_table}:{self.source}>{self.target}"
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 @dataclass(frozen=True)
@@ -521,7 +530,7 @@ def _check_archive(config: Config) -> None:
     for group in config.groups:
         for rule in group.archive:
             # Two rules picking the same rows would move them twice (or fight over them).
-            table = (rule.source, rule.table.casefold())
+            table = (rule.source, rule.folded_table)
             if table in moved:
                 raise ConfigError(
                     f"groups.{group.name}.archive: {rule.source}.{rule.table} is already "

@@ -522,6 +522,17 @@ async def test_a_trigger_archival_does_not_fire_lets_rows_move(tmp_path: Path) -
 
 
 async def test_updates_racing_the_slices_are_never_lost(tmp_path: Path) -> None:
+    """Every acknowledged update is where its row ended up; a run where no update landed
+    between a copy and its delete (so no row was kept) did not race: it runs again."""
+    for attempt in range(3):
+        kept = await _race_updates(tmp_path / f"run-{attempt}")
+        if kept:
+            return
+    raise AssertionError("no update landed between a copy and its delete in 3 runs")
+
+
+async def _race_updates(tmp_path: Path) -> int:
+    """The rows kept in live because an update landed after their copy."""
     document = _document(tmp_path, interval_seconds=3600, slice_rows=3)
     async with started(tmp_path, document) as running:
         await _insert(running, _old_and_new(old=120, recent=0))
@@ -555,12 +566,13 @@ async def test_updates_racing_the_slices_are_never_lost(tmp_path: Path) -> None:
             if archiver.figures()[0].rows_moved == 120:
                 break
         figures = archiver.figures()[0]
-        assert figures.rows_moved == 120 and figures.rows_kept > 0
+        assert figures.rows_moved == 120
         assert acknowledged
         with sqlite3.connect(running.data_dir / "cold.db") as conn:
             cold = dict(conn.execute("SELECT ref, n FROM events").fetchall())
         assert _refs(running.data_dir / "hot.db") == [] and len(cold) == 120
         assert {ref: cold[ref] for ref in acknowledged} == acknowledged
+        return figures.rows_kept
 
 
 async def test_a_row_another_table_points_at_stays(tmp_path: Path) -> None:
@@ -899,7 +911,7 @@ async def test_a_stopping_server_keeps_the_claim_until_its_databases_are_closed(
     reads still run through the grace: another process must not take the claim over
     (and finish the slice under them) before the databases are closed."""
     document = _document(tmp_path, interval_seconds=3600)
-    lock = tmp_path / "data" / "hot.db.archive-events-to-cold.lock"
+    lock = tmp_path / "data" / "hot.db.archive-events.lock"
     async with started(tmp_path, document) as running:
         assert not _claim_is_free(lock)
         await running.server.access.archiver.stop()
@@ -940,3 +952,29 @@ async def test_two_rules_moving_one_table_are_refused(tmp_path: Path) -> None:
     document["groups"].append(second)
     with pytest.raises(ConfigError, match="hot.EVENTS is already archived by groups.events_all"):
         build_config(tmp_path, document)
+
+
+async def test_a_rule_naming_its_table_in_another_case_is_the_same_rule(tmp_path: Path) -> None:
+    """``events`` and ``EVENTS`` are one SQLite table: a slice left copied under one is
+    finished by a start that names the table in the other case, and both take one claim."""
+    document = _document(tmp_path, interval_seconds=3600, slice_rows=100)
+    async with started(tmp_path, document) as running:
+        rows = _old_and_new(old=5, recent=2)
+        await _insert(running, rows)
+        rule = running.server.access.archiver._rules[0]  # noqa: SLF001
+        cutoff = cutoff_of(rule.rule, time.time())
+        await rule.mover.begin_pass(cutoff)
+        picked = await rule.mover.pick(cutoff)
+        assert picked is not None
+        await rule.mover.copy(picked)  # and stopped before its delete
+        first_lock = rule.mover.lock_path  # type: ignore[attr-defined]
+    data = tmp_path / "data"
+    assert len(_refs(data / "hot.db") + _refs(data / "cold.db")) == len(rows) + 5
+    document["groups"][0]["archive"][0].update(table="EVENTS", interval_seconds=3600)
+    async with started(tmp_path, document) as running:
+        hot, cold = _refs(data / "hot.db"), _refs(data / "cold.db")
+        assert sorted(hot + cold) == sorted(ref for _, ref, _ in rows)
+        rule = running.server.access.archiver._rules[0]  # noqa: SLF001
+        assert rule.mover.lock_path == first_lock == data / "hot.db.archive-events.lock"  # type: ignore[attr-defined]
+        await running.server.access.archiver.run_pass(rule)
+        assert _refs(data / "cold.db") == sorted(r for _, r, _ in rows if r.startswith("old"))

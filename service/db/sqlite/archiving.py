@@ -23,9 +23,11 @@ and keys' cache tags are bumped after each commit.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import os
+import re
 import sqlite3
 import time
 import uuid
@@ -382,6 +384,15 @@ def _pick(
     return columns, raw.execute(sql, (cutoff, rule.slice_rows)).fetchall()
 
 
+def _file_safe(table: str) -> str:
+    """``table`` as part of a file name: one lock per source table, whatever the target
+    (two processes whose configs disagree on it must not both move its rows)."""
+    safe = re.sub(r"[^a-z0-9_.-]", "_", table)
+    if safe == table:
+        return table
+    return f"{safe}-{hashlib.sha256(table.encode()).hexdigest()[:12]}"
+
+
 def _require_rowid(raw: sqlite3.Connection, table: str) -> None:
     """Slices name their rows by rowid in both files' journals."""
     found = raw.execute("SELECT wr FROM pragma_table_list(?)", (table,)).fetchone()
@@ -444,7 +455,7 @@ class SqliteSliceMover:
         self._ready = False
         self._lock: int | None = None
         path = source.config.path
-        name = f"{path.name}.archive-{rule.table.lower()}-to-{rule.target}.lock"
+        name = f"{path.name}.archive-{_file_safe(rule.folded_table)}.lock"
         self.lock_path = path.with_name(name)
 
     def claim(self) -> bool:
