@@ -98,9 +98,18 @@ class DataAccessServer:
             raise StartError(bind_failure(self.config.listen)) from exc
         # Before the first caller: a slice a stop left half-moved is finished, and warm
         # reads are hits.
-        await self.access.archiver.recover()
-        await self.access.warmer.load_all()
-        await server.start()
+        try:
+            await self.access.archiver.recover()
+            await self.access.warmer.load_all()
+            await server.start()
+        except Exception:
+            # Nothing keeps the files or the archive claims: a start in this process again
+            # (or another process) must be able to take them.
+            await server.stop(0)
+            await self.router.close()
+            self.access.archiver.release()
+            await self.cache.close()
+            raise
         self._server = server
         self._warming = asyncio.ensure_future(self.access.warmer.run())
         self.access.archiver.start()

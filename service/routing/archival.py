@@ -78,7 +78,7 @@ class _Rule:
     figures: ArchiveFigures
     due: float = 0.0  # monotonic: the next pass
     passing: asyncio.Lock = field(default_factory=asyncio.Lock)  # one pass of a rule at a time
-    refused: bool = False  # another process holds the rule's claim
+    refusal: str = ""  # why the group's reads are refused for this rule ("": they are not)
     logged: str = field(default="", repr=False)
 
 
@@ -115,8 +115,8 @@ class Archiver:
         for rule in self._rules:
             figures = rule.figures
             name = f"archive:{rule.group.name}.{rule.rule.table}"
-            if rule.barrier.sealed or rule.refused:
-                reason = rule.barrier.sealed or figures.last_error
+            if rule.barrier.sealed or rule.barrier.refused:
+                reason = rule.barrier.sealed or rule.refusal or rule.barrier.refused
                 found.append((name, Severity.DEGRADED, reason))
             elif figures.last_error:
                 found.append((name, Severity.DEGRADED, f"last pass stopped: {figures.last_error}"))
@@ -137,7 +137,14 @@ class Archiver:
     async def recover(self) -> None:
         """Finish every slice a stop left half-moved; the router takes the stored bounds."""
         for rule in self._rules:
-            if self._unserved(rule):
+            if unserved := self._unserved(rule):
+                # Its stored bounds (and any half-moved slice) cannot be read: a routed
+                # read would follow the config's bound and miss the rows moved past it.
+                self._refuse(
+                    rule,
+                    f"{rule.group.name}: {unserved} cannot be served, and the group's "
+                    f"{rule.rule.table} rows archival moved may be in it or follow its bounds",
+                )
                 continue
             try:
                 await self._recover(rule)
@@ -154,17 +161,21 @@ class Archiver:
         the group's reads here are refused until it may."""
         if rule.mover.claim():
             return True
-        if not rule.refused:
-            message = (
-                f"{rule.group.name}: another process archives its {rule.rule.table} rows (it "
-                "holds their archive lock), and this one cannot see when they move: read the "
-                "group there, or its members by name"
-            )
-            log.warning("archive %s: %s", rule.rule.key, message)
-            rule.refused = True
-            rule.barrier.refuse(rule.rule.key, message)
-            rule.figures.last_error = message
+        self._refuse(
+            rule,
+            f"{rule.group.name}: another process archives its {rule.rule.table} rows (it "
+            "holds their archive lock), and this one cannot see when they move: read the "
+            "group there, or its members by name",
+        )
         return False
+
+    def _refuse(self, rule: _Rule, reason: str) -> None:
+        """Refuse the group's reads here until ``_take_over`` succeeds."""
+        if rule.refusal != reason:
+            log.warning("archive %s: %s", rule.rule.key, reason)
+        rule.refusal = reason
+        rule.barrier.refuse(rule.rule.key, reason)
+        rule.figures.last_error = reason  # Stats and `dataaccess archive` say it too
 
     async def _take_over(self, rule: _Rule) -> None:
         """Take the claim another process held (it stopped): finish its slice, then serve
@@ -177,9 +188,10 @@ class Archiver:
             rule.mover.release()  # tried again in a moment (or by another process)
             log.warning("archive %s: cannot finish a slice: %s", rule.rule.key, exc.message)
             return
-        rule.refused = False
+        if rule.figures.last_error == rule.refusal:
+            rule.figures.last_error = ""
+        rule.refusal = ""
         rule.barrier.admit(rule.rule.key)
-        rule.figures.last_error = ""
         log.info("archive %s: this process moves the rows now", rule.rule.key)
 
     async def _recover(self, rule: _Rule) -> None:
@@ -228,29 +240,35 @@ class Archiver:
                 try:
                     await self._step(rule)
                 except Exception as exc:  # noqa: BLE001 - one rule's fault must not end archival
-                    message = f"unexpected failure: {exc!r}"
-                    if message != rule.logged:
-                        log.exception("archive %s: %s", rule.rule.key, message)
-                        rule.logged = message
-                    rule.figures.last_error = message
+                    kind = f"unexpected failure: {type(exc).__name__}"
+                    if kind != rule.logged:  # once per kind, whatever its text
+                        log.exception("archive %s: %s", rule.rule.key, kind)
+                        rule.logged = kind
+                    rule.figures.last_error = f"unexpected failure: {exc!r}"
             await asyncio.sleep(min(0.2, *(r.rule.interval_seconds for r in self._rules)))
 
     async def _step(self, rule: _Rule) -> None:
         if self._unserved(rule):
             return
-        if rule.refused:
-            await self._take_over(rule)
+        if rule.refusal:
+            async with rule.passing:
+                await self._take_over(rule)
         elif time.monotonic() >= rule.due:
             rule.due = time.monotonic() + rule.rule.interval_seconds
             await self.run_pass(rule)
 
-    def _unserved(self, rule: _Rule) -> bool:
+    def _unserved(self, rule: _Rule) -> str:
+        """A member of the rule that cannot be served ("": both can)."""
         names = (rule.rule.source, rule.rule.target)
-        return any(self._router.databases[n].failure is not None for n in names)
+        return next((n for n in names if self._router.databases[n].failure is not None), "")
 
     async def run_pass(self, rule: _Rule) -> None:
         """Move the rule's rows below today's cutoff, a slice at a time."""
         async with rule.passing:
+            if rule.refusal:
+                await self._take_over(rule)
+                if rule.refusal:
+                    return
             if self._claimed(rule):
                 await self._pass(rule)
 

@@ -26,6 +26,7 @@ from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
 from dataaccess_client.cli import main
 from service import errors
 from service.config import ArchiveRule
+from service.db.door import ArchiveMark
 from service.routing.archival import cutoff_of
 from service.values import SqlValue
 from tests.conftest import Running, free_port, plain_rows, started, value
@@ -912,11 +913,21 @@ async def test_a_stopping_server_keeps_the_claim_until_its_databases_are_closed(
     (and finish the slice under them) before the databases are closed."""
     document = _document(tmp_path, interval_seconds=3600)
     lock = tmp_path / "data" / "hot.db.archive-events.lock"
+    held_while_closing: list[bool] = []
     async with started(tmp_path, document) as running:
         assert not _claim_is_free(lock)
         await running.server.access.archiver.stop()
         assert not _claim_is_free(lock)
         assert await _totals(running) == (0, 0)  # group reads still answer
+        router = running.server.router
+        close = router.close
+
+        async def closing() -> None:
+            held_while_closing.append(not _claim_is_free(lock))
+            await close()
+
+        router.close = closing  # type: ignore[method-assign]
+    assert held_while_closing == [True]
     assert _claim_is_free(lock)
 
 
@@ -972,9 +983,131 @@ async def test_a_rule_naming_its_table_in_another_case_is_the_same_rule(tmp_path
     assert len(_refs(data / "hot.db") + _refs(data / "cold.db")) == len(rows) + 5
     document["groups"][0]["archive"][0].update(table="EVENTS", interval_seconds=3600)
     async with started(tmp_path, document) as running:
+        # Read with no pass moving: the start's first one has ended.
+        while not running.server.access.archiver.figures()[0].passes:
+            await asyncio.sleep(0.01)
         hot, cold = _refs(data / "hot.db"), _refs(data / "cold.db")
         assert sorted(hot + cold) == sorted(ref for _, ref, _ in rows)
         rule = running.server.access.archiver._rules[0]  # noqa: SLF001
         assert rule.mover.lock_path == first_lock == data / "hot.db.archive-events.lock"  # type: ignore[attr-defined]
-        await running.server.access.archiver.run_pass(rule)
         assert _refs(data / "cold.db") == sorted(r for _, r, _ in rows if r.startswith("old"))
+
+
+async def test_a_member_that_cannot_be_served_refuses_the_group_not_half_of_it(
+    tmp_path: Path,
+) -> None:
+    """With the archive unreadable at start, its stored bounds and slices cannot be read:
+    a routed read of a moved day would follow the config's bound to live alone and miss
+    the rows. The group's reads are refused instead; live by its name still answers."""
+    document = _document(tmp_path, interval_seconds=3600)
+    rows = _old_and_new(old=10, recent=2)
+    async with started(tmp_path, document) as running:
+        await _insert(running, rows)
+        await running.server.access.archiver.run_pass(running.server.access.archiver._rules[0])  # noqa: SLF001
+        assert len(_refs(running.data_dir / "cold.db")) == 10
+    cold = tmp_path / "data" / "cold.db"
+    cold.rename(cold.with_suffix(".moved"))
+    cold.write_bytes(b"\x00" * 4096)  # unreadable as a database
+    async with started(tmp_path, document) as running:
+        routed = pb.QueryRequest(database="events_all", sql=TOTALS, route_key=value(OLD_DAYS[4]))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await running.stub.Query(routed)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "cold cannot be served" in (refused.value.details() or "")
+        report = await running.stub.Health(pb.HealthRequest())
+        (check,) = [c for c in report.checks if c.name == "archive:events_all.events"]
+        assert (
+            check.status == pb.HEALTH_STATUS_DEGRADED and "cold cannot be served" in check.message
+        )
+        live = await running.stub.Query(pb.QueryRequest(database="hot", sql=TOTALS))
+        assert plain_rows(live)[0][0] == 2
+
+
+def _two_rules(tmp_path: Path) -> dict[str, Any]:
+    """An unrouted group whose two tables each have a rule."""
+    document = _document(tmp_path, interval_seconds=0.2)
+    visits = SCHEMA.replace("events", "visits")
+    for side in ("hot", "cold"):
+        (tmp_path / f"migrations/{side}/0002_visits.sql").write_text(visits)
+    group = document["groups"][0]
+    del group["route"]
+    group["archive"].append({**group["archive"][0], "table": "visits"})
+    return document
+
+
+async def test_a_group_is_served_here_only_once_every_rule_of_it_is_claimed_here(
+    tmp_path: Path,
+) -> None:
+    """Another holder of one rule's claim (an open file description of its own, as
+    another process has): the group's reads are refused though this process holds the
+    other rule, and served once it has taken that one over too."""
+    document = _two_rules(tmp_path)
+    (tmp_path / "data").mkdir()
+    lock = tmp_path / "data" / "hot.db.archive-visits.lock"
+    other = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        async with started(tmp_path, document) as running:
+            archiver = running.server.access.archiver
+            await asyncio.sleep(0.5)  # passes of the rule it holds have run
+            assert archiver.figures()[0].passes >= 1
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await _totals(running)
+            assert "archives its visits rows" in (refused.value.details() or "")
+            report = await running.stub.Health(pb.HealthRequest())
+            checks = {c.name: c for c in report.checks}
+            for table in ("events", "visits"):  # the group is refused: both say why
+                check = checks[f"archive:events_all.{table}"]
+                assert check.status == pb.HEALTH_STATUS_DEGRADED
+                assert "archives its visits rows" in check.message
+            os.close(other)
+            other = -1
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    assert await _totals(running) == (0, 0)
+                    break
+                except grpc.aio.AioRpcError:
+                    assert time.monotonic() < deadline, archiver.figures()
+                    await asyncio.sleep(0.1)
+            report = await running.stub.Health(pb.HealthRequest())
+            checks = {c.name: c for c in report.checks}
+            for table in ("events", "visits"):
+                check = checks[f"archive:events_all.{table}"]
+                assert check.status == pb.HEALTH_STATUS_HEALTHY, check.message
+    finally:
+        if other >= 0:
+            os.close(other)
+
+
+async def test_an_unexpected_failure_of_a_pass_does_not_end_archival(tmp_path: Path) -> None:
+    document = _document(tmp_path, interval_seconds=0.2)
+    async with started(tmp_path, document) as running:
+        archiver = running.server.access.archiver
+        rule = archiver._rules[0]  # noqa: SLF001
+        begin_pass = rule.mover.begin_pass
+        failures = 0
+
+        async def failing(cutoff: SqlValue) -> ArchiveMark:
+            nonlocal failures
+            failures += 1
+            raise RuntimeError("the lock file's disk went away")
+
+        rule.mover.begin_pass = failing  # type: ignore[method-assign]
+        deadline = time.monotonic() + 5
+        while failures < 2:  # the loop went on after the first
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert "RuntimeError" in archiver.figures()[0].last_error
+        rule.mover.begin_pass = begin_pass  # type: ignore[method-assign]
+        await running.stub.BatchInsert(
+            pb.BatchInsertRequest(
+                database="hot",
+                table="events",
+                columns=["day", "ref", "n"],
+                rows=[pb.Row(values=[value(v) for v in r]) for r in _old_and_new(3, 1)],
+            )
+        )
+        while len(_refs(running.data_dir / "cold.db")) < 3:
+            assert time.monotonic() < deadline + 5, archiver.figures()
+            await asyncio.sleep(0.05)

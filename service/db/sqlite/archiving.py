@@ -384,13 +384,16 @@ def _pick(
     return columns, raw.execute(sql, (cutoff, rule.slice_rows)).fetchall()
 
 
+_NAME_IN_FILE = 64  # of a table's name in its lock file's (file names stop at 255 bytes)
+
+
 def _file_safe(table: str) -> str:
     """``table`` as part of a file name: one lock per source table, whatever the target
     (two processes whose configs disagree on it must not both move its rows)."""
     safe = re.sub(r"[^a-z0-9_.-]", "_", table)
-    if safe == table:
+    if safe == table and len(table) <= _NAME_IN_FILE:
         return table
-    return f"{safe}-{hashlib.sha256(table.encode()).hexdigest()[:12]}"
+    return f"{safe[:_NAME_IN_FILE]}-{hashlib.sha256(table.encode()).hexdigest()[:12]}"
 
 
 def _require_rowid(raw: sqlite3.Connection, table: str) -> None:
