@@ -546,8 +546,9 @@ def _check_archive(config: Config) -> None:
             if config.workers is not None and config.workers > 1:
                 # Group reads wait for a slice's swap in this process only.
                 raise ConfigError(
-                    f"groups.{group.name}.archive: archival needs workers: 1 "
-                    f"(the group's reads are held while a slice moves, in one process)"
+                    f"groups.{group.name}.archive: archival needs workers: 1, not "
+                    f"{config.workers} (set by DATAACCESS_WORKERS, --workers or workers:; "
+                    "the group's reads are held while a slice moves, in one process)"
                 )
 
 
