@@ -139,7 +139,8 @@ def run_insert(client: Client, args: argparse.Namespace, out: Output) -> None:
     path = Path(args.file)
     totals = InsertTotals()
     with path.open("rb") as stream, _byte_progress(path.stat().st_size) as advance:
-        reader = RowReader(stream, args.format or format_of(path.name), name=str(path))
+        fmt = args.format or format_of(path.name)
+        reader = RowReader(stream, fmt, name=str(path), null=args.null)
         try:
             for batch in reader.batches(args.batch_size):
                 result = client.batch_insert(
@@ -162,7 +163,7 @@ def run_export(client: Client, args: argparse.Namespace, out: Output) -> None:
             if args.output
             else sys.stdout
         )
-        export = Export(stream, fmt)
+        export = Export(stream, fmt, args.null)
         chunks = client.query_stream(
             args.database, args.sql, args.param or None, max_rows=args.max_rows
         )
@@ -193,7 +194,8 @@ def _param_sets(args: argparse.Namespace) -> list[Row]:
     if args.params:
         path = Path(args.params)
         with path.open("rb") as stream:
-            sets = read_param_sets(stream, args.format or format_of(path.name), str(path))
+            fmt = args.format or format_of(path.name)
+            sets = read_param_sets(stream, fmt, str(path), args.null)
         if not sets:  # else the statement would run once, without parameters
             raise ValueError(f"{path} holds no parameter sets")
         return sets

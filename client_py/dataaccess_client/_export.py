@@ -1,10 +1,11 @@
 """Writes a streamed query result as CSV or JSONL, one chunk at a time, never all of it at once.
 
 CSV: a header row of the column names, then one record per row; NULL is an
-empty field (as is an empty text: CSV cannot tell them apart), a number as
-Python prints it, a blob its base64. JSONL: one object per row keyed by
-column name (a name repeated in the result gets ``_2``, ``_3``, ...), with
-typed values: integers, reals, text, ``null``, and a blob as
+empty field (as is an empty text: CSV cannot tell them apart) unless a
+``null`` marker is given (``\\N``, say: then NULL is that field and an empty
+text stays empty), a number as Python prints it, a blob its base64. JSONL:
+one object per row keyed by column name (a name repeated in the result gets
+``_2``, ``_3``, ...), with typed values: integers, reals, text, ``null``, and a blob as
 ``{"$base64": "..."}`` (as ``--json`` and ``update --set`` write one).
 """
 
@@ -25,9 +26,10 @@ WriteRow = Callable[[Row], None]
 class Export:
     """One export in progress: how many rows are written, and whether max_rows cut it."""
 
-    def __init__(self, stream: TextIO, fmt: RowFormat) -> None:
+    def __init__(self, stream: TextIO, fmt: RowFormat, null: str = "") -> None:
         self._stream = stream
         self._fmt = fmt
+        self._null = null
         self.rows = 0
         self.truncated = False
 
@@ -47,7 +49,8 @@ class Export:
         if self._fmt == "csv":
             records = csv.writer(self._stream, lineterminator="\n")
             records.writerow(columns)
-            return lambda row: records.writerow(_csv_field(value) for value in row)
+            null = self._null
+            return lambda row: records.writerow(_csv_field(value, null) for value in row)
         keys = unique_keys(columns)
 
         def write_object(row: Row) -> None:
@@ -71,10 +74,13 @@ def unique_keys(columns: list[str]) -> list[str]:
     return keys
 
 
-def _csv_field(value: SqlValue) -> object:
+def _csv_field(value: SqlValue, null: str) -> object:
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
-    return "" if value is None else value
+    if value == null and isinstance(value, str) and null:
+        # A text equal to the marker would read back as NULL: refuse rather than corrupt.
+        raise ValueError(f"a text value is the NULL marker {null!r}: choose another --null")
+    return null if value is None else value
 
 
 def _json_value(value: SqlValue) -> object:

@@ -71,10 +71,14 @@ def json_param(value: object) -> SqlValue:
     raise ValueError(f'{json.dumps(value)} is not a SQL value (a blob is {{"$base64": ...}})')
 
 
-def read_param_sets(stream: BinaryIO, fmt: RowFormat, name: str = "<stream>") -> list[Row]:
-    """Every parameter set in a JSONL (one JSON array a line) or CSV (header first) stream."""
+def read_param_sets(
+    stream: BinaryIO, fmt: RowFormat, name: str = "<stream>", null: str = ""
+) -> list[Row]:
+    """Every parameter set in a JSONL (one JSON array a line) or CSV (header first) stream;
+    in CSV the field ``null`` is NULL."""
     if fmt == "csv":
-        return [row for batch in RowReader(stream, "csv", name).batches(10_000) for row in batch]
+        reader = RowReader(stream, "csv", name, null)
+        return [row for batch in reader.batches(10_000) for row in batch]
     lines = LineCounter(stream)
     sets = []
     for line in lines:
@@ -128,9 +132,12 @@ class LineCounter:
 class RowReader:
     """The columns and rows of one CSV or JSONL stream."""
 
-    def __init__(self, stream: BinaryIO, fmt: RowFormat, name: str = "<stream>") -> None:
+    def __init__(
+        self, stream: BinaryIO, fmt: RowFormat, name: str = "<stream>", null: str = ""
+    ) -> None:
         self._lines = LineCounter(stream)
         self._name = name
+        self._null = null  # the CSV field that is NULL (by default the empty one)
         self._rows: Iterator[Row]
         if fmt == "csv":
             self.columns, self._rows = self._csv()
@@ -165,7 +172,8 @@ class RowReader:
                 continue  # a blank line
             if len(record) != width:
                 raise self._error(f"{len(record)} fields where the header has {width}")
-            yield tuple(None if field == "" else number_or_text(field) for field in record)
+            null = self._null
+            yield tuple(None if field == null else number_or_text(field) for field in record)
 
     def _jsonl(self) -> tuple[list[str], Iterator[Row]]:
         objects = self._json_objects()

@@ -125,6 +125,11 @@ def _insert_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     insert.add_argument("--batch-size", type=int, default=1000, help="rows per call (1000)")
     insert.add_argument("--on-conflict", choices=("abort", "ignore", "replace"), default="abort")
+    insert.add_argument(
+        "--null", default="", metavar="TEXT",
+        help="the CSV field that is NULL (default: the empty one), e.g. \\N: "
+        "then an empty field is empty text",
+    )  # fmt: skip
     insert.set_defaults(run=_commands.run_insert)
 
 
@@ -147,6 +152,10 @@ def _export_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     export.add_argument("-o", "--output", metavar="FILE", help="default: standard output")
     export.add_argument("--max-rows", type=int, default=0, help="stop after N rows (0: all)")
+    export.add_argument(
+        "--null", default="", metavar="TEXT",
+        help="write NULL as this CSV field (default: empty, as is an empty text), e.g. \\N",
+    )  # fmt: skip
     export.set_defaults(run=_commands.run_export)
 
 
@@ -175,6 +184,10 @@ def _update_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     update.add_argument(
         "--format", choices=("csv", "jsonl"), help="of --params (default: by extension)"
     )
+    update.add_argument(
+        "--null", default="", metavar="TEXT",
+        help="in a CSV --params file, the field that is NULL (default: an empty one)",
+    )  # fmt: skip
     update.add_argument("--tag", action="append", help="a tag to bump after the commit")
     update.add_argument(
         "--idempotency-key", default="", help="a retry with the same key writes nothing again"

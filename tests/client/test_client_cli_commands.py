@@ -290,3 +290,35 @@ async def test_async_and_sync_clients_take_the_merge_options(target: str) -> Non
     with Client(target) as sync_client:
         again = sync_client.query("history", sql, aggregates={"runs": "count"}, **merge)
     assert again.rows == merged.rows
+
+
+def test_csv_with_a_null_marker_tells_null_from_empty_text_both_ways(
+    target: str, capsys: Any, tmp_path: Path
+) -> None:
+    insert = "INSERT INTO items (id, t, n) VALUES (?, ?, ?)"
+    status, _, err = cli(
+        target, capsys, "update", "kitchen", insert, "--set", '[401, "", null]',
+        "--set", '[402, "x", 5]',
+    )  # fmt: skip
+    assert status == 0, err
+    sql = "SELECT id, t, n FROM items WHERE id IN (401, 402) ORDER BY id"
+    output = tmp_path / "items.csv"
+    status, _, err = cli(
+        target, capsys, "export", "kitchen", sql, "--output", str(output), "--null", "\\N"
+    )
+    assert status == 0, err
+    assert output.read_text() == "id,t,n\n401,,\\N\n402,x,5\n"  # empty text: empty
+    delete = "DELETE FROM items WHERE id IN (401, 402)"
+    assert cli(target, capsys, "update", "kitchen", delete)[0] == 0
+    status, _, err = cli(target, capsys, "insert", "kitchen", "items", str(output), "--null", "\\N")
+    assert status == 0, err
+    status, out, err = cli(target, capsys, "export", "kitchen", sql, "--format", "jsonl")
+    assert status == 0, err
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"id": 401, "t": "", "n": None},
+        {"id": 402, "t": "x", "n": 5},
+    ]
+    assert cli(target, capsys, "update", "kitchen", delete)[0] == 0  # the module's server's
+    # A text that is the marker itself would read back as NULL: the export refuses it.
+    status, _, err = cli(target, capsys, "export", "kitchen", "SELECT 'NA' AS code", "--null", "NA")
+    assert status == 1 and "is the NULL marker 'NA'" in err
