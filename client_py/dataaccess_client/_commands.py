@@ -29,6 +29,7 @@ from dataaccess_client._row_files import (
     json_param_set,
     number_or_text,
     read_param_sets,
+    read_statements,
 )
 from dataaccess_client.client import Client
 from dataaccess_client.errors import DataAccessClientError
@@ -187,6 +188,22 @@ def run_export(client: Client, args: argparse.Namespace, out: Output) -> None:
     summary_out.show(data, summary)
 
 
+def _statements(args: argparse.Namespace) -> list[tuple[str, list[Row]]]:
+    """The update's statements: SQL with its parameter sets, or every one of --statements."""
+    if args.statements is None:
+        if args.sql is None:
+            raise ValueError("update needs its SQL, or --statements FILE")
+        return [(args.sql, _param_sets(args))]
+    if args.sql is not None or args.param or args.set or args.params:
+        raise ValueError("--statements carries the SQL and its sets: give neither beside it")
+    path = Path(args.statements)
+    with path.open("rb") as stream:
+        statements = read_statements(stream, str(path))
+    if not statements:
+        raise ValueError(f"{path} holds no statements")
+    return statements
+
+
 def _param_sets(args: argparse.Namespace) -> list[Row]:
     """The update's parameter sets: -p's one, each --set, or every row of --params FILE."""
     if args.param:
@@ -203,18 +220,19 @@ def _param_sets(args: argparse.Namespace) -> list[Row]:
 
 
 def run_update(client: Client, args: argparse.Namespace, out: Output) -> None:
-    param_sets = _param_sets(args)
+    statements = _statements(args)
     result = client.batch_update(
         args.database,
-        [(args.sql, param_sets)],
+        statements,
         invalidate_tags=args.tag or (),
         idempotency_key=args.idempotency_key,
     )
-    runs = len(param_sets) or 1  # no parameter set: the statement runs once
+    runs = sum(len(sets) or 1 for _, sets in statements)  # no set: it runs once
     affected = sum(result.rows_affected)
+    of = f" of {len(statements)} statements" if len(statements) > 1 else ""
     summary = (
         f"{affected} row{'' if affected == 1 else 's'} affected "
-        f"by {runs} run{'' if runs == 1 else 's'} in one transaction"
+        f"by {runs} run{'' if runs == 1 else 's'}{of} in one transaction"
     )
     token = f"consistency token: {result.consistency_token or '-'}"
     tags = f"invalidated: {_render.tags_summary(result.invalidated_tags)}"

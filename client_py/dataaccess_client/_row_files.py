@@ -11,7 +11,10 @@ arrays and objects are refused.
 Parameter sets (``dataaccess update``): each is a JSON array of values, one
 per ``?`` in order, where ``{"$base64": "..."}`` is a blob (as ``--json``
 prints one); a file of them is JSONL (one array per line) or CSV (a header
-row, then one set per record, read as the rows to insert are).
+row, then one set per record, read as the rows to insert are). Several
+statements for one transaction (``update --statements``) are JSONL, one
+object a line: ``{"sql": "...", "sets": [[...], ...]}`` (``sets`` optional:
+the statement runs once without parameters).
 """
 
 from __future__ import annotations
@@ -88,6 +91,38 @@ def read_param_sets(
             except ValueError as exc:
                 raise RowFileError(f"{name}:{lines.line_number}: {exc}") from None
     return sets
+
+
+Statement = tuple[str, list[Row]]
+
+
+def read_statements(stream: BinaryIO, name: str = "<stream>") -> list[Statement]:
+    """Every statement of a JSONL stream, each ``{"sql": ..., "sets": [[...], ...]}``."""
+    lines = LineCounter(stream)
+    statements = []
+    for line in lines:
+        if line.strip():
+            try:
+                statements.append(_statement(line))
+            except ValueError as exc:
+                raise RowFileError(f"{name}:{lines.line_number}: {exc}") from None
+    return statements
+
+
+def _statement(line: str) -> Statement:
+    what = 'a statement is a JSON object like {"sql": "...", "sets": [[1, "x"]]}'
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what}; not JSON ({exc.msg})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("sql"), str):
+        raise ValueError(f"{what}, not: {line.strip()}")
+    if extra := obj.keys() - {"sql", "sets"}:
+        raise ValueError(f"unknown keys: {', '.join(sorted(extra))} (a statement has sql, sets)")
+    sets = obj.get("sets", [])
+    if not isinstance(sets, list) or not all(isinstance(one, list) for one in sets):
+        raise ValueError("sets: expected a list of JSON arrays")
+    return obj["sql"], [tuple(json_param(value) for value in one) for one in sets]
 
 
 def format_of(name: str) -> RowFormat:

@@ -167,10 +167,15 @@ def _update_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         'a blob as {"$base64": "..."}) once per set; or --params FILE: JSONL, one JSON '
         "array a line, or CSV, a header row then one set per record (an empty field is "
         "NULL, numbers are numbers). None: the statement runs once without parameters. "
-        "All sets commit together or not at all.",
+        'Several statements: --statements FILE.jsonl, one {"sql": ..., "sets": [[...]]} a '
+        "line, run in order. All commit together or not at all.",
     )
     update.add_argument("database")
-    update.add_argument("sql")
+    update.add_argument("sql", nargs="?", help="the statement (or give --statements)")
+    update.add_argument(
+        "--statements", metavar="FILE",
+        help='several statements for one transaction: JSONL, {"sql": ..., "sets": [[...]]} a line',
+    )  # fmt: skip
     sets = update.add_mutually_exclusive_group()
     sets.add_argument(
         "-p", "--param", action="append", type=param_value, metavar="VALUE",

@@ -322,3 +322,45 @@ def test_csv_with_a_null_marker_tells_null_from_empty_text_both_ways(
     # A text that is the marker itself would read back as NULL: the export refuses it.
     status, _, err = cli(target, capsys, "export", "kitchen", "SELECT 'NA' AS code", "--null", "NA")
     assert status == 1 and "is the NULL marker 'NA'" in err
+
+
+def test_update_runs_several_statements_in_one_transaction(
+    target: str, capsys: Any, tmp_path: Path
+) -> None:
+    """A transfer: both statements commit, or (the second failing its CHECK) neither."""
+    insert = "INSERT INTO items (id, code, qty) VALUES (?, ?, ?)"
+    assert cli(target, capsys, "update", "kitchen", insert, "--set", '[501, "from", 10]')[0] == 0
+    assert cli(target, capsys, "update", "kitchen", insert, "--set", '[502, "to", 0]')[0] == 0
+
+    def transfer(units: int) -> Path:
+        path = tmp_path / f"transfer-{units}.jsonl"
+        lines = [
+            {"sql": "UPDATE items SET qty = qty + ? WHERE id = ?", "sets": [[units, 502]]},
+            {"sql": "UPDATE items SET qty = qty - ? WHERE id = ?", "sets": [[units, 501]]},
+            {"sql": "UPDATE items SET t = 'moved' WHERE id IN (501, 502)"},
+        ]
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        return path
+
+    status, out, err = cli(
+        target, capsys, "--json", "update", "kitchen", "--statements", str(transfer(4))
+    )
+    assert status == 0, err
+    answer = as_json(out)
+    assert answer["rows_affected"] == [1, 1, 2] and answer["param_sets"] == 3
+    assert [row[2] for row in kitchen_items(target, capsys, "id IN (501, 502)")] == [6, 4]
+    status, _, err = cli(target, capsys, "update", "kitchen", "--statements", str(transfer(7)))
+    assert status == 1 and err.startswith("error: FAILED_PRECONDITION")
+    assert [row[2] for row in kitchen_items(target, capsys, "id IN (501, 502)")] == [6, 4]
+    # Neither SQL nor sets beside the file; a line that is not a statement names its place.
+    status, _, err = cli(
+        target, capsys, "update", "kitchen", "DELETE FROM items", "--statements", str(transfer(1))
+    )
+    assert status == 1 and "give neither beside it" in err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"sql": "DELETE FROM items WHERE id = 501"}\n{"sql": "x", "params": []}\n')
+    status, _, err = cli(target, capsys, "update", "kitchen", "--statements", str(bad))
+    assert status == 1 and f"{bad}:2: unknown keys: params" in err
+    assert [row[2] for row in kitchen_items(target, capsys, "id IN (501, 502)")] == [6, 4]
+    cleanup = "DELETE FROM items WHERE id IN (501, 502)"
+    assert cli(target, capsys, "update", "kitchen", cleanup)[0] == 0  # the module's server's
