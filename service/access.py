@@ -33,6 +33,7 @@ from service.domain import (
     CacheStatus,
     EncodedRead,
     InsertRequest,
+    MergeSpec,
     ReadRequest,
     ReadResult,
     ResultEncoder,
@@ -271,32 +272,75 @@ class DataAccess:
     async def query_stream(
         self, request: ReadRequest, deadline: float, caller: Principal = ANYONE
     ) -> AsyncGenerator[ReadResult, None]:
-        """Run a read and yield its rows in bounded chunks; the first carries the columns."""
-        self._scopes.visible(request.database, caller)
-        database = self._router.database(request.database)
-        caller.require("read", database.name)
-        self._check_sql(request.sql)
+        """Run a read and yield its rows in bounded chunks; the first carries the columns.
+
+        A group's members (or the one its ``route_key`` picks) are streamed one after
+        the other, concatenated: merging needs every member's rows at once, which is
+        Query's. A group whose rows archival moves is streamed under its barrier.
+        """
+        if not self._router.is_group(request.database):
+            self._scopes.visible(request.database, caller)
+            database = self._router.database(request.database)
+            caller.require("read", database.name)
+            self._check_sql(request.sql)
+            async for chunk in self._stream_members([database], request, deadline):
+                yield chunk
+            return
+        if request.merge != MergeSpec():
+            raise errors.InvalidArgument(
+                "QueryStream concatenates a group's members; merging them is Query's",
+                field="merge",
+            )
+        members = self._readable(request, caller)
+        barrier = self._router.barriers.get(request.database)
+        if barrier is None:
+            async for chunk in self._stream_members(members, request, deadline):
+                yield chunk
+            return
+        async with barrier.streaming(deadline):
+            members = self._router.members(request.database, request.route_key, request.routed)
+            async for chunk in self._stream_members(members, request, deadline):
+                yield chunk
+
+    async def _stream_members(
+        self, members: Sequence[Database], request: ReadRequest, deadline: float
+    ) -> AsyncGenerator[ReadResult, None]:
+        """Each member's rows in turn, in chunks, cut at ``max_rows`` over them all."""
         chunk_rows, chunk_bytes = self._limits.stream_chunk_rows, self._limits.stream_chunk_bytes
-        fresh = freshness_of(request, replica=True)(database)
-        async with database.stream(
-            request.sql, request.params, chunk_bytes, deadline, fresh
-        ) as stream:
-            tags = table_tags(database.name, stream.reads) + list(request.cache_tags)
-            head = ReadResult(stream.columns, [], [database.name], tags)
-            sent, cap = 0, request.max_rows
-            while True:
-                want = min(chunk_rows, cap - sent + 1) if cap else chunk_rows
-                rows, exhausted = await stream.next_chunk(want)
-                truncated = bool(cap) and sent + len(rows) > cap
-                if truncated:
-                    stream.unsent(sent + len(rows) - cap)
-                    rows = rows[: cap - sent]
-                sent += len(rows)
-                if rows or head.columns or truncated:
-                    yield replace(head, rows=rows, truncated=truncated)
-                    head = ReadResult([], [], [database.name], [])
-                if truncated or exhausted:
-                    return
+        sent, cap = 0, request.max_rows
+        names: list[str] | None = None  # the first member's columns: every member's
+        for database in members:
+            fresh = freshness_of(request, replica=True)(database)
+            async with database.stream(
+                request.sql, request.params, chunk_bytes, deadline, fresh
+            ) as stream:
+                these = [column[0] for column in stream.columns]
+                if names is not None and these != names:
+                    raise errors.InvalidArgument(
+                        f"{database.name} answers columns {these}, {members[0].name} "
+                        f"answers {names}",
+                        field="sql",
+                    )
+                first = names is None
+                tags = table_tags(database.name, stream.reads)
+                tags += list(request.cache_tags) if first else []
+                head = ReadResult(stream.columns if first else [], [], [database.name], tags)
+                names = these
+                while True:
+                    want = min(chunk_rows, cap - sent + 1) if cap else chunk_rows
+                    rows, exhausted = await stream.next_chunk(want)
+                    truncated = bool(cap) and sent + len(rows) > cap
+                    if truncated:
+                        stream.unsent(sent + len(rows) - cap)
+                        rows = rows[: cap - sent]
+                    sent += len(rows)
+                    if rows or head.columns or head.tags or truncated:
+                        yield replace(head, rows=rows, truncated=truncated)
+                        head = ReadResult([], [], [database.name], [])
+                    if truncated:
+                        return
+                    if exhausted:
+                        break
 
     # Writes
 

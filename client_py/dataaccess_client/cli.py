@@ -141,7 +141,7 @@ def _export_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         'its base64. JSONL: an object per row, NULL is null, a blob {"$base64": "..."}. '
         "--timeout bounds the whole export: give a large one more.",
     )
-    export.add_argument("database", help="a database name")
+    export.add_argument("database", help="a database or a group (its members one after another)")
     export.add_argument("sql")
     export.add_argument(
         "-p", "--param", action="append", type=param_value, metavar="VALUE",

@@ -8,6 +8,10 @@ ones back (each until its own deadline) for the three commits it takes, and
 lets them go. Reads of one member by its own name never wait: they see that
 member as it is.
 
+A QueryStream of the group holds it shared too, for as long as its client
+reads: a swap does not wait for one (reads queued behind it would), it is put
+off to the next pass.
+
 The barrier is in this process only. While another process holds a rule's
 claim (it moves the rows, and this one cannot see when), the group's reads
 here are refused (``refuse``) until this process takes the claim over.
@@ -32,6 +36,7 @@ class GroupBarrier:
         self._open.set()
         self._drained = asyncio.Event()  # set: no read is running
         self._drained.set()
+        self._streams = 0  # QueryStreams of the group running: swaps are put off
         self.held_reads = 0  # reads that waited for a swap (for tests and figures)
         self.sealed = ""  # why the group's reads are refused for good ("": they are not)
         self._refusals: dict[str, str] = {}  # rule: why, while another process moves its rows
@@ -82,6 +87,10 @@ class GroupBarrier:
         if not self._reads:
             self._drained.set()
 
+    def streaming(self, deadline: float) -> _Streaming:
+        """Hold the barrier shared for a QueryStream: a swap meanwhile is put off."""
+        return _Streaming(self, deadline)
+
     def swapping(self) -> _Swapping:
         """Hold the barrier alone: new reads wait, running ones end first."""
         return _Swapping(self)
@@ -91,6 +100,8 @@ class GroupBarrier:
             if self.sealed:
                 raise errors.Unavailable(self.sealed)
             await self._open.wait()
+        if self._streams:
+            raise errors.Unavailable(f"{self.group}: a QueryStream of the group is running")
         self._open.clear()
         await self._drained.wait()
 
@@ -114,6 +125,21 @@ class _Reading:
         traceback: TracebackType | None,
     ) -> None:
         self._barrier._leave()
+
+
+class _Streaming(_Reading):
+    async def __aenter__(self) -> None:
+        await super().__aenter__()
+        self._barrier._streams += 1
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._barrier._streams -= 1
+        await super().__aexit__(kind, value, traceback)
 
 
 class _Swapping:

@@ -217,3 +217,62 @@ async def test_query_stream_chunks_cut_by_bytes_do_not_end_the_stream(running: R
     ]
     assert sum(len(m.rows) for m in messages) == 3000
     assert not any(m.truncated for m in messages)
+
+
+def _history(document: dict[str, Any]) -> dict[str, Any]:
+    """A group over archive and live, routed by day, with a small chunk size."""
+    route = {
+        "kind": "range",
+        "column": "day",
+        "bounds": [{"member": "archive", "below": "2026-01-01"}, {"member": "live"}],
+    }
+    document["groups"] = [{"name": "history", "members": ["archive", "live"], "route": route}]
+    document["limits"] = {"stream_chunk_rows": 100}
+    return document
+
+
+async def test_query_stream_of_a_group_concatenates_its_members(tmp_path, document) -> None:
+    async with started(tmp_path, _history(document)) as running:
+        sql = "SELECT id, day FROM production_runs ORDER BY id"
+        counts = {}
+        for name in ("archive", "live"):
+            answer = await running.stub.Query(
+                pb.QueryRequest(database=name, sql="SELECT count(*) FROM production_runs")
+            )
+            counts[name] = answer.rows[0].values[0].integer
+        messages = [
+            m async for m in running.stub.QueryStream(pb.QueryRequest(database="history", sql=sql))
+        ]
+        assert [c.name for c in messages[0].columns] == ["id", "day"]
+        assert all(not m.columns for m in messages[1:])
+        assert all(len(m.rows) <= 100 for m in messages)
+        answered = [list(m.databases) for m in messages if m.rows]
+        assert answered[0] == ["archive"] and answered[-1] == ["live"]
+        assert sum(len(m.rows) for m in messages) == counts["archive"] + counts["live"]
+        assert {t for m in messages for t in m.tags} >= {
+            "table:archive.production_runs",
+            "table:live.production_runs",
+        }
+        # max_rows cuts across the members, marked on the last message.
+        cut = pb.QueryRequest(database="history", sql=sql, max_rows=counts["archive"] + 5)
+        messages = [m async for m in running.stub.QueryStream(cut)]
+        assert sum(len(m.rows) for m in messages) == counts["archive"] + 5
+        assert messages[-1].truncated and list(messages[-1].databases) == ["live"]
+        # route_key picks one member.
+        routed = pb.QueryRequest(database="history", sql=sql, route_key=pb.Value(text="2020-01-01"))
+        messages = [m async for m in running.stub.QueryStream(routed)]
+        assert {d for m in messages for d in m.databases} == {"archive"}
+        assert sum(len(m.rows) for m in messages) == counts["archive"]
+
+
+async def test_query_stream_of_a_group_refuses_a_merge(tmp_path, document) -> None:
+    async with started(tmp_path, _history(document)) as running:
+        merged = pb.QueryRequest(
+            database="history",
+            sql="SELECT id FROM production_runs",
+            merge=pb.Merge(order_by="id", limit=3),
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            [m async for m in running.stub.QueryStream(merged)]
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "merging them is Query's" in (caught.value.details() or "")

@@ -364,3 +364,13 @@ def test_update_runs_several_statements_in_one_transaction(
     assert [row[2] for row in kitchen_items(target, capsys, "id IN (501, 502)")] == [6, 4]
     cleanup = "DELETE FROM items WHERE id IN (501, 502)"
     assert cli(target, capsys, "update", "kitchen", cleanup)[0] == 0  # the module's server's
+
+
+def test_export_of_a_group_streams_every_member_past_max_rows(target: str, capsys: Any) -> None:
+    sql = "SELECT id, day FROM production_runs ORDER BY id"
+    status, out, err = cli(target, capsys, "export", "history", sql)
+    assert status == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "id,day" and len(lines) == 1 + ARCHIVE_RUNS + LIVE_RUNS
+    status, _, err = cli(target, capsys, "query", "history", sql)
+    assert status == 1 and "RESOURCE_EXHAUSTED" in err  # what Query cannot answer whole

@@ -1111,3 +1111,32 @@ async def test_an_unexpected_failure_of_a_pass_does_not_end_archival(tmp_path: P
         while len(_refs(running.data_dir / "cold.db")) < 3:
             assert time.monotonic() < deadline + 5, archiver.figures()
             await asyncio.sleep(0.05)
+
+
+async def test_a_group_stream_puts_swaps_off_and_reads_never_wait_for_it(tmp_path: Path) -> None:
+    """A QueryStream of the group counts every row once: its client may read slowly, so
+    a pass meanwhile moves nothing (it says why, and the next pass moves the rows) rather
+    than hold the group's reads behind a swap waiting for the stream."""
+    document = _document(tmp_path, interval_seconds=3600)
+    document["limits"]["stream_chunk_rows"] = 5
+    async with started(tmp_path, document) as running:
+        rows = _old_and_new(old=20, recent=3)
+        await _insert(running, rows)
+        archiver = running.server.access.archiver
+        rule = archiver._rules[0]  # noqa: SLF001
+        stream: Any = running.stub.QueryStream(
+            pb.QueryRequest(database="events_all", sql="SELECT ref FROM events")
+        )
+        end = grpc.aio.EOF  # type: ignore[attr-defined]  # (not in grpc's stubs)
+        first = await stream.read()  # the stream holds the group now
+        await archiver.run_pass(rule)
+        assert "a QueryStream of the group is running" in archiver.figures()[0].last_error
+        assert _refs(running.data_dir / "cold.db") == []
+        assert await asyncio.wait_for(_totals(running), 5) == (23, sum(n for *_, n in rows))
+        refs = [r.values[0].text for r in first.rows]
+        while (message := await stream.read()) is not end:
+            refs += [r.values[0].text for r in message.rows]
+        assert sorted(refs) == sorted(ref for _, ref, _ in rows)
+        await archiver.run_pass(rule)
+        assert archiver.figures()[0].last_error == ""
+        assert len(_refs(running.data_dir / "cold.db")) == 20
