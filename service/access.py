@@ -286,12 +286,12 @@ class DataAccess:
             async for chunk in self._stream_members([database], request, deadline):
                 yield chunk
             return
+        members = self._readable(request, caller)
         if request.merge != MergeSpec():
             raise errors.InvalidArgument(
                 "QueryStream concatenates a group's members; merging them is Query's",
                 field="merge",
             )
-        members = self._readable(request, caller)
         barrier = self._router.barriers.get(request.database)
         if barrier is None:
             async for chunk in self._stream_members(members, request, deadline):
@@ -299,6 +299,7 @@ class DataAccess:
             return
         async with barrier.streaming(deadline):
             members = self._router.members(request.database, request.route_key, request.routed)
+            caller.require("read", request.database, [db.name for db in members])
             async for chunk in self._stream_members(members, request, deadline):
                 yield chunk
 

@@ -141,6 +141,7 @@ def run_insert(client: Client, args: argparse.Namespace, out: Output) -> None:
     totals = InsertTotals()
     with path.open("rb") as stream, _byte_progress(path.stat().st_size) as advance:
         fmt = args.format or format_of(path.name)
+        _null_for_csv(args.null, fmt)
         reader = RowReader(stream, fmt, name=str(path), null=args.null)
         try:
             for batch in reader.batches(args.batch_size):
@@ -164,6 +165,7 @@ def run_export(client: Client, args: argparse.Namespace, out: Output) -> None:
             if args.output
             else sys.stdout
         )
+        _null_for_csv(args.null, fmt)
         export = Export(stream, fmt, args.null)
         chunks = client.query_stream(
             args.database, args.sql, args.param or None, max_rows=args.max_rows
@@ -194,8 +196,11 @@ def _statements(args: argparse.Namespace) -> list[tuple[str, list[Row]]]:
         if args.sql is None:
             raise ValueError("update needs its SQL, or --statements FILE")
         return [(args.sql, _param_sets(args))]
-    if args.sql is not None or args.param or args.set or args.params:
-        raise ValueError("--statements carries the SQL and its sets: give neither beside it")
+    if args.sql is not None or args.param or args.set or args.params or args.format or args.null:
+        raise ValueError(
+            "--statements carries the SQL and its sets: give neither (nor --format or --null) "
+            "beside it"
+        )
     path = Path(args.statements)
     with path.open("rb") as stream:
         statements = read_statements(stream, str(path))
@@ -204,14 +209,22 @@ def _statements(args: argparse.Namespace) -> list[tuple[str, list[Row]]]:
     return statements
 
 
+def _null_for_csv(null: str, fmt: str) -> None:
+    if null and fmt != "csv":
+        raise ValueError(f"--null is for CSV; {fmt} has its own null")
+
+
 def _param_sets(args: argparse.Namespace) -> list[Row]:
     """The update's parameter sets: -p's one, each --set, or every row of --params FILE."""
+    if args.null and not args.params:
+        raise ValueError("--null is for a CSV --params file")
     if args.param:
         return [tuple(args.param)]
     if args.params:
         path = Path(args.params)
         with path.open("rb") as stream:
             fmt = args.format or format_of(path.name)
+            _null_for_csv(args.null, fmt)
             sets = read_param_sets(stream, fmt, str(path), args.null)
         if not sets:  # else the statement would run once, without parameters
             raise ValueError(f"{path} holds no parameter sets")

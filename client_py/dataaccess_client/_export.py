@@ -74,13 +74,14 @@ def unique_keys(columns: list[str]) -> list[str]:
     return keys
 
 
-def _csv_field(value: SqlValue, null: str) -> object:
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    if value == null and isinstance(value, str) and null:
-        # A text equal to the marker would read back as NULL: refuse rather than corrupt.
-        raise ValueError(f"a text value is the NULL marker {null!r}: choose another --null")
-    return null if value is None else value
+def _csv_field(value: SqlValue, null: str) -> str:
+    if value is None:
+        return null
+    field = base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else str(value)
+    if null and field == null:
+        # It would read back as NULL: refuse rather than corrupt.
+        raise ValueError(f"the value {value!r} is written as the NULL marker {null!r}")
+    return field
 
 
 def _json_value(value: SqlValue) -> object:

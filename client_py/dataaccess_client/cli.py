@@ -237,7 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "update" and args.sql is None and len(extra) == 1:
+        # `update DB -p 1 "UPDATE ..."`: an option between DATABASE and the optional SQL
+        # leaves argparse unable to place the SQL after it.
+        args.sql = extra.pop()
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "invalidate" and not (args.tag or args.database or args.all):
         parser.error("invalidate needs --tag, --database or --all")
     if args.command == "query" and args.limit < 0:

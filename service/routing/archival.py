@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from service import errors
 from service.config import ArchiveRule, GroupConfig
 from service.db.door import ArchiveMark, ArchiveSlice, Severity, SliceMover, TagsOfWriteOn
-from service.routing.barrier import GroupBarrier
+from service.routing.barrier import GroupBarrier, StreamRunning
 from service.routing.router import Router
 from service.values import SqlValue
 
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 FINISH_RETRY_SECONDS = 1.0
 FINISH_ATTEMPTS = 5
 STOP_WAIT_SECONDS = 5.0
+PUT_OFF_RETRY_SECONDS = 5.0  # a pass put off by a group stream is tried again this soon
 DAY = 86_400
 
 
@@ -296,6 +297,11 @@ class Archiver:
                 mark = await self._swap(rule, picked, cutoff)
                 if rule.figures.rows_moved == moved:  # every row changed under it: next pass
                     break
+        except StreamRunning as exc:
+            # Not a failure: the pass is tried again shortly, not at the next interval.
+            log.info("archive %s: pass put off: %s", rule.rule.key, exc.message)
+            rule.due = min(rule.due, time.monotonic() + PUT_OFF_RETRY_SECONDS)
+            return
         except errors.DataAccessError as exc:
             self._failed(rule, exc.message)
             return

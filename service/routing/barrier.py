@@ -9,8 +9,9 @@ lets them go. Reads of one member by its own name never wait: they see that
 member as it is.
 
 A QueryStream of the group holds it shared too, for as long as its client
-reads: a swap does not wait for one (reads queued behind it would), it is put
-off to the next pass.
+reads: a swap waits for one only briefly, with the barrier still open (reads
+queued behind a closed one would wait as long as the stream), and is then put
+off.
 
 The barrier is in this process only. While another process holds a rule's
 claim (it moves the rows, and this one cannot see when), the group's reads
@@ -25,6 +26,13 @@ from types import TracebackType
 
 from service import errors
 
+STREAM_WAIT_SECONDS = 2.0  # a swap waits this long for the group's streams to end
+
+
+class StreamRunning(errors.Unavailable):
+    """A swap put off: a QueryStream of the group is running (its client reads at its
+    own pace, and the group's reads would queue behind a swap waiting for it)."""
+
 
 class GroupBarrier:
     """Shared by a group's reads, held alone by its archive swaps (which go first)."""
@@ -37,6 +45,8 @@ class GroupBarrier:
         self._drained = asyncio.Event()  # set: no read is running
         self._drained.set()
         self._streams = 0  # QueryStreams of the group running: swaps are put off
+        self._no_streams = asyncio.Event()
+        self._no_streams.set()
         self.held_reads = 0  # reads that waited for a swap (for tests and figures)
         self.sealed = ""  # why the group's reads are refused for good ("": they are not)
         self._refusals: dict[str, str] = {}  # rule: why, while another process moves its rows
@@ -96,12 +106,19 @@ class GroupBarrier:
         return _Swapping(self)
 
     async def _close(self) -> None:
-        while not self._open.is_set():  # one swap at a time
-            if self.sealed:
-                raise errors.Unavailable(self.sealed)
-            await self._open.wait()
-        if self._streams:
-            raise errors.Unavailable(f"{self.group}: a QueryStream of the group is running")
+        while True:
+            while not self._open.is_set():  # one swap at a time
+                if self.sealed:
+                    raise errors.Unavailable(self.sealed)
+                await self._open.wait()
+            if not self._streams:
+                break
+            try:  # reads go on meanwhile: the barrier is still open
+                await asyncio.wait_for(self._no_streams.wait(), STREAM_WAIT_SECONDS)
+            except TimeoutError:
+                raise StreamRunning(
+                    f"{self.group}: a QueryStream of the group is running"
+                ) from None
         self._open.clear()
         await self._drained.wait()
 
@@ -131,6 +148,7 @@ class _Streaming(_Reading):
     async def __aenter__(self) -> None:
         await super().__aenter__()
         self._barrier._streams += 1
+        self._barrier._no_streams.clear()
 
     async def __aexit__(
         self,
@@ -139,6 +157,8 @@ class _Streaming(_Reading):
         traceback: TracebackType | None,
     ) -> None:
         self._barrier._streams -= 1
+        if not self._barrier._streams:
+            self._barrier._no_streams.set()
         await super().__aexit__(kind, value, traceback)
 
 

@@ -311,3 +311,21 @@ async def test_health_lists_only_the_databases_the_caller_may_know_of(secured: R
     assert await shown("members") == {"archive", "live"}
     assert await shown("historian") == {"archive", "live"}  # the group's answers name them
     assert await shown("admin") == {"archive", "live", "kitchen", "kitchen2"}
+
+
+async def test_a_group_stream_answers_a_stranger_as_if_there_were_no_group(
+    secured: Running,
+) -> None:
+    """Merge or not, QueryStream of a group the caller may not see is NOT_FOUND; the
+    group's readers, by the group or by every member, stream it."""
+    for merge in (pb.Merge(), pb.Merge(order_by="id")):
+        request = pb.QueryRequest(
+            database="history", sql="SELECT id FROM production_runs", merge=merge
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            [m async for m in secured.stub.QueryStream(request, metadata=_bearer("reader"))]
+        assert caught.value.code() == NOT_FOUND, caught.value.details()
+    request = pb.QueryRequest(database="history", sql="SELECT count(*) FROM production_runs")
+    for name in ("historian", "members"):
+        messages = [m async for m in secured.stub.QueryStream(request, metadata=_bearer(name))]
+        assert [list(m.databases) for m in messages] == [["archive"], ["live"]]

@@ -319,9 +319,15 @@ def test_csv_with_a_null_marker_tells_null_from_empty_text_both_ways(
         {"id": 402, "t": "x", "n": 5},
     ]
     assert cli(target, capsys, "update", "kitchen", delete)[0] == 0  # the module's server's
-    # A text that is the marker itself would read back as NULL: the export refuses it.
-    status, _, err = cli(target, capsys, "export", "kitchen", "SELECT 'NA' AS code", "--null", "NA")
-    assert status == 1 and "is the NULL marker 'NA'" in err
+    # A value written as the marker itself would read back as NULL: the export refuses it.
+    for sql, null in (("SELECT 'NA' AS code", "NA"), ("SELECT 0 AS n", "0")):
+        status, _, err = cli(target, capsys, "export", "kitchen", sql, "--null", null)
+        assert status == 1 and f"is written as the NULL marker {null!r}" in err
+    # --null means nothing to JSONL: refused rather than ignored.
+    status, _, err = cli(
+        target, capsys, "export", "kitchen", sql, "--format", "jsonl", "--null", "NA"
+    )
+    assert status == 1 and "--null is for CSV" in err
 
 
 def test_update_runs_several_statements_in_one_transaction(
@@ -356,7 +362,7 @@ def test_update_runs_several_statements_in_one_transaction(
     status, _, err = cli(
         target, capsys, "update", "kitchen", "DELETE FROM items", "--statements", str(transfer(1))
     )
-    assert status == 1 and "give neither beside it" in err
+    assert status == 1 and "give neither" in err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"sql": "DELETE FROM items WHERE id = 501"}\n{"sql": "x", "params": []}\n')
     status, _, err = cli(target, capsys, "update", "kitchen", "--statements", str(bad))
@@ -374,3 +380,16 @@ def test_export_of_a_group_streams_every_member_past_max_rows(target: str, capsy
     assert lines[0] == "id,day" and len(lines) == 1 + ARCHIVE_RUNS + LIVE_RUNS
     status, _, err = cli(target, capsys, "query", "history", sql)
     assert status == 1 and "RESOURCE_EXHAUSTED" in err  # what Query cannot answer whole
+
+
+def test_update_takes_options_before_its_sql(target: str, capsys: Any) -> None:
+    """`update DB -p 1 SQL` parses as it did before SQL became optional."""
+    sql = "UPDATE items SET qty = qty WHERE id = ?"
+    plain = "UPDATE items SET qty = qty WHERE id = 1"
+    for args in (["-p", "1", sql], ["--set", "[1]", sql], ["--tag", "x", plain], [sql, "-p", "1"]):
+        status, out, err = cli(target, capsys, "--json", "update", "kitchen", *args)
+        assert status == 0, (args, err)
+        assert as_json(out)["param_sets"] == 1
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--target", target, "update", "kitchen", sql, "-p", "1", "extra"])
+    assert exit_info.value.code == 2

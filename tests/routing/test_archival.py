@@ -1113,6 +1113,10 @@ async def test_an_unexpected_failure_of_a_pass_does_not_end_archival(tmp_path: P
             await asyncio.sleep(0.05)
 
 
+# Rows far past gRPC's flow-control windows: a stream whose client stops reading holds on.
+WIDE = "SELECT ref, hex(randomblob(200000)) FROM events"
+
+
 async def test_a_group_stream_puts_swaps_off_and_reads_never_wait_for_it(tmp_path: Path) -> None:
     """A QueryStream of the group counts every row once: its client may read slowly, so
     a pass meanwhile moves nothing (it says why, and the next pass moves the rows) rather
@@ -1124,19 +1128,31 @@ async def test_a_group_stream_puts_swaps_off_and_reads_never_wait_for_it(tmp_pat
         await _insert(running, rows)
         archiver = running.server.access.archiver
         rule = archiver._rules[0]  # noqa: SLF001
-        stream: Any = running.stub.QueryStream(
-            pb.QueryRequest(database="events_all", sql="SELECT ref FROM events")
-        )
+        stream: Any = running.stub.QueryStream(pb.QueryRequest(database="events_all", sql=WIDE))
         end = grpc.aio.EOF  # type: ignore[attr-defined]  # (not in grpc's stubs)
         first = await stream.read()  # the stream holds the group now
-        await archiver.run_pass(rule)
-        assert "a QueryStream of the group is running" in archiver.figures()[0].last_error
+        passing = asyncio.ensure_future(archiver.run_pass(rule))
+        await asyncio.sleep(0.5)  # the pass waits for the stream, the barrier open
+        assert await asyncio.wait_for(_totals(running), 1) == (23, sum(n for *_, n in rows))
+        await passing  # put off after its wait: not a failure
+        figures = archiver.figures()[0]
+        assert figures.last_error == "" and figures.rows_moved == 0
+        assert rule.due - time.monotonic() < 6  # tried again soon, not in an hour
+        report = await running.stub.Health(pb.HealthRequest())
+        (check,) = [c for c in report.checks if c.name == "archive:events_all.events"]
+        assert check.status == pb.HEALTH_STATUS_HEALTHY, check.message
         assert _refs(running.data_dir / "cold.db") == []
-        assert await asyncio.wait_for(_totals(running), 5) == (23, sum(n for *_, n in rows))
         refs = [r.values[0].text for r in first.rows]
         while (message := await stream.read()) is not end:
             refs += [r.values[0].text for r in message.rows]
         assert sorted(refs) == sorted(ref for _, ref, _ in rows)
-        await archiver.run_pass(rule)
+        # A stream that ends while a pass waits lets it go on.
+        stream = running.stub.QueryStream(pb.QueryRequest(database="events_all", sql=WIDE))
+        await stream.read()
+        passing = asyncio.ensure_future(archiver.run_pass(rule))
+        await asyncio.sleep(0.3)
+        while await stream.read() is not end:
+            pass
+        await passing
         assert archiver.figures()[0].last_error == ""
         assert len(_refs(running.data_dir / "cold.db")) == 20
