@@ -25,13 +25,14 @@ import csv
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, TypeVar
 
 from dataaccess_client._models import Row, SqlValue
 
 RowFormat = Literal["csv", "jsonl"]
+T = TypeVar("T")
 
 _INTEGER = re.compile(r"-?[0-9]+")
 # A point or an exponent is required, so that 007 and +5 stay text.
@@ -47,13 +48,18 @@ class RowFileError(ValueError):
 def json_param_set(text: str) -> Row:
     """One parameter set given as a JSON array, like ``[1, "x", null]``."""
     what = 'a parameter set is a JSON array, like [1, "x", null]'
-    try:
-        values = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{what}; not JSON ({exc.msg}): {text}") from None
+    values = _loaded(text, what)
     if not isinstance(values, list):
         raise ValueError(f"{what}, not: {text}")
     return tuple(json_param(value) for value in values)
+
+
+def _loaded(text: str, what: str) -> object:
+    """``text`` as JSON; if it is not, a message that says ``what`` was expected."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what}; not JSON ({exc.msg}): {text.strip()}") from None
 
 
 def json_param(value: object) -> SqlValue:
@@ -82,15 +88,7 @@ def read_param_sets(
     if fmt == "csv":
         reader = RowReader(stream, "csv", name, null)
         return [row for batch in reader.batches(10_000) for row in batch]
-    lines = LineCounter(stream)
-    sets = []
-    for line in lines:
-        if line.strip():
-            try:
-                sets.append(json_param_set(line))
-            except ValueError as exc:
-                raise RowFileError(f"{name}:{lines.line_number}: {exc}") from None
-    return sets
+    return _each_line(stream, name, json_param_set)
 
 
 Statement = tuple[str, list[Row]]
@@ -98,23 +96,25 @@ Statement = tuple[str, list[Row]]
 
 def read_statements(stream: BinaryIO, name: str = "<stream>") -> list[Statement]:
     """Every statement of a JSONL stream, each ``{"sql": ..., "sets": [[...], ...]}``."""
+    return _each_line(stream, name, _statement)
+
+
+def _each_line(stream: BinaryIO, name: str, parse: Callable[[str], T]) -> list[T]:
+    """``parse`` of every line that is not blank; a failure names the file and line."""
     lines = LineCounter(stream)
-    statements = []
+    found = []
     for line in lines:
         if line.strip():
             try:
-                statements.append(_statement(line))
+                found.append(parse(line))
             except ValueError as exc:
                 raise RowFileError(f"{name}:{lines.line_number}: {exc}") from None
-    return statements
+    return found
 
 
 def _statement(line: str) -> Statement:
     what = 'a statement is a JSON object like {"sql": "...", "sets": [[1, "x"]]}'
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{what}; not JSON ({exc.msg})") from None
+    obj = _loaded(line, what)
     if not isinstance(obj, dict) or not isinstance(obj.get("sql"), str):
         raise ValueError(f"{what}, not: {line.strip()}")
     if extra := obj.keys() - {"sql", "sets"}:
