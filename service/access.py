@@ -45,7 +45,7 @@ from service.observe.health import HealthReport
 from service.observe.statements import StatementTimings
 from service.observe.stats_report import KeyFigures, StatsReport, stats_report
 from service.routing.archival import Archiver
-from service.routing.fan_out import combine, fetch_all
+from service.routing.fan_out import combine, fetch_all, same_columns
 from service.routing.router import Router
 from service.scopes import ANYONE, Principal, Scopes
 from service.tags import ALL_TAG, database_tag, invalidated, read_tags, table_tags, write_tags
@@ -278,16 +278,8 @@ class DataAccess:
         the other, concatenated: merging needs every member's rows at once, which is
         Query's. A group whose rows archival moves is streamed under its barrier.
         """
-        if not self._router.is_group(request.database):
-            self._scopes.visible(request.database, caller)
-            database = self._router.database(request.database)
-            caller.require("read", database.name)
-            self._check_sql(request.sql)
-            async for chunk in self._stream_members([database], request, deadline):
-                yield chunk
-            return
         members = self._readable(request, caller)
-        if request.merge != MergeSpec():
+        if self._router.is_group(request.database) and request.merge != MergeSpec():
             raise errors.InvalidArgument(
                 "QueryStream concatenates a group's members; merging them is Query's",
                 field="merge",
@@ -309,19 +301,15 @@ class DataAccess:
         """Each member's rows in turn, in chunks, cut at ``max_rows`` over them all."""
         chunk_rows, chunk_bytes = self._limits.stream_chunk_rows, self._limits.stream_chunk_bytes
         sent, cap = 0, request.max_rows
-        names: list[str] | None = None  # the first member's columns: every member's
+        names: tuple[str, ...] | None = None  # the first member's columns: every member's
         for database in members:
             fresh = freshness_of(request, replica=True)(database)
             async with database.stream(
                 request.sql, request.params, chunk_bytes, deadline, fresh
             ) as stream:
-                these = [column[0] for column in stream.columns]
-                if names is not None and these != names:
-                    raise errors.InvalidArgument(
-                        f"{database.name} answers columns {these}, {members[0].name} "
-                        f"answers {names}",
-                        field="sql",
-                    )
+                these = tuple(name for name, _ in stream.columns)
+                if names is not None:
+                    same_columns([members[0], database], [names, these])
                 first = names is None
                 tags = table_tags(database.name, stream.reads)
                 tags += list(request.cache_tags) if first else []

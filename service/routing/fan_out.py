@@ -62,7 +62,7 @@ def combine(
     members: Sequence[Database], parts: Sequence[Rows], request: ReadRequest, cap: int
 ) -> Combined:
     """The members' rows as one answer (columns and types as the first member has them)."""
-    names = _same_columns(members, [tuple(name for name, _ in part.columns) for part in parts])
+    names = same_columns(members, [tuple(name for name, _ in part.columns) for part in parts])
     rows = merge_rows(names, [part.rows for part in parts], request.merge)
     more = any(part.more for part in parts) or len(rows) > cap
     return Combined(parts[0].columns, rows[:cap], more)
@@ -82,9 +82,11 @@ async def _first_error_cancels_all(work: Sequence[Awaitable[T]]) -> list[T]:
         raise
 
 
-def _same_columns(
+def same_columns(
     members: Sequence[Database], columns: Sequence[tuple[str, ...]]
 ) -> tuple[str, ...]:
+    """The members' column names, the same for each (InvalidArgument names the first
+    member whose differ)."""
     for database, names in zip(members[1:], columns[1:], strict=True):
         if names != columns[0]:
             raise errors.InvalidArgument(

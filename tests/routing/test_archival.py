@@ -26,7 +26,7 @@ from dataaccess.v1 import data_access_pb2_grpc as pb_grpc
 from dataaccess_client.cli import main
 from service import errors
 from service.config import ArchiveRule
-from service.db.door import ArchiveMark
+from service.db.door import ArchiveMark, ArchiveSlice
 from service.routing.archival import cutoff_of
 from service.values import SqlValue
 from tests.conftest import Running, free_port, plain_rows, started, value
@@ -111,6 +111,31 @@ async def _insert(running: Running, rows: list[tuple[str, str, int]]) -> None:
             rows=[pb.Row(values=[value(v) for v in r]) for r in rows],
         )
     )
+
+
+async def _copy_one_slice(running: Running) -> tuple[Any, ArchiveSlice, SqlValue]:
+    """Begin a pass by hand and copy its first slice, stopping before its delete: the
+    rule, the slice and the cutoff."""
+    archiver = running.server.access.archiver
+    rule = archiver._rules[0]  # noqa: SLF001
+    cutoff = cutoff_of(rule.rule, time.time())
+    archiver._take(rule, await rule.mover.begin_pass(cutoff))  # noqa: SLF001
+    picked = await rule.mover.pick(cutoff)
+    assert picked is not None
+    await rule.mover.copy(picked)
+    return rule, picked, cutoff
+
+
+async def _note_on(running: Running, ref: str) -> int:
+    """A row of hot's ``notes`` whose foreign key points at the event ``ref``; its id."""
+    with running.sqlite("hot") as conn:
+        event = conn.execute("SELECT id FROM events WHERE ref = ?", (ref,)).fetchone()[0]
+    await running.stub.BatchInsert(
+        pb.BatchInsertRequest(
+            database="hot", table="notes", columns=["event"], rows=[pb.Row(values=[value(event)])]
+        )
+    )
+    return int(event)
 
 
 def _old_and_new(old: int = 56, recent: int = 10) -> list[tuple[str, str, int]]:
@@ -248,13 +273,8 @@ async def test_a_row_changed_after_its_copy_stays_in_the_source(tmp_path: Path) 
     document = _document(tmp_path, interval_seconds=3600, slice_rows=100)
     async with started(tmp_path, document) as running:
         await _insert(running, _old_and_new(old=5, recent=0))
-        archiver = running.server.access.archiver
-        rule = archiver._rules[0]  # noqa: SLF001
-        cutoff = cutoff_of(rule.rule, time.time())
-        archiver._take(rule, await rule.mover.begin_pass(cutoff))  # noqa: SLF001
-        picked = await rule.mover.pick(cutoff)
-        assert picked is not None and len(picked.rows) == 5
-        await rule.mover.copy(picked)
+        rule, picked, cutoff = await _copy_one_slice(running)
+        assert len(picked.rows) == 5
         statements = [
             pb.Statement(
                 sql="UPDATE events SET n = 99 WHERE ref = ?",
@@ -449,13 +469,7 @@ async def test_a_conditional_trigger_at_the_finish_keeps_the_group_whole(tmp_pat
     async with started(tmp_path, document) as running:
         rows = _old_and_new(old=3, recent=0)
         await _insert(running, rows)
-        archiver = running.server.access.archiver
-        rule = archiver._rules[0]  # noqa: SLF001
-        cutoff = cutoff_of(rule.rule, time.time())
-        archiver._take(rule, await rule.mover.begin_pass(cutoff))  # noqa: SLF001
-        picked = await rule.mover.pick(cutoff)
-        assert picked is not None
-        await rule.mover.copy(picked)  # the probe deleted old-0's copy: allowed
+        rule, picked, cutoff = await _copy_one_slice(running)  # its probe deleted a copy: allowed
         change = pb.Statement(
             sql="UPDATE events SET n = 99 WHERE ref = 'old-1'", param_sets=[pb.Row()]
         )
@@ -583,16 +597,7 @@ async def test_a_row_another_table_points_at_stays(tmp_path: Path) -> None:
     (tmp_path / "migrations/cold/0002_notes.sql").write_text(extra)
     async with started(tmp_path, document) as running:
         await _insert(running, _old_and_new(old=4, recent=0))
-        with running.sqlite("hot") as conn:
-            first = conn.execute("SELECT id FROM events WHERE ref = 'old-0'").fetchone()[0]
-        await running.stub.BatchInsert(
-            pb.BatchInsertRequest(
-                database="hot",
-                table="notes",
-                columns=["event"],
-                rows=[pb.Row(values=[value(first)])],
-            )
-        )
+        await _note_on(running, "old-0")
         archiver = running.server.access.archiver
         await archiver.run_pass(archiver._rules[0])  # noqa: SLF001
         assert _refs(running.data_dir / "hot.db") == ["old-0"]
@@ -672,23 +677,9 @@ async def test_a_reference_added_after_the_pick_keeps_its_row(tmp_path: Path) ->
     (tmp_path / "migrations/cold/0002_notes.sql").write_text(extra)
     async with started(tmp_path, document) as running:
         await _insert(running, _old_and_new(old=3, recent=0))
-        archiver = running.server.access.archiver
-        rule = archiver._rules[0]  # noqa: SLF001
-        cutoff = cutoff_of(rule.rule, time.time())
-        archiver._take(rule, await rule.mover.begin_pass(cutoff))  # noqa: SLF001
-        picked = await rule.mover.pick(cutoff)
-        assert picked is not None and len(picked.rows) == 3
-        await rule.mover.copy(picked)
-        with running.sqlite("hot") as conn:
-            first = conn.execute("SELECT id FROM events WHERE ref = 'old-0'").fetchone()[0]
-        await running.stub.BatchInsert(
-            pb.BatchInsertRequest(
-                database="hot",
-                table="notes",
-                columns=["event"],
-                rows=[pb.Row(values=[value(first)])],
-            )
-        )
+        rule, picked, cutoff = await _copy_one_slice(running)
+        assert len(picked.rows) == 3
+        first = await _note_on(running, "old-0")
         await rule.mover.delete(picked, cutoff)
         await rule.mover.finish()
         assert _refs(running.data_dir / "hot.db") == ["old-0"]
@@ -972,13 +963,8 @@ async def test_a_rule_naming_its_table_in_another_case_is_the_same_rule(tmp_path
     async with started(tmp_path, document) as running:
         rows = _old_and_new(old=5, recent=2)
         await _insert(running, rows)
-        rule = running.server.access.archiver._rules[0]  # noqa: SLF001
-        cutoff = cutoff_of(rule.rule, time.time())
-        await rule.mover.begin_pass(cutoff)
-        picked = await rule.mover.pick(cutoff)
-        assert picked is not None
-        await rule.mover.copy(picked)  # and stopped before its delete
-        first_lock = rule.mover.lock_path  # type: ignore[attr-defined]
+        rule, _, _ = await _copy_one_slice(running)  # and stopped before its delete
+        first_lock = rule.mover.lock_path
     data = tmp_path / "data"
     assert len(_refs(data / "hot.db") + _refs(data / "cold.db")) == len(rows) + 5
     document["groups"][0]["archive"][0].update(table="EVENTS", interval_seconds=3600)
